@@ -1,0 +1,36 @@
+"""Exception hierarchy of vadpipe.
+
+Every error a user can trigger with bad input or a missing file is one of these, with a
+message that says what went wrong and what to do. The extraction runner turns them into
+``failed`` manifest rows; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+
+class VadpipeError(Exception):
+    """Base class of all errors vadpipe raises on purpose."""
+
+
+class VideoDecodeError(VadpipeError):
+    """A video cannot be opened or decoded (corrupt, truncated, empty, not a video)."""
+
+
+class VideoTooShortError(VideoDecodeError):
+    """A video decodes but has fewer frames than one clip needs."""
+
+
+class WeightsNotFoundError(VadpipeError):
+    """A backbone's weight file is not installed or not registered."""
+
+
+class WeightsIntegrityError(VadpipeError):
+    """A weight file exists but its checksum or content is not what was expected."""
+
+
+class ManifestError(VadpipeError):
+    """A manifest CSV is malformed or does not match its schema."""
+
+
+class ConfigError(VadpipeError):
+    """An option value or combination of options is invalid."""
