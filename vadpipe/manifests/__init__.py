@@ -1,0 +1,1 @@
+"""Pure-data layer: manifest schemas, validation and atomic file writes (no torch)."""

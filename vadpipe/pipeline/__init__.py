@@ -1,0 +1,1 @@
+"""Stage one's data path: discover videos, decode, cut clips, preprocess, run, record."""
