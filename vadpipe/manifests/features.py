@@ -1,0 +1,121 @@
+"""The features manifest, ``features.csv``: one row per input video of stage one.
+
+Schema (column, type, meaning):
+
+=================  ======  =============================================================
+video              str     absolute path of the input video
+feature_path       str     output file, relative to the manifest's folder; for the
+                           ``per-crop`` layout a pattern with ``{k}`` for the crop index
+backbone           str     registered backbone name (``i3d``)
+weights_sha256     str     sha256 of the weight file the backbone ran with; ``random``
+                           when ``--random-weights`` was given
+n_frames           int     frames decoded (after ``--fps`` resampling)
+fps                float   frame rate of the decoded frames
+n_clips            int     clips written (rows of the feature array)
+crops              int     crops per clip (1, 5 or 10)
+dim                int     feature size D
+layout             str     ``single`` ([n_clips, crops, D]) or ``per-crop`` ([n_clips, D] each)
+decoder            str     backend that decoded the video (``decord`` or ``pyav``), plus
+                           ``(fallback: reason)`` when ``auto`` could not use decord
+config_hash        str     hash of the extraction settings that shape the features
+status             str     ``ok``, ``failed`` or ``skipped`` (not reached: run interrupted)
+error              str     why the row failed, empty otherwise
+seconds            float   wall time spent on this video
+=================  ======  =============================================================
+
+The file is always rewritten whole and atomically, so it is never half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from vadpipe.errors import ManifestError
+from vadpipe.manifests.atomic import atomic_write_text
+
+MANIFEST_NAME = "features.csv"
+STATUSES = ("ok", "failed", "skipped")
+LAYOUTS = ("single", "per-crop")
+
+
+@dataclass
+class FeatureRow:
+    """One row of ``features.csv`` (see the module docstring for the schema)."""
+
+    video: str
+    feature_path: str = ""
+    backbone: str = ""
+    weights_sha256: str = ""
+    n_frames: int = 0
+    fps: float = 0.0
+    n_clips: int = 0
+    crops: int = 0
+    dim: int = 0
+    layout: str = "single"
+    decoder: str = ""
+    config_hash: str = ""
+    status: str = "skipped"
+    error: str = ""
+    seconds: float = 0.0
+
+    def feature_files(self, root: str | os.PathLike) -> list[Path]:
+        """Absolute paths of this row's feature files (one, or one per crop)."""
+        base = Path(root)
+        if self.layout == "per-crop":
+            return [base / self.feature_path.format(k=k) for k in range(self.crops)]
+        return [base / self.feature_path]
+
+
+COLUMNS = tuple(f.name for f in fields(FeatureRow))
+_INT_COLUMNS = ("n_frames", "n_clips", "crops", "dim")
+_FLOAT_COLUMNS = ("fps", "seconds")
+
+
+def read_manifest(path: str | os.PathLike) -> list[FeatureRow]:
+    """Read and validate a ``features.csv``.
+
+    Raises:
+        ManifestError: missing columns, unknown status/layout values, bad numbers or
+            duplicate videos, with the line that is wrong.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read manifest {path}: {e}") from e
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(
+            f"{path} is not a vadpipe features manifest: missing column(s) {', '.join(missing)}"
+        )
+    rows: list[FeatureRow] = []
+    seen: set[str] = set()
+    for i, rec in enumerate(df[list(COLUMNS)].to_dict("records")):
+        line = i + 2  # header is line 1
+        try:
+            for c in _INT_COLUMNS:
+                rec[c] = int(rec[c] or 0)
+            for c in _FLOAT_COLUMNS:
+                rec[c] = float(rec[c] or 0.0)
+        except ValueError as e:
+            raise ManifestError(f"{path}:{line}: bad number ({e})") from e
+        row = FeatureRow(**rec)
+        if row.status not in STATUSES:
+            raise ManifestError(f"{path}:{line}: status {row.status!r} not in {STATUSES}")
+        if row.layout not in LAYOUTS:
+            raise ManifestError(f"{path}:{line}: layout {row.layout!r} not in {LAYOUTS}")
+        if row.video in seen:
+            raise ManifestError(f"{path}:{line}: video {row.video!r} listed twice")
+        seen.add(row.video)
+        rows.append(row)
+    return rows
+
+
+def write_manifest(path: str | os.PathLike, rows: list[FeatureRow]) -> None:
+    """Write ``rows`` to ``path`` atomically (temp file + rename), sorted by video."""
+    df = pd.DataFrame([asdict(r) for r in sorted(rows, key=lambda r: r.video)], columns=COLUMNS)
+    atomic_write_text(path, df.to_csv(index=False))
