@@ -1,0 +1,93 @@
+"""The configuration of a stage-one extraction run, serialised beside its outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from vadpipe.errors import ConfigError
+from vadpipe.manifests.features import LAYOUTS
+from vadpipe.pipeline.clips import ClipSpec
+from vadpipe.pipeline.transforms import ClipPreset
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+CROP_COUNTS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides what ``vadpipe extract`` writes and how fast.
+
+    Attributes:
+        backbone: registered backbone name.
+        clip: clip length, stride and tail policy.
+        preset: resize/crop/normalisation; ``None`` takes the backbone's own preset.
+        crops: crops per clip (1, 5 or 10).
+        fps: resample videos to this frame rate; ``None`` keeps the native rate.
+        layout: ``single`` (``<name>_<suffix>.npy``, ``[n_clips, crops, D]``) or
+            ``per-crop`` (``<name>__<k>.npy``, ``[n_clips, D]`` each).
+        precision: ``fp32``, ``tf32`` (fp32 storage, TF32 matmuls), ``bf16``/``fp16``
+            (autocast on CUDA). Features are always saved as float32.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+        batch_clips: clips per forward pass (times ``crops`` samples).
+        workers: decoding/preprocessing worker processes (0: in the main process).
+        decoder: ``auto``, ``decord`` or ``pyav``.
+        channels_last: use ``torch.channels_last_3d`` memory format on CUDA.
+        random_weights: run the backbone with random weights (tests and benchmarks only).
+    """
+
+    backbone: str = "i3d"
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    preset: ClipPreset | None = None
+    crops: int = 10
+    fps: float | None = None
+    layout: str = "single"
+    precision: str = "fp32"
+    device: str = "auto"
+    batch_clips: int = 8
+    workers: int = 0
+    decoder: str = "auto"
+    channels_last: bool = True
+    random_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if self.crops not in CROP_COUNTS:
+            raise ConfigError(f"crops must be one of {CROP_COUNTS}, got {self.crops}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_clips < 1:
+            raise ConfigError(f"batch_clips must be >= 1, got {self.batch_clips}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"fps must be positive, got {self.fps}")
+
+    def with_preset(self, preset: ClipPreset) -> "ExtractConfig":
+        """This config with ``preset`` filled in (the backbone's default when unset)."""
+        return self if self.preset is not None else replace(self, preset=preset)
+
+    def feature_hash(self, weights_sha256: str) -> str:
+        """Short hash of the settings that change the numbers in the feature files.
+
+        Speed-only settings (device, batch size, workers, decoder, memory format) are
+        left out: changing them does not invalidate earlier outputs.
+        """
+        shaping = {
+            "backbone": self.backbone,
+            "weights": weights_sha256,
+            "clip": asdict(self.clip),
+            "preset": asdict(self.preset) if self.preset else None,
+            "crops": self.crops,
+            "fps": self.fps,
+            "layout": self.layout,
+            "precision": self.precision,
+        }
+        blob = json.dumps(shaping, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary of every field."""
+        return asdict(self)
