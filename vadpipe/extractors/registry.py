@@ -7,6 +7,8 @@ expect, and where its weights come from. The CLI and the runner only look names 
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -85,6 +87,16 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Environment variable naming extra modules (comma-separated) that register backbones.
+PLUGINS_ENV = "VADPIPE_PLUGINS"
+
+
 def _load_builtin() -> None:
     # Importing a backbone module registers it.
     from vadpipe.extractors import i3d  # noqa: F401
+
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"{PLUGINS_ENV} names {module!r}, which cannot be imported: {e}") from e

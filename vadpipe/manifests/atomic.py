@@ -18,6 +18,16 @@ import numpy as np
 TMP_MARKER = ".vadpipe-tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of files created by :func:`atomic_open`, as ``open()`` would create them.
+_DEFAULT_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it onto ``path`` on success.
@@ -30,6 +40,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + TMP_MARKER, dir=target.parent)
     try:
+        os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
