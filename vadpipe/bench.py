@@ -1,0 +1,168 @@
+"""Throughput benchmarks of stage one, stage by stage (``vadpipe bench extract``).
+
+Timing lives here, never in pass/fail tests. Each stage is measured on its own:
+
+* decode: frames/s of each decoder backend over the video;
+* preprocess: clips/s of the workers' resize (uint8, one process);
+* model: clips/s of crop + normalise + backbone on resized clips already in (pinned)
+  memory (all crops of a clip count as one clip), after warm-up, synchronised;
+* end to end: clips/s of ``vadpipe extract`` on the video (workers, batching, writing).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vadpipe.pipeline.config import ExtractConfig
+
+
+@dataclass
+class StageResult:
+    stage: str
+    amount: float
+    unit: str
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.amount / self.seconds if self.seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        return f"{self.stage:<22} {self.rate:10.1f} {self.unit}/s   ({self.amount:g} {self.unit} in {self.seconds:.2f} s)"
+
+
+def make_synthetic_video(path: str | Path, seconds: float = 10.0, width: int = 320, height: int = 240,
+                         fps: int = 30, seed: int = 0) -> Path:
+    """Write an H.264 MP4 with moving textured content (deterministic for ``seed``)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, size=(height * 2, width * 2, 3), dtype=np.uint8)
+    n = int(round(seconds * fps))
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(n):
+            y, x = (i * 3) % height, (i * 5) % width
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[y:y + height, x:x + width]), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def bench_decode(video: str, backend: str, max_frames: int | None = None) -> StageResult:
+    from vadpipe.pipeline.decode import open_video
+
+    t = time.perf_counter()
+    n = 0
+    with open_video(video, backend=backend) as reader:
+        used = reader.info.backend
+        for chunk in reader.iter_chunks():
+            n += len(chunk)
+            if max_frames and n >= max_frames:
+                break
+    return StageResult(f"decode ({used})", n, "frames", time.perf_counter() - t)
+
+
+def bench_preprocess(video: str, config: ExtractConfig, n_clips: int = 32) -> StageResult:
+    from vadpipe.pipeline.clips import iter_clips
+    from vadpipe.pipeline.decode import open_video
+    from vadpipe.pipeline.transforms import resize_clips
+
+    clips = []
+    with open_video(video) as reader:
+        for clip in iter_clips(reader.iter_chunks(), config.clip):
+            clips.append(clip)
+            if len(clips) == n_clips:
+                break
+    batch = config.batch_clips
+    t = time.perf_counter()
+    for i in range(0, len(clips), batch):
+        resize_clips(torch.from_numpy(np.stack(clips[i:i + batch])), config.preset)
+    return StageResult("preprocess (resize)", len(clips), "clips", time.perf_counter() - t)
+
+
+def bench_model(config: ExtractConfig, iters: int = 5, warmup: int = 2) -> StageResult:
+    from vadpipe.extractors import get_backbone
+    from vadpipe.pipeline.runner import FeatureModel, resolve_device
+
+    spec = get_backbone(config.backbone)
+    config = config.with_preset(spec.preset)
+    device = resolve_device(config.device)
+    model = FeatureModel(spec, config, device)
+    s = config.preset.crop_size
+    # resized 320x240 clips, as the workers deliver them: [n, 3, T, 256, 341]
+    h, w = config.preset.resized_size(240, 320)
+    x = torch.randint(0, 256, (config.batch_clips, 3, config.clip.length, h, w), dtype=torch.uint8)
+    if device.type == "cuda":
+        x = x.pin_memory()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        model([x])
+    sync()
+    t = time.perf_counter()
+    for _ in range(iters):
+        model([x])
+    sync()
+    return StageResult(f"model ({config.precision})", iters * config.batch_clips, "clips", time.perf_counter() - t)
+
+
+def bench_end_to_end(video: str, config: ExtractConfig) -> StageResult:
+    from vadpipe.pipeline.runner import extract
+    from vadpipe.pipeline.sources import discover
+
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        summary = extract(discover([video]), out, config, progress=False)
+        dt = time.perf_counter() - t
+    if summary.failed:
+        raise RuntimeError(f"end-to-end run failed: {summary.failures}")
+    return StageResult("end to end", summary.clips, "clips", dt)
+
+
+def run_extract_bench(video: str | None, config: ExtractConfig, *, seconds: float, model_iters: int,
+                      stages: tuple[str, ...] = ("decode", "preprocess", "model", "e2e"), echo=print) -> list[StageResult]:
+    """Run the selected stages and print one line each; returns the results."""
+    from vadpipe.extractors import get_backbone
+
+    config = config.with_preset(get_backbone(config.backbone).preset)
+    results: list[StageResult] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if video is None:
+            video = str(make_synthetic_video(Path(tmp) / "synthetic_320x240.mp4", seconds=seconds))
+            echo(f"video: generated 320x240 H.264, {seconds:g} s at 30 fps")
+        else:
+            echo(f"video: {video}")
+        echo(f"device: {config.device}, precision {config.precision}, crops {config.crops}, "
+             f"batch {config.batch_clips} clips, workers {config.workers}, torch threads {torch.get_num_threads()}")
+        for stage in stages:
+            if stage == "decode":
+                for backend in ("decord", "pyav"):
+                    results.append(bench_decode(video, backend))
+            elif stage == "preprocess":
+                results.append(bench_preprocess(video, config))
+            elif stage == "model":
+                results.append(bench_model(config, iters=model_iters))
+            elif stage == "e2e":
+                results.append(bench_end_to_end(video, config))
+            echo(results[-1].line())
+    return results
+
+
+def replace_config(config: ExtractConfig, **kw) -> ExtractConfig:
+    return replace(config, **kw)

@@ -1,0 +1,402 @@
+"""Run a backbone over many videos: decode and preprocess in worker processes, batch the
+crops of many clips (across videos) for the model, write atomic outputs and manifest rows.
+
+Data flow::
+
+    VideoJob ─ worker: decode → clips → resize (uint8) ─┐  (pinned memory, prefetch)
+                                                       ├→ main, on the model's device: crop → normalise
+    VideoJob ─ worker: ...                             ─┘    → model → [n, crops, D] → .npy (atomic) + row
+
+A video that fails (corrupt, empty, too short, not a video ...) becomes a ``failed`` row with
+the reason; the run goes on. Re-running skips videos whose ``ok`` rows match the current
+settings and whose files are intact, unless ``force`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vadpipe import __version__
+from vadpipe.errors import ConfigError, VadpipeError, VideoTooShortError
+from vadpipe.extractors.registry import BackboneSpec, get_backbone
+from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy, atomic_write_text
+from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest, write_manifest
+from vadpipe.pipeline.clips import iter_clips
+from vadpipe.pipeline.config import ExtractConfig
+from vadpipe.pipeline.decode import open_video
+from vadpipe.pipeline.sources import VideoJob
+from vadpipe.pipeline.transforms import crop_clips, normalize_clips, resize_clips
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_TAG = "random"
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did. ``exit_code`` is non-zero when any video failed."""
+
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    clips: int = 0
+    seconds: float = 0.0
+    manifest: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        """One-line summary for the terminal."""
+        rate = self.clips / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.ok} extracted, {self.skipped} already done, {self.failed} failed; "
+            f"{self.clips} clips in {self.seconds:.1f} s ({rate:.1f} clips/s); manifest: {self.manifest}"
+        )
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+class _ClipStream(IterableDataset):
+    """Yields, per video, resized uint8 clip batches ``[n, 3, T, h, w]`` then a ``done`` record.
+
+    With several workers, worker ``w`` takes the videos ``w, w + W, w + 2W, ...``.
+    """
+
+    def __init__(self, jobs: list[VideoJob], config: ExtractConfig):
+        self.jobs = jobs
+        self.config = config
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        for index in range(wid, len(self.jobs), nworkers):
+            yield from self._video(index)
+
+    def _video(self, index: int) -> Iterator[dict]:
+        cfg = self.config
+        job = self.jobs[index]
+        started = time.time()
+        done = {"kind": "done", "job": index, "started": started, "n_frames": 0, "fps": 0.0,
+                "n_clips": 0, "decoder": "", "error": ""}
+        try:
+            with open_video(job.path, backend=cfg.decoder, fps=cfg.fps) as reader:
+                done["fps"] = float(reader.info.fps)
+                done["decoder"] = reader.info.backend + (
+                    f" (fallback: {reader.info.fallback_reason})" if reader.info.fallback_reason else ""
+                )
+                pending: list[np.ndarray] = []
+                start = 0
+                for clip in iter_clips(reader.iter_chunks(), cfg.clip):
+                    pending.append(clip)
+                    if len(pending) == cfg.batch_clips:
+                        yield self._batch(index, start, pending)
+                        start += len(pending)
+                        pending = []
+                if pending:
+                    yield self._batch(index, start, pending)
+                    start += len(pending)
+                done["n_frames"] = reader.frames_read
+                done["n_clips"] = start
+            if start == 0:
+                raise VideoTooShortError(
+                    f"{job.path}: {done['n_frames']} frame(s) decoded, fewer than one "
+                    f"{cfg.clip.length}-frame clip; use --tail pad to keep short videos"
+                )
+        except VadpipeError as e:
+            done["error"] = f"{type(e).__name__}: {e}"
+        except Exception as e:  # a bug or an unexpected library failure: keep the batch going
+            log.debug("unexpected failure on %s\n%s", job.path, traceback.format_exc())
+            done["error"] = f"unexpected {type(e).__name__}: {e} (please report this)"
+        yield done
+
+    def _batch(self, index: int, start: int, clips: list[np.ndarray]) -> dict:
+        frames = torch.from_numpy(np.stack(clips))  # [n, T, H, W, 3]
+        data = resize_clips(frames, self.config.preset)  # [n, 3, T, h, w]
+        return {"kind": "clips", "job": index, "start": start, "data": data}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- model side
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def default_workers(device: torch.device) -> int:
+    """Worker processes for decoding: one on CPU (the model needs the cores), up to 8 on CUDA."""
+    if device.type == "cuda":
+        return min(8, max(1, (os.cpu_count() or 2) - 1))
+    return 1
+
+
+class FeatureModel:
+    """A backbone on a device with a precision policy: uint8 crops in, float32 features out."""
+
+    def __init__(self, spec: BackboneSpec, config: ExtractConfig, device: torch.device):
+        self.spec = spec
+        self.config = config
+        self.device = device
+        model = spec.build(not config.random_weights)
+        self.weights_sha256 = (
+            RANDOM_WEIGHTS_TAG if config.random_weights else str(getattr(model, "weights_sha256", "") or "")
+        )
+        self.channels_last = config.channels_last and device.type == "cuda"
+        model = model.eval().to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model
+        precision = config.precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if device.type == "cuda":
+            tf32 = precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cudnn.benchmark = True
+
+    @torch.inference_mode()
+    def __call__(self, resized: list[torch.Tensor]) -> np.ndarray:
+        """Features of resized uint8 clips.
+
+        Args:
+            resized: batches ``[n_i, 3, T, h_i, w_i]`` from :func:`resize_clips` (frame
+                sizes may differ between batches: they can come from different videos).
+
+        Returns:
+            float32 ``[sum n_i, crops, D]``, in order.
+        """
+        crops = torch.cat([
+            crop_clips(r.to(self.device, non_blocking=True), self.config.preset, self.config.crops) for r in resized
+        ])  # [N, crops, 3, T, S, S]
+        n, k = crops.shape[:2]
+        x = crops.flatten(0, 1)  # [N*crops, 3, T, S, S]
+        x = normalize_clips(x, self.config.preset, dtype=self.autocast_dtype or torch.float32)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            feats = self.model(x)
+        return feats.float().reshape(n, k, -1).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def output_path(job: VideoJob, config: ExtractConfig, spec: BackboneSpec) -> str:
+    """Manifest ``feature_path`` (relative to the output folder) for ``job``."""
+    if config.layout == "per-crop":
+        return f"{job.rel_name}__{{k}}.npy"
+    return f"{job.rel_name}_{spec.file_suffix or spec.name}.npy"
+
+
+def _is_intact(row: FeatureRow, root: Path) -> bool:
+    """True when every feature file of an ``ok`` row exists and has the recorded shape."""
+    want = (row.n_clips, row.crops, row.dim) if row.layout == "single" else (row.n_clips, row.dim)
+    for f in row.feature_files(root):
+        try:
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return False
+        if arr.shape != want or arr.dtype != np.float32:
+            return False
+    return True
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Delete temporary files a killed run left behind (never complete outputs)."""
+    if root.is_dir():
+        for f in root.rglob(f"*{TMP_MARKER}*"):
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+def extract(
+    jobs: list[VideoJob],
+    out_dir: str | os.PathLike,
+    config: ExtractConfig = ExtractConfig(),
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract features of ``jobs`` into ``out_dir`` and record them in ``features.csv``.
+
+    Args:
+        jobs: videos to process (see :func:`vadpipe.pipeline.sources.discover`).
+        out_dir: output folder; holds the feature files, ``features.csv`` and one
+            ``extract-<time>.json`` per run with the full configuration.
+        config: extraction settings.
+        force: recompute videos that an earlier run already finished.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`ExtractSummary`; its ``exit_code`` is 1 when any video failed.
+
+    Raises:
+        WeightsNotFoundError: the backbone's weights are not installed.
+        ConfigError: invalid settings or device.
+    """
+    t0 = time.time()
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    spec = get_backbone(config.backbone)
+    config = config.with_preset(spec.preset)
+    device = resolve_device(config.device)
+    model = FeatureModel(spec, config, device)
+    config_hash = config.feature_hash(model.weights_sha256)
+    manifest = root / MANIFEST_NAME
+    _remove_leftovers(root)
+
+    rows: dict[str, FeatureRow] = {}
+    if manifest.exists():
+        rows = {r.video: r for r in read_manifest(manifest)}
+    summary = ExtractSummary(manifest=str(manifest))
+    todo: list[VideoJob] = []
+    for job in jobs:
+        old = rows.get(job.path)
+        if (not force and old is not None and old.status == "ok"
+                and old.config_hash == config_hash and _is_intact(old, root)):
+            summary.skipped += 1
+            continue
+        todo.append(job)
+        rows[job.path] = FeatureRow(video=job.path, backbone=spec.name, status="skipped",
+                                    error="not processed yet (run interrupted)")
+
+    run_record = {
+        "vadpipe_version": __version__,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "config_hash": config_hash,
+        "weights_sha256": model.weights_sha256,
+        "weights": {"name": spec.weights.name, "source": spec.weights.source, "license": spec.weights.license},
+        "device": str(device),
+        "torch": torch.__version__,
+        "inputs": len(jobs),
+        "to_process": len(todo),
+    }
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    run_file = root / f"extract-{stamp}.json"
+    atomic_write_text(run_file, json.dumps(run_record, indent=2))
+
+    if todo:
+        write_manifest(manifest, list(rows.values()))
+        try:
+            _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, progress)
+        finally:
+            write_manifest(manifest, list(rows.values()))
+    summary.seconds = time.time() - t0
+    run_record.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      ok=summary.ok, failed=summary.failed, skipped=summary.skipped,
+                      clips=summary.clips, seconds=round(summary.seconds, 3))
+    atomic_write_text(run_file, json.dumps(run_record, indent=2))
+    return summary
+
+
+def _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, progress) -> None:
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(
+        _ClipStream(todo, config),
+        batch_size=None,
+        num_workers=config.workers,
+        pin_memory=model.device.type == "cuda",
+        worker_init_fn=_worker_init if config.workers else None,
+        prefetch_factor=4 if config.workers else None,
+        multiprocessing_context="spawn" if config.workers and model.device.type == "cuda" else None,
+    )
+    parts: dict[int, list[tuple[int, np.ndarray]]] = {}
+    pending: list[dict] = []
+    n_pending = 0
+    t_start = time.time()
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
+
+    def flush() -> None:
+        nonlocal pending, n_pending
+        if not pending:
+            return
+        feats = model([p["data"] for p in pending])
+        offset = 0
+        for p in pending:
+            n = p["data"].shape[0]
+            parts.setdefault(p["job"], []).append((p["start"], feats[offset:offset + n]))
+            offset += n
+        summary.clips += offset
+        pending, n_pending = [], 0
+
+    try:
+        for item in loader:
+            if item["kind"] == "clips":
+                pending.append(item)
+                n_pending += item["data"].shape[0]
+                if n_pending >= config.batch_clips:
+                    flush()
+                continue
+            if any(p["job"] == item["job"] for p in pending):
+                flush()
+            job = todo[item["job"]]
+            row = _finish(job, item, parts.pop(item["job"], []), root, config, spec, model, config_hash)
+            rows[job.path] = row
+            if row.status == "ok":
+                summary.ok += 1
+            else:
+                summary.failed += 1
+                summary.failures.append((job.path, row.error))
+            write_manifest(manifest, list(rows.values()))
+            bar.update(1)
+            elapsed = time.time() - t_start
+            bar.set_postfix(clips_per_s=f"{summary.clips / max(elapsed, 1e-9):.1f}", failed=summary.failed)
+    finally:
+        bar.close()
+
+
+def _finish(job, item, parts, root, config, spec, model, config_hash) -> FeatureRow:
+    row = FeatureRow(
+        video=job.path, backbone=spec.name, weights_sha256=model.weights_sha256,
+        n_frames=item["n_frames"], fps=round(item["fps"], 6), crops=config.crops,
+        dim=spec.feature_dim, layout=config.layout, decoder=item["decoder"], config_hash=config_hash,
+    )
+    if item["error"]:
+        row.status, row.error = "failed", item["error"]
+        row.seconds = round(time.time() - item["started"], 3)
+        return row
+    parts.sort(key=lambda p: p[0])
+    feats = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)  # [n_clips, crops, D]
+    row.n_clips = feats.shape[0]
+    row.feature_path = output_path(job, config, spec)
+    if config.layout == "per-crop":
+        for k in range(config.crops):
+            atomic_save_npy(root / row.feature_path.format(k=k), np.ascontiguousarray(feats[:, k]))
+    else:
+        atomic_save_npy(root / row.feature_path, feats)
+    row.status = "ok"
+    row.seconds = round(time.time() - item["started"], 3)
+    return row
