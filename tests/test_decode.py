@@ -455,3 +455,37 @@ def test_media_helpers_are_deterministic(tmp_path: Path) -> None:
     b = media.make_video(tmp_path / "b.mp4", 20, seed=3)
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
     assert [media.read_index(f) for f in reference_frames(a)] == list(range(20))
+
+
+def test_auto_switches_to_pyav_when_decord_breaks_mid_stream(corpus: dict[str, Path], monkeypatch) -> None:
+    import vadpipe.pipeline.decode as decode
+
+    path = next(p for p in corpus.values() if p.suffix == ".mp4")
+    reference = open_video(path, backend="pyav").read_all()
+    original = decode.VideoReader._decord_chunks
+
+    def breaks_after_first_chunk(self, vr=None):
+        gen = original(self, vr)
+        yield next(gen)
+        raise decode._fail(self.path, "decord failed to decode frames (simulated)")
+
+    monkeypatch.setattr(decode.VideoReader, "_decord_chunks", breaks_after_first_chunk)
+    with open_video(path, chunk_size=7) as reader:
+        assert reader.info.backend == "decord"
+        chunks = list(reader.iter_chunks())
+        assert reader.info.backend == "pyav" and "decord failed after 7 frames" in reader.info.fallback_reason
+    assert [len(c) for c in chunks][:2] == [7, 7]
+    np.testing.assert_array_equal(np.concatenate(chunks), reference)
+    assert reader.frames_read == len(reference)
+    with pytest.raises(VideoDecodeError, match="simulated"):
+        open_video(path, backend="decord").read_all()
+
+
+def test_frame_width_decord_rejects_is_decoded_by_auto(tmp_path: Path) -> None:
+    # decord 3.4 raises "DECORDArrayCopyFromTo: The size must exactly match" on 96x64 H.264
+    from vadpipe.bench import make_synthetic_video
+
+    path = make_synthetic_video(tmp_path / "w96.mp4", seconds=0.5, width=96, height=64)
+    with open_video(path) as reader:
+        frames = reader.read_all()
+    np.testing.assert_array_equal(frames, open_video(path, backend="pyav").read_all())

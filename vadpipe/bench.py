@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vadpipe.errors import VideoDecodeError
 from vadpipe.pipeline.config import ExtractConfig
 
 
@@ -153,8 +154,14 @@ def run_extract_bench(video: str | None, config: ExtractConfig, *, seconds: floa
         for stage in stages:
             if stage == "decode":
                 for backend in ("decord", "pyav"):
-                    results.append(bench_decode(video, backend))
-            elif stage == "preprocess":
+                    try:
+                        results.append(bench_decode(video, backend))
+                    except VideoDecodeError as e:
+                        echo(f"decode ({backend}) failed: {e}")
+                        continue
+                    echo(results[-1].line())
+                continue
+            if stage == "preprocess":
                 results.append(bench_preprocess(video, config))
             elif stage == "model":
                 results.append(bench_model(config, iters=model_iters))

@@ -44,8 +44,8 @@ def main(verbose: bool) -> None:
               help="single: <name>_i3d.npy [clips, crops, D]; per-crop: <name>__<k>.npy [clips, D].")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--batch-clips", default=8, show_default=True, type=click.IntRange(1),
-              help="Clips per forward pass (each with all its crops).")
+@click.option("--batch-clips", default=None, type=click.IntRange(1),
+              help="Clips per forward pass, each with all its crops [default: 16 on CUDA, 2 on CPU].")
 @click.option("--workers", default=None, type=click.IntRange(0),
               help="Decode/preprocess worker processes [default: 1 on CPU, up to 8 with CUDA].")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
@@ -66,7 +66,7 @@ def extract(inputs, out, backbone, crops, crop_order, resize, clip_len, stride, 
     from vadpipe.extractors import get_backbone
     from vadpipe.pipeline.clips import ClipSpec
     from vadpipe.pipeline.config import ExtractConfig
-    from vadpipe.pipeline.runner import default_workers, extract as run_extract, resolve_device
+    from vadpipe.pipeline.runner import default_batch_clips, default_workers, extract as run_extract, resolve_device
     from vadpipe.pipeline.sources import discover
 
     try:
@@ -76,8 +76,9 @@ def extract(inputs, out, backbone, crops, crop_order, resize, clip_len, stride, 
             preset = replace(preset, crop_order=crop_order)
         if resize:
             preset = replace(preset, resize=_parse_resize(resize))
-        if workers is None:
-            workers = default_workers(resolve_device(device))
+        dev = resolve_device(device)
+        workers = default_workers(dev) if workers is None else workers
+        batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
         config = ExtractConfig(
             backbone=backbone, clip=ClipSpec(length=clip_len, stride=stride or clip_len, tail=tail),
             preset=preset, crops=int(crops), fps=fps, layout=layout, precision=precision, device=device,
@@ -107,7 +108,7 @@ def bench() -> None:
 @click.option("--crops", type=click.Choice(["1", "5", "10"]), default="10", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-clips", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--batch-clips", default=None, type=click.IntRange(1), help="[default: 16 on CUDA, 2 on CPU]")
 @click.option("--workers", default=None, type=click.IntRange(0), help="[default: 1 on CPU, up to 8 with CUDA]")
 @click.option("--seconds", default=10.0, show_default=True, help="Length of the generated video when VIDEO is not given.")
 @click.option("--model-iters", default=5, show_default=True, type=click.IntRange(1), help="Timed model batches.")
@@ -120,11 +121,12 @@ def bench_extract(video, backbone, crops, precision, device, batch_clips, worker
     (or a generated 320x240 H.264 video)."""
     from vadpipe.bench import run_extract_bench
     from vadpipe.pipeline.config import ExtractConfig
-    from vadpipe.pipeline.runner import default_workers, resolve_device
+    from vadpipe.pipeline.runner import default_batch_clips, default_workers, resolve_device
 
     try:
-        if workers is None:
-            workers = default_workers(resolve_device(device))
+        dev = resolve_device(device)
+        workers = default_workers(dev) if workers is None else workers
+        batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
         config = ExtractConfig(backbone=backbone, crops=int(crops), precision=precision, device=device,
                                batch_clips=batch_clips, workers=workers, random_weights=random_weights)
         wanted = tuple(s.strip() for s in stages.split(",") if s.strip())

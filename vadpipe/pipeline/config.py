@@ -45,7 +45,7 @@ class ExtractConfig:
     layout: str = "single"
     precision: str = "fp32"
     device: str = "auto"
-    batch_clips: int = 8
+    batch_clips: int = 2
     workers: int = 0
     decoder: str = "auto"
     channels_last: bool = True

@@ -68,7 +68,7 @@ import numbers
 import os
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Iterator
 
@@ -564,6 +564,7 @@ class VideoReader:
         self._closed = False
         self._iterators: weakref.WeakSet = weakref.WeakSet()
         self._probe = _probe(self.path)
+        self._auto = backend == "auto"
         self._vr: Any | None = None
         reason: str | None = None
         if backend == "pyav":
@@ -591,7 +592,8 @@ class VideoReader:
 
         Yields:
             uint8 arrays ``[t, H, W, 3]`` (RGB, C-contiguous), ``1 <= t <= chunk_size``;
-            all chunks but the last have ``t == chunk_size``.
+            all chunks but the last have ``t == chunk_size``, except where ``auto`` had
+            to switch from decord to PyAV part-way (``info`` then says so).
 
         Raises:
             VideoDecodeError: decoding fails (corrupt data) or ends clearly short of the
@@ -628,15 +630,32 @@ class VideoReader:
 
     def _iterate(self) -> Iterator[np.ndarray]:
         self.frames_read = 0
-        if self.info.backend == "decord" and self._fps is None:
-            chunks = self._decord_chunks()
-        else:
-            frames = self._decord_frames() if self.info.backend == "decord" else self._pyav_frames()
-            chunks = _stack(self._resampled(frames) if self._fps is not None else (f for f, _ in frames),
-                            self.chunk_size)
-        for chunk in chunks:
-            self.frames_read += len(chunk)
-            yield chunk
+        try:
+            for chunk in self._chunks(self.info.backend):
+                self.frames_read += len(chunk)
+                yield chunk
+        except VideoDecodeError as e:
+            if not (self._auto and self.info.backend == "decord"):
+                raise
+            # decord passed the safety check but broke while decoding (it rejects some
+            # frame sizes, for one): PyAV decodes the same frames, so go on from there.
+            self.info = replace(self.info, backend="pyav",
+                                fallback_reason=f"decord failed after {self.frames_read} frames: {e}")
+            skip = self.frames_read
+            for chunk in self._chunks("pyav"):
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
+                self.frames_read += len(chunk)
+                yield chunk
+
+    def _chunks(self, backend: str) -> Iterator[np.ndarray]:
+        if backend == "decord" and self._fps is None:
+            return self._decord_chunks()
+        frames = self._decord_frames() if backend == "decord" else self._pyav_frames()
+        return _stack(self._resampled(frames) if self._fps is not None else (f for f, _ in frames),
+                      self.chunk_size)
 
     def _resampled(self, frames: Iterator[tuple[np.ndarray, Fraction]]) -> Iterator[np.ndarray]:
         assert self._fps is not None

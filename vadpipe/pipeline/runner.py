@@ -98,9 +98,6 @@ class _ClipStream(IterableDataset):
         try:
             with open_video(job.path, backend=cfg.decoder, fps=cfg.fps) as reader:
                 done["fps"] = float(reader.info.fps)
-                done["decoder"] = reader.info.backend + (
-                    f" (fallback: {reader.info.fallback_reason})" if reader.info.fallback_reason else ""
-                )
                 pending: list[np.ndarray] = []
                 start = 0
                 for clip in iter_clips(reader.iter_chunks(), cfg.clip):
@@ -114,6 +111,8 @@ class _ClipStream(IterableDataset):
                     start += len(pending)
                 done["n_frames"] = reader.frames_read
                 done["n_clips"] = start
+                info = reader.info  # after decoding: auto may have switched backend part-way
+                done["decoder"] = info.backend + (f" (fallback: {info.fallback_reason})" if info.fallback_reason else "")
             if start == 0:
                 raise VideoTooShortError(
                     f"{job.path}: {done['n_frames']} frame(s) decoded, fewer than one "
@@ -154,6 +153,12 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, max(1, (os.cpu_count() or 2) - 1))
     return 1
+
+
+def default_batch_clips(device: torch.device) -> int:
+    """Clips per forward pass: 16 on CUDA; 2 on CPU, where larger batches only add memory
+    traffic (measured on 2 cores: 3.7 s/clip at 1-2 clips, 4.1 s/clip at 8, 10 crops)."""
+    return 16 if device.type == "cuda" else 2
 
 
 class FeatureModel:
