@@ -62,21 +62,39 @@ def make_synthetic_video(path: str | Path, seconds: float = 10.0, width: int = 3
     return path
 
 
-def bench_decode(video: str, backend: str, max_frames: int | None = None) -> StageResult:
+#: Short stages are repeated until they have run at least this long.
+MIN_STAGE_SECONDS = 1.0
+
+
+def _repeat(one_pass, min_seconds: float = MIN_STAGE_SECONDS) -> tuple[int, float]:
+    """Run ``one_pass() -> amount`` until ``min_seconds`` have passed; total amount and time."""
+    amount, t = 0, time.perf_counter()
+    while True:
+        amount += one_pass()
+        elapsed = time.perf_counter() - t
+        if elapsed >= min_seconds:
+            return amount, elapsed
+
+
+def bench_decode(video: str, backend: str) -> StageResult:
+    """Frames/s of whole-video decoding passes with ``backend`` (opening included)."""
     from vadpipe.pipeline.decode import open_video
 
-    t = time.perf_counter()
-    n = 0
-    with open_video(video, backend=backend) as reader:
-        used = reader.info.backend
-        for chunk in reader.iter_chunks():
-            n += len(chunk)
-            if max_frames and n >= max_frames:
-                break
-    return StageResult(f"decode ({used})", n, "frames", time.perf_counter() - t)
+    used = backend
+
+    def one_pass() -> int:
+        nonlocal used
+        with open_video(video, backend=backend) as reader:
+            n = sum(len(chunk) for chunk in reader.iter_chunks())
+            used = reader.info.backend
+        return n
+
+    frames, seconds = _repeat(one_pass)
+    return StageResult(f"decode ({used})", frames, "frames", seconds)
 
 
 def bench_preprocess(video: str, config: ExtractConfig, n_clips: int = 32) -> StageResult:
+    """Clips/s of the workers' uint8 resize, in batches of ``config.batch_clips``."""
     from vadpipe.pipeline.clips import iter_clips
     from vadpipe.pipeline.decode import open_video
     from vadpipe.pipeline.transforms import resize_clips
@@ -87,11 +105,16 @@ def bench_preprocess(video: str, config: ExtractConfig, n_clips: int = 32) -> St
             clips.append(clip)
             if len(clips) == n_clips:
                 break
-    batch = config.batch_clips
-    t = time.perf_counter()
-    for i in range(0, len(clips), batch):
-        resize_clips(torch.from_numpy(np.stack(clips[i:i + batch])), config.preset)
-    return StageResult("preprocess (resize)", len(clips), "clips", time.perf_counter() - t)
+    batches = [torch.from_numpy(np.stack(clips[i:i + config.batch_clips]))
+               for i in range(0, len(clips), config.batch_clips)]
+
+    def one_pass() -> int:
+        for batch in batches:
+            resize_clips(batch, config.preset)
+        return len(clips)
+
+    n, seconds = _repeat(one_pass)
+    return StageResult("preprocess (resize)", n, "clips", seconds)
 
 
 def bench_model(config: ExtractConfig, iters: int = 5, warmup: int = 2) -> StageResult:
