@@ -184,3 +184,23 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     for i in range(6):
         np.testing.assert_array_equal(np.load(out / f"v{i}_tiny.npy"), np.load(tmp_path / "clean" / f"v{i}_tiny.npy"))
     assert not list(out.rglob("*.vadpipe-tmp-*"))
+
+
+def test_cli_preset_and_overrides_reach_the_run_config(videos: Path, tmp_path: Path) -> None:
+    import json
+
+    args = ["extract", str(videos / "a.mp4"), "--backbone", "tiny", "--random-weights", "--device", "cpu",
+            "--workers", "0", "-q", "--crops", "1"]
+    res = CliRunner().invoke(main, args + ["-o", str(tmp_path / "g"), "--preset", "gowtham-rtfm"])
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "g").glob("extract-*.json")
+    preset = json.loads(run.read_text())["config"]["preset"]
+    assert (preset["resize"], preset["crop_order"], preset["interpolation"]) == ([256, 340], "gowtham", "lanczos")
+    assert (preset["crop_size"], preset["value_range"]) == (32, [-1.0, 1.0])  # the backbone's own
+    res = CliRunner().invoke(main, args + ["-o", str(tmp_path / "r"), "--resize", "48x64", "--crop-order", "gowtham"])
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "r").glob("extract-*.json")
+    preset = json.loads(run.read_text())["config"]["preset"]
+    assert (preset["resize"], preset["crop_order"], preset["crop_size"]) == ([48, 64], "gowtham", 32)
+    bad = CliRunner().invoke(main, args + ["-o", str(tmp_path / "x"), "--resize", "big"])
+    assert bad.exit_code == 2 and "--resize takes N or HxW" in bad.output

@@ -31,6 +31,9 @@ def main(verbose: bool) -> None:
 @click.option("--backbone", default="i3d", show_default=True, help="Registered backbone (see `vadpipe weights list`).")
 @click.option("--crops", type=click.Choice(["1", "5", "10"]), default="10", show_default=True,
               help="Crops per clip: centre; 4 corners + centre; those and their mirrors.")
+@click.option("--preset", "preset_name", type=click.Choice(["kinetics", "gowtham-rtfm"]), default=None,
+              help="Named preprocessing recipe: kinetics (short side 256, TenCrop order, bilinear) or "
+                   "gowtham-rtfm (340x256 ignoring aspect, Lanczos, TL,TR,C,BL,BR order) [default: the backbone's].")
 @click.option("--crop-order", type=click.Choice(["torchvision", "gowtham"]), default=None,
               help="Order of the crops (default: the backbone preset's, torchvision TenCrop).")
 @click.option("--resize", default=None, metavar="N|HxW",
@@ -54,7 +57,7 @@ def main(verbose: bool) -> None:
 @click.option("--random-weights", is_flag=True, help="Run the backbone with random weights (tests/benchmarks only).")
 @click.option("--force", is_flag=True, help="Recompute videos that an earlier run finished.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only failures and the summary line.")
-def extract(inputs, out, backbone, crops, crop_order, resize, clip_len, stride, tail, fps, layout, precision,
+def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_len, stride, tail, fps, layout, precision,
             device, batch_clips, workers, decoder, no_channels_last, random_weights, force, quiet) -> None:
     """Extract features of videos (folders, files or CSV lists) into OUT.
 
@@ -68,10 +71,15 @@ def extract(inputs, out, backbone, crops, crop_order, resize, clip_len, stride, 
     from vadpipe.pipeline.config import ExtractConfig
     from vadpipe.pipeline.runner import default_batch_clips, default_workers, extract as run_extract, resolve_device
     from vadpipe.pipeline.sources import discover
+    from vadpipe.pipeline.transforms import PRESETS
 
     try:
         spec = get_backbone(backbone)
         preset = spec.preset
+        if preset_name:  # geometry from the recipe; crop size and value normalisation stay the weights'
+            named = PRESETS[preset_name]
+            preset = replace(preset, resize=named.resize, crop_order=named.crop_order,
+                             interpolation=named.interpolation, antialias=named.antialias)
         if crop_order:
             preset = replace(preset, crop_order=crop_order)
         if resize:

@@ -285,6 +285,9 @@ GOWTHAM_RTFM_PRESET = ClipPreset(
     interpolation="lanczos",
 )
 
+#: Named presets, as ``vadpipe extract --preset NAME`` offers them.
+PRESETS: dict[str, ClipPreset] = {"kinetics": KINETICS_I3D_PRESET, "gowtham-rtfm": GOWTHAM_RTFM_PRESET}
+
 
 def _check_n_crops(n_crops: int) -> None:
     if not _is_int(n_crops) or n_crops not in N_CROPS:
