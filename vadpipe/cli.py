@@ -38,7 +38,7 @@ def main(verbose: bool) -> None:
               help="Order of the crops (default: the backbone preset's, torchvision TenCrop).")
 @click.option("--resize", default=None, metavar="N|HxW",
               help="Resize: short side N (keeps aspect) or exact HxW, e.g. 256x340 (default: preset's, 256).")
-@click.option("--clip-len", default=16, show_default=True, type=click.IntRange(1), help="Frames per clip.")
+@click.option("--clip-len", default=None, type=click.IntRange(1), help="Frames per clip [default: the backbone's, 16].")
 @click.option("--stride", default=None, type=click.IntRange(1), help="Frames between clip starts [default: clip length].")
 @click.option("--tail", type=click.Choice(["drop", "pad"]), default="drop", show_default=True,
               help="Incomplete last clip: drop it (community features) or pad by repeating the last frame.")
@@ -87,8 +87,9 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
         dev = resolve_device(device)
         workers = default_workers(dev) if workers is None else workers
         batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
+        length = clip_len or spec.clip_len
         config = ExtractConfig(
-            backbone=backbone, clip=ClipSpec(length=clip_len, stride=stride or clip_len, tail=tail),
+            backbone=backbone, clip=ClipSpec(length=length, stride=stride or length, tail=tail),
             preset=preset, crops=int(crops), fps=fps, layout=layout, precision=precision, device=device,
             batch_clips=batch_clips, workers=workers, decoder=decoder, channels_last=not no_channels_last,
             random_weights=random_weights,
@@ -100,7 +101,7 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     except VadpipeError as e:
         _fail(e)
     for path, err in summary.failures:
-        click.echo(f"failed: {path}: {err}", err=True)
+        click.echo(f"failed: {err}" if path in err else f"failed: {path}: {err}", err=True)
     click.echo(summary.line(), err=True)
     sys.exit(summary.exit_code)
 
