@@ -162,7 +162,7 @@ def default_batch_clips(device: torch.device) -> int:
 
 
 class FeatureModel:
-    """A backbone on a device with a precision policy: uint8 crops in, float32 features out."""
+    """A backbone on a device with a precision policy: resized uint8 clips in, float32 features out."""
 
     def __init__(self, spec: BackboneSpec, config: ExtractConfig, device: torch.device):
         self.spec = spec
@@ -186,7 +186,7 @@ class FeatureModel:
             torch.backends.cudnn.benchmark = True
 
     @torch.inference_mode()
-    def __call__(self, resized: list[torch.Tensor]) -> np.ndarray:
+    def __call__(self, resized: list[torch.Tensor]) -> torch.Tensor:
         """Features of resized uint8 clips.
 
         Args:
@@ -194,7 +194,10 @@ class FeatureModel:
                 sizes may differ between batches: they can come from different videos).
 
         Returns:
-            float32 ``[sum n_i, crops, D]``, in order.
+            float32 ``[sum n_i, crops, D]``, in order, on the model's device. Nothing here
+            waits for the device: the caller copies features to the host only when a video
+            is complete, so decoding, transfers and kernel launches of the next batch
+            overlap the model's work.
         """
         crops = torch.cat([
             crop_clips(r.to(self.device, non_blocking=True), self.config.preset, self.config.crops) for r in resized
@@ -211,7 +214,7 @@ class FeatureModel:
         )
         with ctx:
             feats = self.model(x)
-        return feats.float().reshape(n, k, -1).cpu().numpy()
+        return feats.float().reshape(n, k, -1)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -338,7 +341,7 @@ def _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, 
         prefetch_factor=4 if config.workers else None,
         multiprocessing_context="spawn" if config.workers and model.device.type == "cuda" else None,
     )
-    parts: dict[int, list[tuple[int, np.ndarray]]] = {}
+    parts: dict[int, list[tuple[int, torch.Tensor]]] = {}
     pending: list[dict] = []
     n_pending = 0
     t_start = time.time()
@@ -394,7 +397,7 @@ def _finish(job, item, parts, root, config, spec, model, config_hash) -> Feature
         row.seconds = round(time.time() - item["started"], 3)
         return row
     parts.sort(key=lambda p: p[0])
-    feats = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)  # [n_clips, crops, D]
+    feats = torch.cat([p[1] for p in parts]).cpu().numpy()  # float32 [n_clips, crops, D]
     row.n_clips = feats.shape[0]
     row.feature_path = output_path(job, config, spec)
     if config.layout == "per-crop":
