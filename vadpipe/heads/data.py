@@ -1,0 +1,402 @@
+"""Stage two's input path: load feature files, resample them to 32 segments, batch them.
+
+Layouts :func:`load_features` understands (all returned as float32 ``[N, T, D]``, ``N``
+crops, ``T`` snippets, ``D`` feature size — the ``[B, N, T, D]`` convention of
+:mod:`vadpipe.heads.base` without the batch axis):
+
+* one ``.npy`` ``[T, N, D]`` — RTFM/MGFN's published I3D features and stage one's
+  ``single`` layout (``[n_clips, crops, D]``); transposed to ``[N, T, D]``;
+* one ``.npy`` ``[T, D]`` — a single crop, ``N = 1``;
+* per-crop ``.npy`` files ``[T, D]`` named by a ``{k}`` pattern (XD-Violence's
+  ``<name>__<k>.npy``, stage one's ``per-crop`` layout), stacked in ``k`` order;
+* Sultani's text files (``.txt``: 32 lines × 4096 floats, C3D fc6 already averaged into
+  32 L2-normalised segments) → ``[1, 32, 4096]``.
+
+Training resamples every video to 32 segments (:func:`resample_segments`) lazily, item by
+item: a UCF-Crime training set held resampled in memory is 1610 × 10 × 32 × 2048 × 4 B
+≈ 4.2 GB, so :class:`FeatureDataset` keeps nothing unless ``cache=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vadpipe.errors import VadpipeError
+from vadpipe.manifests.datasets import DatasetRow
+
+#: Most crops a ``{k}`` pattern is probed for (stops at the first missing index).
+MAX_CROPS = 64
+
+
+class FeatureLoadError(VadpipeError):
+    """A feature file is missing, unreadable or not in a layout vadpipe understands."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _resolve(row: DatasetRow | str | os.PathLike, root: str | os.PathLike | None) -> str:
+    if isinstance(row, DatasetRow):
+        return row.resolve(root)
+    p = str(row)
+    if root is not None and not os.path.isabs(p):
+        p = str(Path(root) / p)
+    return p
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FeatureLoadError(f"feature file not found: {path}") from None
+    except (OSError, ValueError) as e:  # truncated, pickled object arrays, not an npy
+        raise FeatureLoadError(f"cannot read feature file {path}: {e}") from e
+
+
+def _load_txt(path: str) -> np.ndarray:
+    try:
+        arr = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except FileNotFoundError:
+        raise FeatureLoadError(f"feature file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise FeatureLoadError(f"cannot read text feature file {path}: {e}") from e
+    return arr
+
+
+def load_features(row: DatasetRow | str | os.PathLike, root: str | os.PathLike | None = None) -> np.ndarray:
+    """Features of one video as a float32 ``[N, T, D]`` array (see the module docstring).
+
+    Args:
+        row: a dataset row, or a feature path (possibly a ``{k}`` pattern).
+        root: folder that relative paths are relative to (the dataset CSV's folder).
+
+    ``.npy`` files are opened with ``mmap_mode="r"``; the result is a fresh contiguous
+    float32 array (3-D files are transposed ``[T, N, D]`` → ``[N, T, D]``).
+
+    Raises:
+        FeatureLoadError: missing or unreadable files, unexpected shapes, per-crop files
+            of different lengths, ``T == 0``.
+    """
+    path = _resolve(row, root)
+    if "{k}" in path:
+        files = []
+        for k in range(MAX_CROPS):
+            f = path.format(k=k)
+            if not os.path.exists(f):
+                break
+            files.append(f)
+        if not files:
+            raise FeatureLoadError(f"no per-crop feature files for pattern {path} (looked for {path.format(k=0)})")
+        crops = []
+        for f in files:
+            a = _load_txt(f) if f.lower().endswith(".txt") else _load_npy(f)
+            if a.ndim != 2:
+                raise FeatureLoadError(f"per-crop feature file {f} has shape {a.shape}; expected [T, D]")
+            if crops and a.shape != crops[0].shape:
+                raise FeatureLoadError(
+                    f"per-crop feature files of {path} disagree: {files[0]} is {crops[0].shape}, {f} is {a.shape}"
+                )
+            crops.append(a)
+        out = np.stack([np.asarray(a, dtype=np.float32) for a in crops], axis=0)
+    elif path.lower().endswith(".txt"):
+        out = _load_txt(path)[None]
+    else:
+        a = _load_npy(path)
+        if a.ndim == 3:
+            out = np.ascontiguousarray(np.asarray(a, dtype=np.float32).transpose(1, 0, 2))
+        elif a.ndim == 2:
+            out = np.array(a, dtype=np.float32)[None]
+        else:
+            raise FeatureLoadError(f"feature file {path} has shape {a.shape}; expected [T, N, D] or [T, D]")
+    if out.shape[1] == 0:
+        raise FeatureLoadError(f"feature file {path} has no snippets (T = 0)")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def segment_bounds(t: int, n: int = 32, scheme: str = "rtfm") -> list[tuple[int, int]]:
+    """Half-open snippet ranges ``[a, b)`` averaged into each of the ``n`` segments.
+
+    ``scheme="rtfm"`` — RTFM ``utils.py`` ``process_feat`` (copied by MGFN and most
+    later heads): ``r = np.linspace(0, t, n + 1, dtype=int)`` (truncation); segment ``i``
+    is the mean of ``feat[r[i]:r[i+1]]``, or the single feature ``feat[r[i]]`` when
+    ``r[i] == r[i+1]`` (returned here as ``[r[i], r[i] + 1)``). ``r[n] == t`` and
+    ``r[n-1] < t``, so that index is always valid. For ``t <= n`` every bin is 0 or 1
+    snippets wide: each segment is one original snippet, snippets are repeated
+    (``t = 5``: each snippet 6 or 7 times), nothing is averaged; ``t == n`` is the
+    identity; ``t > n`` averages ``floor(t/n)`` or ``ceil(t/n)`` snippets per segment.
+
+    ``scheme="sultani"`` — Sultani's ``Save_C3DFeatures_32Segments.m`` in 0-based form:
+    ``s = round(linspace(1, t, n + 1))`` (MATLAB rounds halves away from zero); segment
+    ``i`` is the mean of 1-based snippets ``s[i] .. s[i+1] - 1``, or snippet ``s[i]``
+    alone when that range is empty. The last snippet is never used when ``t > n``
+    (as in the original); Sultani then L2-normalises each segment
+    (:func:`l2_normalize_segments`).
+
+    Raises:
+        ValueError: ``t < 1`` (a video without snippets cannot be resampled), ``n < 1``
+            or an unknown scheme.
+    """
+    if n < 1:
+        raise ValueError(f"number of segments must be >= 1, got {n}")
+    if t < 1:
+        raise ValueError(f"cannot resample a video with {t} snippets into {n} segments (T must be >= 1)")
+    if scheme == "rtfm":
+        r = np.linspace(0, t, n + 1).astype(np.int64)
+        return [(int(a), int(b)) if b > a else (int(a), int(a) + 1) for a, b in zip(r[:-1], r[1:])]
+    if scheme == "sultani":
+        s = np.floor(np.linspace(1, t, n + 1) + 0.5).astype(np.int64)  # MATLAB round, positives
+        out = []
+        for a, b in zip(s[:-1], s[1:]):
+            lo, hi = int(a) - 1, int(b) - 1  # 0-based [lo, hi) = 1-based a .. b-1
+            out.append((lo, hi) if hi > lo else (lo, lo + 1))
+        return out
+    raise ValueError(f"unknown resampling scheme {scheme!r}; use 'rtfm' or 'sultani'")
+
+
+def resample_segments(feat, n: int = 32, scheme: str = "rtfm"):
+    """Resample ``feat [..., T, D]`` to ``[..., n, D]`` (see :func:`segment_bounds`).
+
+    Works on numpy arrays and torch tensors (returns the same kind, same float dtype).
+    Each segment is ``mean`` over its snippet range along axis ``-2``, computed the way
+    RTFM does (``np.mean`` of the slice), so float32 results match RTFM bit for bit.
+
+    Raises:
+        ValueError: fewer than 2 dimensions, ``T == 0`` (see :func:`segment_bounds`).
+    """
+    if feat.ndim < 2:
+        raise ValueError(f"features must be [..., T, D], got shape {tuple(feat.shape)}")
+    bounds = segment_bounds(int(feat.shape[-2]), n, scheme)
+    if isinstance(feat, torch.Tensor):
+        return torch.stack([feat[..., a:b, :].mean(dim=-2) for a, b in bounds], dim=-2)
+    feat = np.asarray(feat)
+    return np.stack([np.mean(feat[..., a:b, :], axis=-2) for a, b in bounds], axis=-2).astype(feat.dtype, copy=False)
+
+
+def l2_normalize_segments(feat, eps: float = 1e-12):
+    """Divide every feature vector (last axis) by its L2 norm (Sultani's per-segment step).
+
+    Vectors with norm below ``eps`` are left as they are (divided by ``eps`` would blow
+    them up; Sultani's MATLAB code raises on an all-zero segment instead). Works on numpy
+    arrays and torch tensors.
+    """
+    if isinstance(feat, torch.Tensor):
+        norm = feat.norm(dim=-1, keepdim=True)
+        return feat / torch.where(norm < eps, torch.ones_like(norm), norm)
+    feat = np.asarray(feat)
+    norm = np.linalg.norm(feat, axis=-1, keepdims=True)
+    return (feat / np.where(norm < eps, 1.0, norm)).astype(feat.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class FeatureDataset(Dataset):
+    """A torch ``Dataset`` over dataset rows.
+
+    Modes:
+
+    * ``"train"``: item ``i`` is ``(features [N, n_segments, D], label)`` — the video
+      resampled to ``n_segments`` (32) segments, label a float tensor (0. normal,
+      1. anomalous);
+    * ``"eval"``: item ``i`` is ``(features [N, T, D], label)`` at full length.
+
+    Args:
+        rows: dataset rows (:func:`vadpipe.manifests.datasets.read_dataset`).
+        root: folder relative feature paths are relative to (the dataset CSV's folder).
+        mode: ``"train"`` or ``"eval"``.
+        n_segments: segments per training item.
+        scheme: resampling scheme (:func:`segment_bounds`).
+        l2_normalize: L2-normalise every segment/snippet (Sultani) after resampling.
+        cache: keep each item in memory after its first load (off by default: a full
+            UCF-Crime training set is ~4.2 GB resampled).
+        transform: optional ``f(np.ndarray [N, T, D]) -> np.ndarray`` applied last.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[DatasetRow],
+        root: str | os.PathLike | None = None,
+        *,
+        mode: str = "train",
+        n_segments: int = 32,
+        scheme: str = "rtfm",
+        l2_normalize: bool = False,
+        cache: bool = False,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        self.rows = list(rows)
+        self.root = root
+        self.mode = mode
+        self.n_segments = n_segments
+        self.scheme = scheme
+        self.l2_normalize = l2_normalize
+        self.transform = transform
+        self.cache = cache
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> list[int]:
+        """Weak labels of the rows, 0 normal / 1 anomalous."""
+        return [r.target for r in self.rows]
+
+    @property
+    def names(self) -> list[str]:
+        """Video keys of the rows (:attr:`DatasetRow.name`)."""
+        return [r.name for r in self.rows]
+
+    def features(self, index: int) -> np.ndarray:
+        """Item ``index``'s features as a float32 numpy array (see the class docstring)."""
+        if index in self._cache:
+            return self._cache[index]
+        feat = load_features(self.rows[index], self.root)
+        if self.mode == "train":
+            feat = resample_segments(feat, self.n_segments, self.scheme)
+        if self.l2_normalize:
+            feat = l2_normalize_segments(feat)
+        if self.transform is not None:
+            feat = self.transform(feat)
+        feat = np.ascontiguousarray(feat, dtype=np.float32)
+        if self.cache:
+            self._cache[index] = feat
+        return feat
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.features(index)
+        return torch.from_numpy(feat.copy() if self.cache else feat), torch.tensor(float(self.rows[index].target))
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Index batches of ``batch_size`` normal followed by ``batch_size`` anomalous videos.
+
+    Mirrors RTFM/MGFN training (two ``DataLoader``\\ s, ``shuffle=True, drop_last=True``,
+    each re-created when it runs out): each class draws indices from its own
+    permutation without replacement; when fewer than ``batch_size`` remain, the rest are
+    dropped and a new permutation (``torch.randperm`` with the sampler's generator) starts.
+    The two classes cycle independently, so the smaller class is reshuffled more often.
+    The class streams persist across iterations (epochs continue where the last stopped).
+
+    Determinism: the same labels, ``batch_size`` and seed (or a generator in the same
+    state) give the same batches. Permutations are drawn normal first, then anomalous.
+
+    Args:
+        labels: 0/1 per dataset index.
+        batch_size: videos per class per batch (``B``).
+        seed: seed of a fresh ``torch.Generator`` (ignored when ``generator`` is given).
+        generator: a ``torch.Generator`` to draw from.
+        num_batches: batches per iteration; default ``max(n_normal, n_anomalous) //
+            batch_size`` (one pass over the larger class).
+
+    Raises:
+        ValueError: a class with fewer than ``batch_size`` videos.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        num_batches: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        labels = [int(x) for x in labels]
+        self.normal = [i for i, x in enumerate(labels) if x == 0]
+        self.abnormal = [i for i, x in enumerate(labels) if x == 1]
+        if len(labels) != len(self.normal) + len(self.abnormal):
+            raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
+        for what, idx in (("normal", self.normal), ("anomalous", self.abnormal)):
+            if len(idx) < batch_size:
+                raise ValueError(f"{len(idx)} {what} videos, fewer than batch_size={batch_size}")
+        self.batch_size = batch_size
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.num_batches = (
+            num_batches if num_batches is not None else max(len(self.normal), len(self.abnormal)) // batch_size
+        )
+        self._perm: list[list[int] | None] = [None, None]
+        self._pos = [0, 0]
+
+    def _take(self, c: int) -> list[int]:
+        pool = self.normal if c == 0 else self.abnormal
+        perm = self._perm[c]
+        if perm is None or self._pos[c] + self.batch_size > len(perm):
+            perm = torch.randperm(len(pool), generator=self.generator).tolist()
+            self._perm[c], self._pos[c] = perm, 0
+        out = [pool[j] for j in perm[self._pos[c] : self._pos[c] + self.batch_size]]
+        self._pos[c] += self.batch_size
+        return out
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.num_batches):
+            normal = self._take(0)
+            abnormal = self._take(1)
+            yield normal + abnormal
+
+
+def collate_balanced(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate ``2B`` items (``B`` normal, then ``B`` anomalous) into ``([B, N, T, D], [B, N, T, D])``."""
+    shapes = {tuple(f.shape) for f, _ in items}
+    if len(shapes) != 1:
+        raise FeatureLoadError(f"videos in one batch have different feature shapes {sorted(shapes)}")
+    b = len(items) // 2
+    feats = torch.stack([f for f, _ in items])
+    labels = torch.stack([y for _, y in items])
+    if bool(labels[:b].any()) or not bool(labels[b:].all()):
+        raise ValueError("balanced batch must hold normal videos first, then anomalous ones")
+    return feats[:b], feats[b:]
+
+
+class BalancedBatcher:
+    """Iterate ``(normal [B, N, 32, D], abnormal [B, N, 32, D])`` training pairs.
+
+    A ``DataLoader`` over a ``"train"`` :class:`FeatureDataset` with a
+    :class:`BalancedBatchSampler` (see it for the sampling rule and determinism).
+    ``len()`` is the number of pairs per iteration.
+    """
+
+    def __init__(
+        self,
+        dataset: FeatureDataset,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        num_batches: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        if dataset.mode != "train":
+            raise ValueError("BalancedBatcher needs a FeatureDataset in 'train' mode (fixed-length items)")
+        self.dataset = dataset
+        self.sampler = BalancedBatchSampler(
+            dataset.labels, batch_size, seed=seed, generator=generator, num_batches=num_batches
+        )
+        self.loader = DataLoader(
+            dataset, batch_sampler=self.sampler, collate_fn=collate_balanced, num_workers=num_workers
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.loader)

@@ -1,0 +1,626 @@
+"""Frame-level evaluation: ground-truth builders, snippet→frame expansion, metrics.
+
+Ground truth (GT) is a ``dict[video key → uint8 frame mask]`` (1 = anomalous frame); keys
+are :func:`vadpipe.manifests.datasets.video_key` of the names (``Abuse028_x264``, no
+``.mp4``). The public annotation files do not say how to read their numbers and the
+community's readers disagree, so every builder names its convention:
+
+* ``rtfm`` — 0-based, end inclusive: ``s e`` marks ``mask[s:e + 1]``; RTFM
+  ``list/make_gt_ucf.py`` (``range(s, e + 1)``);
+* ``sultani`` — 1-based, end inclusive: ``mask[s - 1:e]``; Sultani's
+  ``Evaluate_Anomaly_Detector.m`` (MATLAB ``GT(s:e) = 1``);
+* ``vadclip`` — 0-based, end exclusive: ``mask[s:e]``; VadCLIP ``list/make_gt_ucf.py`` and
+  ``make_gt_xd.py`` (``gt[s:e] = 1``).
+
+Intervals are clipped to the video's ``n_frames``. ``n_frames`` usually comes from the
+features (:func:`frames_from_clips`: ``n_clips × 16``, the frames the snippets cover; this is
+how RTFM/MGFN build their GT, so frames of a dropped tail are not evaluated).
+
+Metrics are implemented here in numpy (no scikit-learn) and equal scikit-learn's,
+ties included: :func:`roc_auc` = ``roc_auc_score``, :func:`average_precision` =
+``average_precision_score`` (step-wise), :func:`pr_auc` = ``auc(recall, precision)`` on
+``precision_recall_curve`` — what RTFM/MGFN/UR-DMU print as "AP"/"pr_auc"; it is
+trapezoidal and differs from ``average_precision_score`` (VadCLIP reports the latter for
+XD-Violence).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vadpipe.errors import ManifestError, VadpipeError
+from vadpipe.manifests.atomic import atomic_open
+from vadpipe.manifests.datasets import video_key
+
+CONVENTIONS = ("rtfm", "sultani", "vadclip")
+#: Frames per snippet of the community's I3D/C3D features.
+CLIP_LEN = 16
+
+
+class EvaluationError(VadpipeError):
+    """Scores and ground truth do not fit together (missing videos, length mismatch)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def frames_from_clips(n_clips, clip_len: int = CLIP_LEN):
+    """Frames covered by ``n_clips`` non-overlapping clips: ``n_clips * clip_len``.
+
+    ``n_clips`` may be an int or a ``dict[name, int]`` (returns a dict).
+    """
+    if isinstance(n_clips, Mapping):
+        return {k: int(v) * clip_len for k, v in n_clips.items()}
+    return int(n_clips) * clip_len
+
+
+def _keyed(d: Mapping[str, object], what: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    origin: dict[str, str] = {}
+    for name, v in d.items():
+        k = video_key(name)
+        if k in out:
+            raise EvaluationError(f"{what}: {origin[k]!r} and {name!r} are the same video {k!r}")
+        out[k], origin[k] = v, name
+    return out
+
+
+def _interval_slice(s: int, e: int, convention: str) -> tuple[int, int]:
+    if convention == "rtfm":
+        return s, e + 1
+    if convention == "sultani":
+        return s - 1, e
+    if convention == "vadclip":
+        return s, e
+    raise ValueError(f"unknown GT convention {convention!r}; use one of {CONVENTIONS}")
+
+
+def _mask(n: int, intervals: Iterable[tuple[int, int]]) -> np.ndarray:
+    m = np.zeros(int(n), dtype=np.uint8)
+    for a, b in intervals:
+        a, b = max(int(a), 0), min(int(b), int(n))
+        if b > a:
+            m[a:b] = 1
+    return m
+
+
+def _read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read annotations {path}: {e}") from e
+    return [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+
+
+# ----------------------------------------------------------------------------- GT builders
+
+
+def read_ucf_crime_annotations(annotation_txt: str | os.PathLike) -> dict[str, tuple[str, list[tuple[int, int]]]]:
+    """Parse ``Temporal_Anomaly_Annotation.txt``: ``{name: (class, [(s, e), ...])}``.
+
+    Lines are ``name.mp4  Class  s1  e1  s2  e2`` (whitespace-separated); a ``-1 -1`` pair
+    means no interval. Numbers are kept as written (see the conventions table).
+    """
+    out: dict[str, tuple[str, list[tuple[int, int]]]] = {}
+    for lineno, line in _read_lines(annotation_txt):
+        parts = line.split()
+        if len(parts) != 6:
+            raise ManifestError(f"{annotation_txt}:{lineno}: expected 6 fields 'name class s1 e1 s2 e2', got {line!r}")
+        try:
+            nums = [int(x) for x in parts[2:]]
+        except ValueError:
+            raise ManifestError(f"{annotation_txt}:{lineno}: non-integer frame number in {line!r}") from None
+        pairs = []
+        for s, e in ((nums[0], nums[1]), (nums[2], nums[3])):
+            if s == -1 and e == -1:
+                continue
+            if s < 0 or e < s:
+                raise ManifestError(f"{annotation_txt}:{lineno}: bad interval {s} {e}")
+            pairs.append((s, e))
+        name = video_key(parts[0])
+        if name in out:
+            raise ManifestError(f"{annotation_txt}:{lineno}: {name!r} annotated twice")
+        out[name] = (parts[1], pairs)
+    return out
+
+
+def ucf_crime_gt(
+    annotation_txt: str | os.PathLike,
+    n_frames: Mapping[str, int],
+    convention: str = "rtfm",
+) -> dict[str, np.ndarray]:
+    """Frame masks of the UCF-Crime test videos in ``n_frames``.
+
+    Args:
+        annotation_txt: Sultani's ``Temporal_Anomaly_Annotation.txt`` (the ``.mp4``-less
+            VadCLIP copy works too).
+        n_frames: frames per video (keys are normalised with ``video_key``); only these
+            videos get a mask.
+        convention: ``rtfm`` (default; 0-based, end inclusive), ``sultani`` (1-based, end
+            inclusive) or ``vadclip`` (0-based, end exclusive).
+
+    ``Normal`` videos (all ``-1``) get all zeros. Intervals are clipped to ``n_frames``.
+
+    Raises:
+        EvaluationError: a video of ``n_frames`` has no line in the file.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown GT convention {convention!r}; use one of {CONVENTIONS}")
+    ann = read_ucf_crime_annotations(annotation_txt)
+    out = {}
+    missing = []
+    for name, n in _keyed(n_frames, "n_frames").items():
+        if name not in ann:
+            missing.append(name)
+            continue
+        out[name] = _mask(int(n), (_interval_slice(s, e, convention) for s, e in ann[name][1]))
+    if missing:
+        raise EvaluationError(
+            f"{annotation_txt} has no line for {', '.join(sorted(missing)[:5])}"
+            + (f" … ({len(missing)} in all)" if len(missing) > 5 else "")
+        )
+    return out
+
+
+def ucf_crime_classes(annotation_txt: str | os.PathLike) -> dict[str, str]:
+    """``{video: class}`` from the UCF-Crime annotation file (``Normal`` for normal videos)."""
+    return {name: cls for name, (cls, _) in read_ucf_crime_annotations(annotation_txt).items()}
+
+
+def read_xd_violence_annotations(annotations_txt: str | os.PathLike) -> dict[str, list[tuple[int, int]]]:
+    """Parse XD-Violence ``annotations.txt``: ``{name: [(s, e), ...]}`` (``.mp4`` stripped)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for lineno, line in _read_lines(annotations_txt):
+        parts = line.split()
+        if len(parts) < 3 or len(parts) % 2 == 0:
+            raise ManifestError(f"{annotations_txt}:{lineno}: expected 'name s1 e1 [s2 e2 ...]', got {line[:80]!r}")
+        try:
+            nums = [int(x) for x in parts[1:]]
+        except ValueError:
+            raise ManifestError(f"{annotations_txt}:{lineno}: non-integer frame number") from None
+        pairs = list(zip(nums[0::2], nums[1::2]))
+        if any(s < 0 or e < s for s, e in pairs):
+            raise ManifestError(f"{annotations_txt}:{lineno}: bad interval in {pairs}")
+        name = video_key(parts[0])
+        if name in out:
+            raise ManifestError(f"{annotations_txt}:{lineno}: {name!r} annotated twice")
+        out[name] = pairs
+    return out
+
+
+def xd_violence_gt(
+    annotations_txt: str | os.PathLike,
+    n_frames: Mapping[str, int],
+    convention: str = "vadclip",
+) -> dict[str, np.ndarray]:
+    """Frame masks of the XD-Violence test videos in ``n_frames``.
+
+    Pairs are read as ``gt[s:e] = 1`` (``vadclip``, the default, as VadCLIP's
+    ``make_gt_xd.py``); ``rtfm`` (end inclusive) and ``sultani`` are accepted for
+    comparison. Non-violent videos (``label_A`` in the name) have no line and get zeros.
+
+    Raises:
+        EvaluationError: a video without ``label_A`` has no line in the file.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown GT convention {convention!r}; use one of {CONVENTIONS}")
+    ann = read_xd_violence_annotations(annotations_txt)
+    out = {}
+    missing = []
+    for name, n in _keyed(n_frames, "n_frames").items():
+        if name in ann:
+            out[name] = _mask(int(n), (_interval_slice(s, e, convention) for s, e in ann[name]))
+        elif "label_A" in name:
+            out[name] = np.zeros(int(n), dtype=np.uint8)
+        else:
+            missing.append(name)
+    if missing:
+        raise EvaluationError(
+            f"{annotations_txt} has no line for violent video(s) {', '.join(sorted(missing)[:5])}"
+            + (f" … ({len(missing)} in all)" if len(missing) > 5 else "")
+        )
+    return out
+
+
+def shanghaitech_gt(mask_dir: str | os.PathLike, n_frames: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Frame masks of ShanghaiTech videos from RTFM's ``test_frame_mask/<id>.npy`` files.
+
+    A video with a mask file is anomalous: its mask is padded with its last label up to
+    ``n_frames`` (RTFM ``make_gt_sh.py``, where ``n_frames = n_snippets × 16``) or cut to
+    ``n_frames`` when longer. A video without a mask file is normal (all zeros).
+    """
+    mask_dir = Path(mask_dir)
+    out = {}
+    for name, n in _keyed(n_frames, "n_frames").items():
+        f = mask_dir / f"{name}.npy"
+        n = int(n)
+        if f.is_file():
+            m = (np.load(f, allow_pickle=False).reshape(-1) != 0).astype(np.uint8)
+            if len(m) == 0:
+                raise EvaluationError(f"{f} is an empty mask")
+            out[name] = np.concatenate([m, np.full(max(n - len(m), 0), m[-1], np.uint8)])[:n]
+        else:
+            out[name] = np.zeros(n, dtype=np.uint8)
+    return out
+
+
+def read_gt_sh(
+    gt_sh_npy: str | os.PathLike,
+    names_in_order: Sequence[str],
+    n_snippets: Mapping[str, int] | Sequence[int],
+    clip_len: int = CLIP_LEN,
+) -> dict[str, np.ndarray]:
+    """Split RTFM's concatenated ``gt-sh.npy`` into per-video masks.
+
+    ``gt-sh.npy`` holds the masks of the test videos concatenated in test-list order
+    (``shanghai-i3d-test-10crop.list``), each ``n_snippets × 16`` frames long (padded with
+    its last label). ``names_in_order`` is that order; ``n_snippets`` gives each video's
+    snippet count (dict by name or a sequence aligned with the names).
+
+    Raises:
+        EvaluationError: the lengths do not add up to the array's length.
+    """
+    gt = np.load(gt_sh_npy, allow_pickle=False).reshape(-1)
+    names = [video_key(n) for n in names_in_order]
+    if isinstance(n_snippets, Mapping):
+        keyed = _keyed(n_snippets, "n_snippets")
+        try:
+            counts = [int(keyed[n]) for n in names]
+        except KeyError as e:
+            raise EvaluationError(f"no snippet count for {e.args[0]!r}") from None
+    else:
+        counts = [int(c) for c in n_snippets]
+        if len(counts) != len(names):
+            raise EvaluationError(f"{len(names)} names but {len(counts)} snippet counts")
+    lengths = [c * clip_len for c in counts]
+    if sum(lengths) != len(gt):
+        raise EvaluationError(
+            f"{gt_sh_npy} has {len(gt)} frames but the snippet counts give {sum(lengths)} "
+            f"({len(names)} videos × {clip_len} frames per snippet)"
+        )
+    out = {}
+    start = 0
+    for name, n in zip(names, lengths):
+        out[name] = (gt[start:start + n] != 0).astype(np.uint8)
+        start += n
+    return out
+
+
+def intervals_csv_gt(csv: str | os.PathLike, n_frames: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Frame masks from a generic CSV with columns ``video,start,end``.
+
+    One row per anomalous interval, frames 0-based and ``end`` exclusive (``mask[start:end]
+    = 1``, the Python-slice/VadCLIP convention); a video may have several rows; a row with
+    empty ``start``/``end`` lists a video as normal. Videos of ``n_frames`` without rows
+    are normal (all zeros). Intervals are clipped to ``n_frames``.
+
+    Raises:
+        ManifestError: missing columns, non-integer or negative numbers, ``end < start``.
+    """
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read intervals {csv}: {e}") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    if not {"video", "start", "end"} <= set(df.columns):
+        raise ManifestError(f"{csv}: an intervals CSV needs columns video,start,end")
+    intervals: dict[str, list[tuple[int, int]]] = {}
+    for i, rec in enumerate(df.to_dict("records")):
+        line = i + 2
+        name = video_key(rec["video"])
+        s, e = rec["start"].strip(), rec["end"].strip()
+        intervals.setdefault(name, [])
+        if not s and not e:
+            continue
+        try:
+            s_i, e_i = int(s), int(e)
+        except ValueError:
+            raise ManifestError(f"{csv}:{line}: start/end must be integers, got {s!r}, {e!r}") from None
+        if s_i < 0 or e_i < s_i:
+            raise ManifestError(f"{csv}:{line}: bad interval [{s_i}, {e_i})")
+        intervals[name].append((s_i, e_i))
+    return {name: _mask(int(n), intervals.get(name, ())) for name, n in _keyed(n_frames, "n_frames").items()}
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def expand_scores(
+    snippet_scores,
+    clip_len: int = CLIP_LEN,
+    n_frames: int | None = None,
+    tail: str = "drop",
+) -> np.ndarray:
+    """Snippet scores ``[T]`` → frame scores: each score repeated ``clip_len`` times.
+
+    That is RTFM/MGFN's ``np.repeat(scores, 16)``. With ``n_frames``:
+
+    * ``n_frames > T × clip_len`` (the extractor dropped a partial last clip): the trailing
+      frames get the **last** snippet's score — what Sultani's
+      ``Evaluate_Anomaly_Detector.m`` does (``repmat(score(end), ...)``) — so every frame of
+      the video is evaluated. The alternative, RTFM's, is to evaluate only the first
+      ``T × clip_len`` frames: its GT is built from snippet counts (``n_frames =
+      n_clips × 16``, :func:`frames_from_clips`), so nothing needs filling.
+    * ``n_frames < T × clip_len`` (the extractor padded the last clip, e.g. UR-DMU): cut.
+
+    ``tail`` says what the extractor did, and checks that ``n_frames`` fits it:
+    ``"drop"`` (default; stage one drops the tail) requires ``0 <= n_frames - T × clip_len
+    < clip_len``; ``"pad"`` requires ``0 <= T × clip_len - n_frames < clip_len``;
+    ``"any"`` checks nothing. A larger gap means the frame count belongs to other
+    features (e.g. another frame rate).
+
+    Raises:
+        EvaluationError: empty scores, or ``n_frames`` that does not fit ``tail``.
+    """
+    s = np.asarray(snippet_scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise EvaluationError("no snippet scores to expand")
+    if tail not in ("drop", "pad", "any"):
+        raise ValueError(f"tail must be 'drop', 'pad' or 'any', got {tail!r}")
+    frames = np.repeat(s, clip_len)
+    if n_frames is None:
+        return frames
+    n_frames = int(n_frames)
+    covered = len(frames)
+    if tail == "drop" and not 0 <= n_frames - covered < clip_len:
+        raise EvaluationError(
+            f"{n_frames} frames do not fit {s.size} snippets × {clip_len} with a dropped tail "
+            f"(expected {covered}..{covered + clip_len - 1}); pass tail='any' to force"
+        )
+    if tail == "pad" and not 0 <= covered - n_frames < clip_len:
+        raise EvaluationError(
+            f"{n_frames} frames do not fit {s.size} snippets × {clip_len} with a padded tail "
+            f"(expected {covered - clip_len + 1}..{covered}); pass tail='any' to force"
+        )
+    if n_frames <= covered:
+        return frames[:n_frames]
+    return np.concatenate([frames, np.full(n_frames - covered, s[-1])])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _binary_inputs(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).reshape(-1)
+    x = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != x.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {x.size}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0/1")
+    if np.isnan(x).any():
+        raise ValueError("scores contain NaN")
+    return y.astype(bool), x
+
+
+def _curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative true/false positives at each distinct threshold, scores descending."""
+    y, x = _binary_inputs(labels, scores)
+    order = np.argsort(-x, kind="mergesort")
+    x, y = x[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(x)), x.size - 1]  # last index of each tie group
+    tps = np.cumsum(y, dtype=np.int64)[last]
+    fps = (last + 1) - tps
+    return tps, fps
+
+
+def _need_both(tps: np.ndarray, fps: np.ndarray, what: str) -> None:
+    if tps.size == 0 or tps[-1] == 0 or fps[-1] == 0:
+        raise ValueError(f"{what} needs both positive and negative frames")
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve, trapezoidal over distinct thresholds (ties count ½).
+
+    Equals ``sklearn.metrics.roc_auc_score`` and the Mann–Whitney U statistic / (P·N).
+
+    Raises:
+        ValueError: only one class present, lengths differ, NaN scores.
+    """
+    tps, fps = _curve(labels, scores)
+    _need_both(tps, fps, "ROC-AUC")
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def precision_recall(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at each distinct threshold, scores descending (no end point)."""
+    tps, fps = _curve(labels, scores)
+    if tps.size == 0 or tps[-1] == 0:
+        raise ValueError("precision/recall need at least one positive frame")
+    return tps / (tps + fps), tps / tps[-1]
+
+
+def average_precision(labels, scores) -> float:
+    """Step-wise average precision ``Σ (R_k − R_{k−1}) · P_k`` over distinct thresholds.
+
+    Equals ``sklearn.metrics.average_precision_score``.
+    """
+    precision, recall = precision_recall(labels, scores)
+    return float(max(0.0, np.sum(np.diff(np.r_[0.0, recall]) * precision)))
+
+
+def pr_auc(labels, scores) -> float:
+    """Trapezoidal area under the precision–recall curve (RTFM/MGFN's "AP").
+
+    Equals ``sklearn.metrics.auc(recall, precision)`` on ``precision_recall_curve``
+    output, whose curve starts at (recall 0, precision 1). Points after full recall have
+    recall 1, so scikit-learn versions that stop the curve at full recall give the same
+    value.
+    """
+    precision, recall = precision_recall(labels, scores)
+    r = np.r_[0.0, recall]
+    p = np.r_[1.0, precision]
+    return float(np.sum(np.diff(r) * (p[1:] + p[:-1]) / 2.0))
+
+
+def false_alarm_rate(normal_scores, threshold: float = 0.5, inclusive: bool = True) -> float:
+    """Fraction of frames of normal videos flagged anomalous: ``score >= threshold``.
+
+    Neither RTFM, MGFN nor UR-DMU publish FAR code (UR-DMU issue #11: "count the output
+    results of all normal videos"); Sultani et al. report it at a 50 % threshold. ``>=``
+    is the convention of scikit-learn's ``roc_curve`` (a frame whose score equals the
+    threshold is predicted positive); ``inclusive=False`` gives ``>``. NaN when there are
+    no frames.
+    """
+    x = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return float("nan")
+    flagged = x >= threshold if inclusive else x > threshold
+    return float(np.count_nonzero(flagged) / x.size)
+
+
+def _aligned(frame_scores: Mapping[str, object], gt: Mapping[str, np.ndarray]):
+    scores = _keyed(frame_scores, "frame_scores")
+    truth = _keyed(gt, "gt")
+    no_gt = sorted(set(scores) - set(truth))
+    if no_gt:
+        raise EvaluationError(
+            f"{len(no_gt)} video(s) have scores but no ground truth: {', '.join(no_gt[:5])}"
+            + (" …" if len(no_gt) > 5 else "")
+        )
+    names = sorted(scores)
+    out = []
+    for name in names:
+        s = np.asarray(scores[name], dtype=np.float64).reshape(-1)
+        g = np.asarray(truth[name]).reshape(-1)
+        if s.shape != g.shape:
+            raise EvaluationError(
+                f"{name}: {s.size} frame scores but {g.size} ground-truth frames "
+                "(expand snippet scores with expand_scores(..., n_frames=len(gt)))"
+            )
+        out.append((name, s, (g != 0).astype(np.uint8)))
+    return out, sorted(set(truth) - set(scores))
+
+
+def per_class_auc(
+    frame_scores: Mapping[str, object],
+    gt: Mapping[str, np.ndarray],
+    classes: Mapping[str, str],
+) -> dict[str, float]:
+    """ROC-AUC per anomaly class.
+
+    For class ``c``: the frames of the anomalous videos of class ``c`` plus the frames of
+    **all** normal videos (the common per-class protocol on UCF-Crime / XD-Violence).
+    A video is normal when its GT mask has no anomalous frame; normal videos' classes are
+    ignored. Only videos with scores are used.
+
+    Raises:
+        EvaluationError: an anomalous video without a class, or the checks of
+            :func:`evaluate`.
+    """
+    videos, _ = _aligned(frame_scores, gt)
+    cls = {video_key(k): v for k, v in classes.items()}
+    normal = [(s, g) for _, s, g in videos if not g.any()]
+    by_class: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for name, s, g in videos:
+        if g.any():
+            if name not in cls:
+                raise EvaluationError(f"anomalous video {name!r} has no class")
+            by_class.setdefault(str(cls[name]), []).append((s, g))
+    out = {}
+    for c in sorted(by_class):
+        parts = by_class[c] + normal
+        y = np.concatenate([g for _, g in parts])
+        x = np.concatenate([s for s, _ in parts])
+        out[c] = roc_auc(y, x) if 0 < y.sum() < y.size else float("nan")
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Frame-level results over the concatenation of the videos (sorted by name).
+
+    ``far`` is over the frames of normal videos (GT without anomalous frames), NaN when
+    there are none; ``per_class`` is empty unless classes were given;
+    ``videos_without_scores`` lists GT videos that were not evaluated.
+    """
+
+    auc: float
+    ap: float
+    pr_auc: float
+    far: float
+    per_class: dict[str, float] = field(default_factory=dict)
+    n_videos: int = 0
+    n_frames: int = 0
+    videos_without_scores: list[str] = field(default_factory=list)
+
+
+def evaluate(
+    frame_scores: Mapping[str, object],
+    gt: Mapping[str, np.ndarray],
+    classes: Mapping[str, str] | None = None,
+    *,
+    far_threshold: float = 0.5,
+) -> EvalResult:
+    """Frame-level ROC-AUC, AP, PR-AUC, FAR (and per-class AUC) of ``frame_scores``.
+
+    Args:
+        frame_scores: ``{video: frame scores}`` (see :func:`expand_scores`); keys are
+            matched to GT keys through ``video_key`` (paths and ``.mp4`` are fine).
+        gt: ``{video: frame mask}`` from a GT builder.
+        classes: ``{video: class}`` for :func:`per_class_auc`.
+        far_threshold: threshold of :func:`false_alarm_rate`.
+
+    Videos are concatenated in sorted-name order. Every video with scores must have GT of
+    the same length; GT videos without scores are left out and listed in the result.
+
+    Raises:
+        EvaluationError: scores without GT, length mismatches, no video, or a test set
+            without both anomalous and normal frames.
+    """
+    videos, unscored = _aligned(frame_scores, gt)
+    if not videos:
+        raise EvaluationError("no videos to evaluate")
+    y = np.concatenate([g for _, _, g in videos])
+    x = np.concatenate([s for _, s, _ in videos])
+    if not 0 < int(y.sum()) < y.size:
+        raise EvaluationError("the ground truth needs both anomalous and normal frames to compute AUC/AP")
+    normal_scores = [s for _, s, g in videos if not g.any()]
+    far = false_alarm_rate(np.concatenate(normal_scores), far_threshold) if normal_scores else math.nan
+    return EvalResult(
+        auc=roc_auc(y, x),
+        ap=average_precision(y, x),
+        pr_auc=pr_auc(y, x),
+        far=far,
+        per_class=per_class_auc(frame_scores, gt, classes) if classes is not None else {},
+        n_videos=len(videos),
+        n_frames=int(y.size),
+        videos_without_scores=unscored,
+    )
+
+
+def write_frame_scores_csv(
+    path: str | os.PathLike,
+    frame_scores: Mapping[str, object],
+    gt: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Write ``video,frame,score,label`` rows (frames 0-based, videos sorted) atomically.
+
+    ``label`` is the GT frame label (0/1); empty when ``gt`` is None. With ``gt``, the
+    checks of :func:`evaluate` apply (every video needs GT of the same length).
+    """
+    if gt is not None:
+        videos = [(n, s, g) for n, s, g in _aligned(frame_scores, gt)[0]]
+    else:
+        keyed = _keyed(frame_scores, "frame_scores")
+        videos = [(n, np.asarray(keyed[n], dtype=np.float64).reshape(-1), None) for n in sorted(keyed)]
+    with atomic_open(path, "w") as fh:
+        fh.write("video,frame,score,label\n")
+        for name, s, g in videos:
+            df = pd.DataFrame(
+                {
+                    "video": name,
+                    "frame": np.arange(s.size),
+                    "score": s,
+                    "label": g if g is not None else np.full(s.size, "", dtype=object),
+                }
+            )
+            df.to_csv(fh, header=False, index=False, lineterminator="\n")
