@@ -34,3 +34,11 @@ class ManifestError(VadpipeError):
 
 class ConfigError(VadpipeError):
     """An option value or combination of options is invalid."""
+
+
+class FeatureLoadError(VadpipeError):
+    """A feature file is missing, unreadable or not in a layout vadpipe understands."""
+
+
+class EvaluationError(VadpipeError):
+    """Scores and ground truth do not fit together (missing videos, length mismatch)."""

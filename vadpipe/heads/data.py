@@ -27,15 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vadpipe.errors import VadpipeError
+from vadpipe.errors import FeatureLoadError
 from vadpipe.manifests.datasets import DatasetRow
 
 #: Most crops a ``{k}`` pattern is probed for (stops at the first missing index).
 MAX_CROPS = 64
-
-
-class FeatureLoadError(VadpipeError):
-    """A feature file is missing, unreadable or not in a layout vadpipe understands."""
 
 
 # ----------------------------------------------------------------------------- loading

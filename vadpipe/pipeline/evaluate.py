@@ -35,17 +35,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from vadpipe.errors import ManifestError, VadpipeError
+from vadpipe.errors import EvaluationError, ManifestError
 from vadpipe.manifests.atomic import atomic_open
 from vadpipe.manifests.datasets import video_key
 
 CONVENTIONS = ("rtfm", "sultani", "vadclip")
 #: Frames per snippet of the community's I3D/C3D features.
 CLIP_LEN = 16
-
-
-class EvaluationError(VadpipeError):
-    """Scores and ground truth do not fit together (missing videos, length mismatch)."""
 
 
 # ----------------------------------------------------------------------------- helpers
