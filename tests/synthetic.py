@@ -1,0 +1,46 @@
+"""Synthetic stage-one features with planted anomalies, for head and training tests.
+
+Normal videos: Gaussian snippets around 0. Anomalous videos: the same, plus a shift of
+``strength`` along a fixed direction inside one contiguous event of 3-8 snippets. Features
+are written in the RTFM layout ``[T, N, D]`` and listed in a dataset CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vadpipe.manifests.datasets import DatasetRow, write_dataset
+
+
+def make_video(rng: np.random.Generator, t: int, crops: int, dim: int, anomalous: bool,
+               strength: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``[T, N, D]`` and the snippet labels ``[T]`` of one video."""
+    direction = np.ones(dim, dtype=np.float32) / np.sqrt(dim)
+    feats = rng.normal(0.0, 1.0, size=(t, crops, dim)).astype(np.float32)
+    labels = np.zeros(t, dtype=np.uint8)
+    if anomalous:
+        length = int(rng.integers(3, 9))
+        start = int(rng.integers(0, t - length))
+        labels[start:start + length] = 1
+        feats[start:start + length] += strength * np.sqrt(dim) * direction
+    return np.abs(feats), labels  # non-negative, like post-ReLU backbone features
+
+
+def make_dataset(root: Path, n_normal: int, n_anomalous: int, *, crops: int = 2, dim: int = 32,
+                 t_range: tuple[int, int] = (24, 48), seed: int = 0, split: str = "") -> tuple[Path, dict]:
+    """Write videos and ``<root>/dataset.csv``; returns the CSV and ``{name: snippet labels}``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, truth = [], {}
+    for i in range(n_normal + n_anomalous):
+        anomalous = i >= n_normal
+        name = f"{'abn' if anomalous else 'nor'}{seed}_{i:03d}"
+        feats, labels = make_video(rng, int(rng.integers(*t_range)), crops, dim, anomalous)
+        np.save(root / f"{name}_i3d.npy", feats)
+        truth[name] = labels
+        rows.append(DatasetRow(video=name, feature_path=f"{name}_i3d.npy",
+                               label="anomalous" if anomalous else "normal", split=split))
+    write_dataset(root / "dataset.csv", rows)
+    return root / "dataset.csv", truth

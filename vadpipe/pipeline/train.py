@@ -1,0 +1,301 @@
+"""Training anomaly heads on stage-one features, with honest model selection.
+
+Protocol (the default): the best checkpoint is chosen on a **validation split held out
+from the training videos** (``split_train_val`` when no validation CSV is given). Those
+videos carry only video-level labels, so the validation metric is the video-level
+ROC-AUC of each video's maximum snippet score. Choosing the checkpoint on the test set,
+as the published RTFM/MGFN code does, is available only as ``selection="test"`` and is
+labelled as optimistic in the checkpoint and in every report.
+
+Everything is seeded: the same data, settings and seed give the same batches, the same
+weights on CPU, and a resumed run continues exactly where the checkpoint left off (the
+batch sampler is replayed to the saved step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vadpipe import __version__
+from vadpipe.errors import ConfigError
+from vadpipe.heads.base import AnomalyHead, HeadSpec, get_head
+from vadpipe.heads.data import BalancedBatchSampler, FeatureDataset
+from vadpipe.manifests.atomic import atomic_open
+from vadpipe.manifests.datasets import DatasetRow
+from vadpipe.pipeline.evaluate import roc_auc
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = ("val", "test")
+TEST_SELECTION_WARNING = (
+    "MODEL SELECTED ON THE TEST SET (as the published code does): the reported test metrics "
+    "are optimistic and not comparable with a held-out protocol"
+)
+#: Config fields a head may use for its input feature size; set from the data.
+_DIM_FIELDS = ("feature_dim", "in_dim")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (the head's own hyper-parameters live in its config).
+
+    Attributes:
+        head: registered head name.
+        overrides: head-config fields to change (e.g. ``{"lr": 1e-4}``).
+        steps: optimisation steps; ``None`` takes the head config's ``max_steps`` (MGFN:
+            ``max_epoch``, one batch each as in its ``main.py``; 1,000 if it has neither).
+        eval_every: steps between validation passes (and checkpoint candidates).
+        patience: stop after this many validation passes without improvement (``None``:
+            never stop early).
+        seed: seeds python, numpy, torch and the batch sampler.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        selection: ``"val"`` (default) or ``"test"`` (the published code's optimistic choice).
+        cache: keep resampled training features in memory (fast; needs the RAM).
+    """
+
+    head: str = "rtfm"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    eval_every: int = 50
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    selection: str = "val"
+    cache: bool = False
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: where the checkpoints are and how validation went."""
+
+    best_path: Path
+    last_path: Path
+    best_step: int
+    best_metric: float
+    history: list[dict[str, float]]
+    steps_per_second: float
+    stopped_early: bool
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_head(spec: HeadSpec, overrides: dict[str, Any], feature_dim: int | None = None) -> tuple[AnomalyHead, Any]:
+    """The head and its config, with ``overrides`` and (when the config has such a field)
+    the input feature size taken from the data."""
+    fields = _check_overrides(spec, overrides)
+    values = dict(overrides)
+    if feature_dim is not None:
+        for name in _DIM_FIELDS:
+            if name in fields and name not in values:
+                values[name] = feature_dim
+    config = spec.config_cls(**values)
+    return spec.build(config), config
+
+
+def _check_overrides(spec: HeadSpec, overrides: dict[str, Any]) -> set[str]:
+    """The head config's field names; raises ``ConfigError`` naming unknown overrides."""
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ConfigError(f"head {spec.name!r} has no setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return fields
+
+
+def feature_spec(dataset: FeatureDataset) -> dict[str, int]:
+    """``crops``, ``snippets`` and ``dim`` of the first video's features ``[N, T, D]``."""
+    n, t, d = dataset.features(0).shape
+    return {"crops": int(n), "dim": int(d)}
+
+
+@torch.no_grad()
+def video_scores(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> list[np.ndarray]:
+    """Snippet scores ``[T]`` of every video of an eval-mode dataset."""
+    head.eval()
+    out = []
+    for i in range(len(dataset)):
+        feats = torch.from_numpy(np.ascontiguousarray(dataset.features(i))).to(device)[None]  # [1, N, T, D]
+        out.append(head.snippet_scores(feats)[0].float().cpu().numpy())
+    return out
+
+
+def video_level_auc(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> float:
+    """ROC-AUC of each video's maximum snippet score against its video label."""
+    scores = np.array([s.max() for s in video_scores(head, dataset, device)])
+    labels = np.array(dataset.labels)
+    if labels.min() == labels.max():
+        raise ConfigError("the validation set needs both normal and anomalous videos")
+    return float(roc_auc(labels, scores))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` atomically (temp file + rename)."""
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a vadpipe checkpoint safely (``weights_only=True``)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {path} does not exist") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "vadpipe-head/1":
+        raise ConfigError(f"{path} is not a vadpipe head checkpoint (use `vadpipe weights import` for official files)")
+    return ckpt
+
+
+def train(
+    train_rows: list[DatasetRow],
+    val_rows: list[DatasetRow],
+    out_dir: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    root: str | Path | None = None,
+    resume: str | Path | None = None,
+    test_metric: Callable[[AnomalyHead], float] | None = None,
+    feature_meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config.head`` and keep the best checkpoint.
+
+    Args:
+        train_rows, val_rows: labelled videos (see :mod:`vadpipe.manifests.datasets`).
+        out_dir: receives ``last.pt`` and ``best.pt``.
+        config: training settings.
+        root: folder relative feature paths are resolved against.
+        resume: a ``last.pt`` to continue from (same data and settings).
+        test_metric: ``head -> metric`` on the test set; required for, and only used by,
+            ``selection="test"``.
+        feature_meta: what made the features (backbone, clip length, ...), stored in the
+            checkpoint so that scoring can refuse mismatched features.
+        progress: show a progress bar with the losses.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    if config.selection == "test" and test_metric is None:
+        raise ConfigError("selection='test' needs a test set with ground truth")
+    if config.selection == "test":
+        log.warning(TEST_SELECTION_WARNING)
+    seed_everything(config.seed)
+    from vadpipe.pipeline.runner import resolve_device
+
+    device = resolve_device(config.device)
+    spec = get_head(config.head)
+    _check_overrides(spec, config.overrides)
+    segments = int(_setting(spec.config_cls(**config.overrides), ("segments", "seg_length"), 32))
+    train_set = FeatureDataset(train_rows, root, mode="train", n_segments=segments, cache=config.cache)
+    val_set = FeatureDataset(val_rows, root, mode="eval")
+    fspec = feature_spec(train_set)
+    head, head_cfg = build_head(spec, config.overrides, fspec["dim"])
+    head.to(device)
+    optimizer = spec.optimizer(head.parameters(), head_cfg)
+    steps = config.steps or int(_setting(head_cfg, ("max_steps", "max_epoch"), 1000))
+    batch = int(_setting(head_cfg, ("batch_size",), 32))
+    sampler = BalancedBatchSampler(train_set.labels, batch, seed=config.seed, num_batches=steps)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, float]] = []
+    step, best_metric, best_step, bad_evals = 0, -math.inf, 0, 0
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if ckpt["head"] != spec.name or ckpt["head_config"] != _plain(head_cfg):
+            raise ConfigError(f"{resume} was trained with another head or head settings; start a new run")
+        head.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, history = int(ckpt["step"]), list(ckpt["history"])
+        best_metric, best_step, bad_evals = float(ckpt["best_metric"]), int(ckpt["best_step"]), int(ckpt["bad_evals"])
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    def payload(kind: str) -> dict[str, Any]:
+        return {
+            "format": "vadpipe-head/1", "kind": kind, "vadpipe_version": __version__,
+            "head": spec.name, "head_config": _plain(head_cfg), "train_config": _plain(config),
+            "feature_spec": {**fspec, "segments": segments, **(feature_meta or {})},
+            "selection": "val" if config.selection == "val" else TEST_SELECTION_WARNING,
+            "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "step": step, "history": history,
+            "best_metric": best_metric, "best_step": best_step, "bad_evals": bad_evals,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    from tqdm.auto import tqdm
+
+    batches = iter(sampler)
+    for _ in range(step):  # replay the sampler so a resumed run sees the same batches
+        next(batches)
+    bar = tqdm(total=steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
+    t0, start_step, stopped = time.perf_counter(), step, False
+    for indices in batches:
+        head.train()
+        items = [train_set[i] for i in indices]
+        normal = torch.stack([f for f, _ in items[:batch]]).to(device)
+        abnormal = torch.stack([f for f, _ in items[batch:]]).to(device)
+        loss, parts = head.loss(normal, abnormal)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        loss_value = float(loss.detach())
+        bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": loss_value, **parts}.items()})
+        if step % config.eval_every == 0 or step == steps:
+            metric = test_metric(head) if config.selection == "test" else video_level_auc(head, val_set, device)
+            history.append({"step": step, "loss": loss_value, **parts, f"{config.selection}_auc": metric})
+            if metric > best_metric:
+                best_metric, best_step, bad_evals = metric, step, 0
+                save_checkpoint(out / "best.pt", payload("best"))
+            else:
+                bad_evals += 1
+            save_checkpoint(out / "last.pt", payload("last"))
+            if config.patience is not None and bad_evals >= config.patience:
+                stopped = True
+                break
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    return TrainResult(
+        best_path=out / "best.pt", last_path=out / "last.pt", best_step=best_step, best_metric=best_metric,
+        history=history, steps_per_second=(step - start_step) / elapsed if elapsed > 0 else float("nan"),
+        stopped_early=stopped,
+    )
+
+
+def _setting(config: Any, names: tuple[str, ...], default: Any) -> Any:
+    """The first of ``names`` the head config has (heads keep their official option names:
+    RTFM ``segments``/``max_steps``, MGFN ``seg_length``/``max_epoch``)."""
+    return next((getattr(config, n) for n in names if hasattr(config, n)), default)
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses/tuples → plain dicts/lists (``weights_only``-loadable, comparable)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
