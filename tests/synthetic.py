@@ -1,7 +1,8 @@
 """Synthetic stage-one features with planted anomalies, for head and training tests.
 
-Normal videos: Gaussian snippets around 0. Anomalous videos: the same, plus a shift of
-``strength`` along a fixed direction inside one contiguous event of 3-8 snippets. Features
+Normal videos: |Gaussian| snippets. Anomalous videos: the same, plus a shift of norm
+``strength * sqrt(D)`` along a fixed direction (the first quarter of the dimensions) inside
+one contiguous event of 3-8 snippets. Features
 are written in the RTFM layout ``[T, N, D]`` and listed in a dataset CSV.
 """
 
@@ -17,7 +18,9 @@ from vadpipe.manifests.datasets import DatasetRow, write_dataset
 def make_video(rng: np.random.Generator, t: int, crops: int, dim: int, anomalous: bool,
                strength: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Features ``[T, N, D]`` and the snippet labels ``[T]`` of one video."""
-    direction = np.ones(dim, dtype=np.float32) / np.sqrt(dim)
+    direction = np.zeros(dim, dtype=np.float32)  # a fixed direction over the first quarter of the
+    direction[: max(1, dim // 4)] = 1.0          # dimensions: visible with or without L2 normalisation
+    direction /= np.linalg.norm(direction)
     feats = rng.normal(0.0, 1.0, size=(t, crops, dim)).astype(np.float32)
     labels = np.zeros(t, dtype=np.uint8)
     if anomalous:

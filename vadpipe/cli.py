@@ -149,7 +149,7 @@ def bench_extract(video, backbone, crops, precision, device, batch_clips, worker
 
 @main.group()
 def weights() -> None:
-    """Backbone weights: what is registered, installed and verified."""
+    """Weights: backbones registered, installed and verified; official head checkpoints imported."""
 
 
 @weights.command("list")
@@ -187,22 +187,228 @@ def weights_verify(backbone: str) -> None:
 
 
 @weights.command("import")
-@click.argument("backbone")
+@click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def weights_import(backbone: str, file: str) -> None:
-    """Copy a downloaded weight FILE for BACKBONE into the cache (after checking its sha256)."""
-    from vadpipe.extractors import get_backbone
-    from vadpipe.weights import import_weight_file
+@click.option("-o", "--out", default=None, type=click.Path(dir_okay=False),
+              help="For a head (rtfm, mgfn, sultani): the vadpipe checkpoint to write.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head settings the file was trained with.")
+def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, ...]) -> None:
+    """Register a downloaded weight FILE.
+
+    NAME is a backbone (the file is sha256-checked and copied into the cache) or a head
+    (an official RTFM/MGFN/Sultani state dict is loaded strictly and written as a vadpipe
+    checkpoint to --out, usable by `vadpipe eval`).
+    """
+    from vadpipe.extractors import list_backbones
+    from vadpipe.heads.base import list_heads
 
     try:
-        info = get_backbone(backbone).weights
+        if name in list_heads():
+            from vadpipe.pipeline.train import import_official_head
+
+            if not out:
+                raise VadpipeError(f"importing a {name} head needs --out CHECKPOINT.pt")
+            import_official_head(name, file, out, _parse_overrides(overrides))
+            click.echo(f"imported {file} ({name}) as {out}")
+            return
+        if name not in list_backbones():
+            raise VadpipeError(f"{name!r} is neither a backbone ({', '.join(list_backbones())}) "
+                               f"nor a head ({', '.join(list_heads())})")
+        from vadpipe.extractors import get_backbone
+        from vadpipe.weights import import_weight_file
+
+        info = get_backbone(name).weights
         if not info.file_name:
-            raise VadpipeError(f"backbone {backbone!r} has no importable weight file")
+            raise VadpipeError(f"backbone {name!r} has no importable weight file")
         dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256)
-        model = get_backbone(backbone).build(True)
+        model = get_backbone(name).build(True)
     except VadpipeError as e:
         _fail(e)
-    click.echo(f"imported {file} as {dst}; {backbone} weights sha256 {model.weights_sha256}")
+    click.echo(f"imported {file} as {dst}; {name} weights sha256 {model.weights_sha256}")
+
+
+# ----------------------------------------------------------------------------- stage two
+
+
+@main.group()
+def manifest() -> None:
+    """Build dataset CSVs (video, feature_path, label, split, class) for training and evaluation."""
+
+
+@manifest.command("import")
+@click.argument("kind", type=click.Choice(["rtfm-list", "xd-list"]))
+@click.argument("list_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Dataset CSV to write.")
+@click.option("--dataset", type=click.Choice(["ucf", "shanghai"]), default="ucf", show_default=True,
+              help="rtfm-list: which dataset's labelling rule applies.")
+@click.option("--feature-root", default=None, type=click.Path(file_okay=False),
+              help="Folder holding the feature files (the list's author paths are replaced).")
+def manifest_import(kind, list_file, out, dataset, feature_root) -> None:
+    """Import a community feature list (RTFM's ucf-i3d.list, XD-Violence's rgb.list, ...)."""
+    from vadpipe.manifests.datasets import import_rtfm_list, import_xd_list, write_dataset
+
+    try:
+        if kind == "rtfm-list":
+            rows = import_rtfm_list(list_file, dataset=dataset, feature_root=feature_root)
+        else:
+            rows = import_xd_list(list_file, feature_root=feature_root)
+        write_dataset(out, rows)
+    except VadpipeError as e:
+        _fail(e)
+    n_abn = sum(r.is_anomalous for r in rows)
+    click.echo(f"{out}: {len(rows)} videos ({n_abn} anomalous, {len(rows) - n_abn} normal)")
+
+
+@manifest.command("from-features")
+@click.argument("features_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV with columns video,label[,class] (label: normal|anomalous).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--split", default="", help="Value of the split column (train, val, test).")
+def manifest_from_features(features_csv, labels, out, split) -> None:
+    """Join a features.csv from `vadpipe extract` with video labels."""
+    from vadpipe.manifests.datasets import from_features_manifest, write_dataset
+
+    try:
+        rows = from_features_manifest(features_csv, labels, split=split)
+        write_dataset(out, rows)
+    except VadpipeError as e:
+        _fail(e)
+    click.echo(f"{out}: {len(rows)} videos")
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+@main.command()
+@click.option("--train", "train_csv", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Dataset CSV of training videos (rows with split=val are held out for validation).")
+@click.option("--val", "val_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Validation CSV [default: 10%% of the training videos, stratified, held out].")
+@click.option("--head", default="rtfm", show_default=True, help="Registered head (sultani, rtfm, mgfn).")
+@click.option("-o", "--out", default="runs/train", show_default=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=None, type=click.IntRange(1), help="[default: the head's official schedule]")
+@click.option("--eval-every", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--patience", default=None, type=click.IntRange(1), help="Early stopping after N validations without gain.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set lr=1e-4.")
+@click.option("--resume", default=None, type=click.Path(exists=True, dir_okay=False), help="Continue from last.pt.")
+@click.option("--cache", is_flag=True, help="Keep resampled training features in memory.")
+@click.option("--select-on-test", "test_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="OPTIMISTIC, as the published code: choose the checkpoint on this TEST set (needs --gt).")
+@click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for --select-on-test (see `vadpipe eval`).")
+@click.option("-q", "--quiet", is_flag=True)
+def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, device, overrides, resume, cache,
+          test_csv, gt, quiet) -> None:
+    """Train an anomaly head; best.pt is chosen on the validation split."""
+    from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
+    from vadpipe.pipeline import scoring
+    from vadpipe.pipeline.runner import resolve_device
+    from vadpipe.pipeline.train import TEST_SELECTION_WARNING, TrainConfig, train as run_train
+
+    try:
+        rows = read_dataset(train_csv)
+        root = dataset_root(train_csv)
+        if val_csv:
+            train_rows, val_rows = [r for r in rows if r.split != "val"], read_dataset(val_csv)
+            if dataset_root(val_csv) != root:
+                raise VadpipeError("--train and --val must sit in the same folder (feature paths are relative to it)")
+        elif any(r.split == "val" for r in rows):
+            train_rows, val_rows = [r for r in rows if r.split != "val"], [r for r in rows if r.split == "val"]
+        else:
+            train_rows, val_rows = split_train_val(rows, val_fraction=0.1, seed=seed)
+        test_metric = None
+        if test_csv:
+            if not gt:
+                raise VadpipeError("--select-on-test needs --gt KIND:PATH")
+            click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
+            kind, _, source = gt.partition(":")
+            test_rows, test_root = read_dataset(test_csv), dataset_root(test_csv)
+
+            def test_metric(h):
+                loaded = scoring.LoadedHead(h, head, {}, "test")
+                scores = scoring.score_rows(loaded, test_rows, test_root, resolve_device(device))
+                return scoring.evaluate_scores(scores, kind, source).auc
+
+        config = TrainConfig(head=head, overrides=_parse_overrides(overrides), steps=steps, eval_every=eval_every,
+                             patience=patience, seed=seed, device=device,
+                             selection="test" if test_csv else "val", cache=cache)
+        result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
+                           progress=not quiet)
+    except VadpipeError as e:
+        _fail(e)
+    metric = "TEST AUC (optimistic)" if test_csv else "validation video-level AUC"
+    click.echo(f"best {metric} {result.best_metric:.4f} at step {result.best_step}; "
+               f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}"
+               + ("; stopped early" if result.stopped_early else ""))
+
+
+def _score_command(checkpoint, data, out, device, gt, convention) -> None:
+    from pathlib import Path
+
+    from vadpipe.manifests.datasets import dataset_root, read_dataset
+    from vadpipe.pipeline import scoring
+    from vadpipe.pipeline.runner import resolve_device
+
+    try:
+        dev = resolve_device(device)
+        loaded = scoring.load_head(checkpoint, dev)
+        rows = read_dataset(data)
+        scores = scoring.score_rows(loaded, rows, dataset_root(data), dev)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        scoring.write_scores_csv(out / "scores.csv", rows, scores)
+        click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
+        if gt:
+            kind, sep, source = gt.partition(":")
+            if not sep:
+                raise VadpipeError(f"--gt takes KIND:PATH with KIND one of {', '.join(scoring.GT_KINDS)}")
+            result = scoring.evaluate_scores(scores, kind, source, convention=convention,
+                                             frame_scores_csv=out / "frame_scores.csv")
+            for line in scoring.result_lines(result, loaded.selection):
+                click.echo(line)
+    except VadpipeError as e:
+        _fail(e)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
+@click.option("--gt", required=True, metavar="KIND:PATH",
+              help="ucf:Temporal_Anomaly_Annotation.txt, xd:annotations.txt, sh-masks:test_frame_mask/, csv:intervals.csv")
+@click.option("--gt-convention", default=None, type=click.Choice(["rtfm", "sultani", "vadclip"]),
+              help="How annotation frame numbers are read [default: rtfm for UCF (0-based, inclusive ends), "
+                   "vadclip for XD (0-based, exclusive ends)].")
+@click.option("-o", "--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def eval(checkpoint, data, gt, gt_convention, out, device) -> None:  # noqa: A001 (command name)
+    """Score a dataset and report frame-level ROC-AUC, AP (both ways), FAR and per-class AUC."""
+    _score_command(checkpoint, data, out, device, gt, gt_convention)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
+@click.option("-o", "--out", default="runs/apply", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def apply(checkpoint, data, out, device) -> None:
+    """Score a dataset with a trained head: OUT/scores.csv (one row per snippet)."""
+    _score_command(checkpoint, data, out, device, None, None)
 
 
 def _parse_resize(text: str) -> int | tuple[int, int]:

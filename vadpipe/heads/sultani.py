@@ -79,6 +79,11 @@ class SultaniConfig:
             (``custom_objective``); ``"paired_mean"``: the common PyTorch re-implementation,
             ``mean_j [max(0, 1 - a_j + n_j) + l1 * smooth_j + l2 * sparse_j]`` over
             paired bags.
+        l2_normalize: feed every segment L2-normalised, as Sultani's features are
+            (``Save_C3DFeatures_32Segments.m`` normalises each 32-segment average). The
+            data loaders apply it when training and scoring; idempotent on the published
+            features. Without it, unnormalised features (I3D, norms of tens) saturate the
+            sigmoid at initialisation and the ranking loss stops learning.
     """
 
     in_dim: int = 4096
@@ -94,6 +99,7 @@ class SultaniConfig:
     adagrad_eps: float = 1e-8
     max_steps: int = 20000
     reduction: Reduction = "official"
+    l2_normalize: bool = True
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(d) for d in self.hidden_dims)  # type: ignore[assignment]

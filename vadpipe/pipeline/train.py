@@ -206,9 +206,11 @@ def train(
     device = resolve_device(config.device)
     spec = get_head(config.head)
     _check_overrides(spec, config.overrides)
-    segments = int(_setting(spec.config_cls(**config.overrides), ("segments", "seg_length"), 32))
-    train_set = FeatureDataset(train_rows, root, mode="train", n_segments=segments, cache=config.cache)
-    val_set = FeatureDataset(val_rows, root, mode="eval")
+    defaults = spec.config_cls(**config.overrides)
+    segments = int(_setting(defaults, ("segments", "seg_length"), 32))
+    l2 = bool(_setting(defaults, ("l2_normalize",), False))
+    train_set = FeatureDataset(train_rows, root, mode="train", n_segments=segments, cache=config.cache, l2_normalize=l2)
+    val_set = FeatureDataset(val_rows, root, mode="eval", l2_normalize=l2)
     fspec = feature_spec(train_set)
     head, head_cfg = build_head(spec, config.overrides, fspec["dim"])
     head.to(device)
@@ -299,3 +301,37 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+#: What the official RTFM/MGFN checkpoints were trained on (their README's feature sets).
+OFFICIAL_FEATURE_SPECS: dict[str, dict[str, Any]] = {
+    "rtfm": {"backbone": "i3d-r50 (RTFM's published features)", "dim": 2048, "crops": 10, "clip_len": 16},
+    "mgfn": {"backbone": "i3d-r50 (RTFM's published features)", "dim": 2048, "crops": 10, "clip_len": 16},
+    "sultani": {"backbone": "c3d fc6", "dim": 4096, "crops": 1, "clip_len": 16},
+}
+OFFICIAL_SELECTION = "official checkpoint: selected on the test set by its authors (optimistic)"
+
+
+def import_official_head(head: str, path: str | Path, out: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Load an official state dict of ``head`` strictly and save it as a vadpipe checkpoint.
+
+    ``overrides`` are the head settings the file was trained with (defaults: the official
+    code's). The checkpoint records the feature set the authors trained on, so that
+    ``vadpipe eval`` refuses features of another size.
+    """
+    from vadpipe.heads.checkpoints import load_official_state_dict
+
+    spec = get_head(head)
+    model, cfg = build_head(spec, overrides or {})
+    load_official_state_dict(path, head, model)
+    payload = {
+        "format": "vadpipe-head/1", "kind": "imported", "vadpipe_version": __version__, "head": spec.name,
+        "head_config": _plain(cfg), "train_config": None, "source": str(path),
+        "feature_spec": {**OFFICIAL_FEATURE_SPECS.get(head, {}), "segments": 32},
+        "selection": OFFICIAL_SELECTION, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "step": 0, "history": [],
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, payload)
+    return out
