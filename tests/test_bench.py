@@ -29,3 +29,14 @@ def test_bench_extract_prints_each_stage(tmp_path) -> None:
         assert "/s" in line
     (e2e,) = [ln for ln in lines if ln.startswith("end to end")]
     assert "(4 clips in" in e2e  # 66 frames -> 4 complete 16-frame clips
+
+
+def test_bench_train_reports_steps_memory_and_schedule() -> None:
+    result = CliRunner().invoke(main, ["bench", "train", "--head", "sultani", "--dim", "64", "--crops", "1",
+                                       "--steps", "2", "--device", "cpu", "--set", "batch_size=4"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("head sultani: batch 4 normal + 4 abnormal videos × 1 crops × 32 segments × 64")
+    assert lines[1].startswith("train step (sultani)") and "(2 steps in" in lines[1]
+    assert lines[2].startswith("peak process memory")
+    assert lines[3].startswith("full official schedule: 20000 steps")

@@ -39,14 +39,17 @@ def trained(tmp_path_factory) -> dict:
     train_csv, _ = make_dataset(root / "train", 16, 16, seed=1)
     test_csv, truth = make_dataset(root / "test", 6, 6, seed=2)
     res = _run(["train", "--train", train_csv, "--head", "sultani", "--steps", 120, "--eval-every", 40,
-                "--set", "batch_size=4", "--device", "cpu", "-q", "-o", root / "run"])
+                "--set", "batch_size=4", "--device", "cpu", "--backbone", "synthetic", "-q", "-o", root / "run"])
     assert res.exit_code == 0, res.output
     return {"root": root, "test_csv": test_csv, "truth": truth, "ckpt": root / "run" / "best.pt", "out": res.output}
 
 
 def test_train_reports_validation_selection(trained: dict) -> None:
+    from vadpipe.pipeline.train import load_checkpoint
+
     assert "best validation video-level AUC" in trained["out"]
-    assert trained["ckpt"].exists()
+    spec = load_checkpoint(trained["ckpt"])["feature_spec"]
+    assert spec == {"crops": 2, "dim": 32, "segments": 32, "backbone": "synthetic", "clip_len": 16}
 
 
 def test_eval_writes_scores_and_reports_metrics(trained: dict, tmp_path: Path) -> None:

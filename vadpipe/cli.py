@@ -147,6 +147,24 @@ def bench_extract(video, backbone, crops, precision, device, batch_clips, worker
         _fail(e)
 
 
+@bench.command("train")
+@click.option("--head", default="rtfm", show_default=True)
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(1), help="Timed steps (after 1 warm-up).")
+@click.option("--crops", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--dim", default=2048, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set batch_size=16.")
+def bench_train(head, steps, crops, dim, device, overrides) -> None:
+    """Training steps/s and peak memory of a head at UCF-Crime's feature size."""
+    from vadpipe.bench import run_train_bench
+
+    try:
+        run_train_bench(head, crops=crops, dim=dim, steps=steps, device=device,
+                        overrides=_parse_overrides(overrides), echo=click.echo)
+    except VadpipeError as e:
+        _fail(e)
+
+
 @main.group()
 def weights() -> None:
     """Weights: backbones registered, installed and verified; official head checkpoints imported."""
@@ -309,12 +327,15 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set lr=1e-4.")
 @click.option("--resume", default=None, type=click.Path(exists=True, dir_okay=False), help="Continue from last.pt.")
 @click.option("--cache", is_flag=True, help="Keep resampled training features in memory.")
+@click.option("--backbone", default=None, help="Backbone that made the features, e.g. i3d (recorded in the checkpoint's feature spec).")
+@click.option("--clip-len", default=16, show_default=True, type=click.IntRange(1),
+              help="Frames per feature snippet (recorded; used to map scores to frames).")
 @click.option("--select-on-test", "test_csv", default=None, type=click.Path(exists=True, dir_okay=False),
               help="OPTIMISTIC, as the published code: choose the checkpoint on this TEST set (needs --gt).")
 @click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for --select-on-test (see `vadpipe eval`).")
 @click.option("-q", "--quiet", is_flag=True)
 def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, device, overrides, resume, cache,
-          test_csv, gt, quiet) -> None:
+          backbone, clip_len, test_csv, gt, quiet) -> None:
     """Train an anomaly head; best.pt is chosen on the validation split."""
     from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
     from vadpipe.pipeline import scoring
@@ -348,8 +369,9 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
         config = TrainConfig(head=head, overrides=_parse_overrides(overrides), steps=steps, eval_every=eval_every,
                              patience=patience, seed=seed, device=device,
                              selection="test" if test_csv else "val", cache=cache)
+        meta = {"backbone": backbone or "unknown", "clip_len": clip_len}
         result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
-                           progress=not quiet)
+                           feature_meta=meta, progress=not quiet)
     except VadpipeError as e:
         _fail(e)
     metric = "TEST AUC (optimistic)" if test_csv else "validation video-level AUC"
