@@ -36,7 +36,8 @@ class StageResult:
         return self.amount / self.seconds if self.seconds > 0 else float("nan")
 
     def line(self) -> str:
-        return f"{self.stage:<22} {self.rate:10.1f} {self.unit}/s   ({self.amount:g} {self.unit} in {self.seconds:.2f} s)"
+        rate = f"{self.rate:.1f}" if self.rate >= 10 else f"{self.rate:.3g}"
+        return f"{self.stage:<22} {rate:>10} {self.unit}/s   ({self.amount:g} {self.unit} in {self.seconds:.2f} s)"
 
 
 def make_synthetic_video(path: str | Path, seconds: float = 10.0, width: int = 320, height: int = 240,
