@@ -91,7 +91,7 @@ def list_heads() -> list[str]:
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("sultani", "rtfm", "mgfn"):
+    for module in ("sultani", "rtfm", "mgfn", "lanet", "sacrf", "mcr"):
         try:
             importlib.import_module(f"vadpipe.heads.{module}")
         except ModuleNotFoundError as e:  # heads are added one file at a time
