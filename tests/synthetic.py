@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from vadpipe.manifests.datasets import DatasetRow, write_dataset
+from vadpipe.pipeline.evaluate import roc_auc
+
+
+def rank_auc(scores, labels) -> float:
+    """ROC-AUC of score/label tensors of any shape (``roc_auc`` is tested against sklearn)."""
+    return roc_auc(np.asarray(labels).reshape(-1), np.asarray(scores.detach() if hasattr(scores, "detach") else scores).reshape(-1))
 
 
 def make_video(rng: np.random.Generator, t: int, crops: int, dim: int, anomalous: bool,

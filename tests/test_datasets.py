@@ -33,15 +33,7 @@ from vadpipe.manifests.datasets import (
     xd_class,
 )
 from vadpipe.manifests.features import FeatureRow, write_manifest
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-
-
-def _fixture(rel: str) -> Path:
-    p = FIXTURES / rel
-    if not p.exists():
-        pytest.skip(f"shared fixture {rel} not available")
-    return p
+from tests.shared_data import shared_fixture
 
 
 # ----------------------------------------------------------------------------- dataset CSV
@@ -143,7 +135,7 @@ def test_from_features_manifest_labels_csv_and_missing(tmp_path: Path) -> None:
 
 
 def test_import_rtfm_ucf_train_list() -> None:
-    rows = import_rtfm_list(_fixture("rtfm_lists/ucf-i3d.list"), dataset="ucf")
+    rows = import_rtfm_list(shared_fixture("rtfm_lists/ucf-i3d.list"), dataset="ucf")
     assert len(rows) == 1610
     assert sum(r.is_anomalous for r in rows) == 810
     assert all(r.is_anomalous for r in rows[:810]) and not any(r.is_anomalous for r in rows[810:])
@@ -156,7 +148,7 @@ def test_import_rtfm_ucf_train_list() -> None:
 
 
 def test_import_rtfm_ucf_test_list_with_root() -> None:
-    rows = import_rtfm_list(_fixture("rtfm_lists/ucf-i3d-test.list"), dataset="ucf", feature_root="/feats/UCF_Test")
+    rows = import_rtfm_list(shared_fixture("rtfm_lists/ucf-i3d-test.list"), dataset="ucf", feature_root="/feats/UCF_Test")
     assert len(rows) == 290 and sum(r.is_anomalous for r in rows) == 140
     assert {r.split for r in rows} == {"test"}
     assert rows[0].feature_path == "/feats/UCF_Test/Abuse028_x264_i3d.npy"
@@ -164,19 +156,19 @@ def test_import_rtfm_ucf_test_list_with_root() -> None:
 
 
 def test_import_rtfm_ucf_train_matches_anomaly_train_txt() -> None:
-    rows = import_rtfm_list(_fixture("rtfm_lists/ucf-i3d.list"), dataset="ucf")
-    names = {video_key(line) for line in _fixture("ucf_crime/Anomaly_Train.txt").read_text().split()}
+    rows = import_rtfm_list(shared_fixture("rtfm_lists/ucf-i3d.list"), dataset="ucf")
+    names = {video_key(line) for line in shared_fixture("ucf_crime/Anomaly_Train.txt").read_text().split()}
     assert {r.video for r in rows} == names
 
 
 def test_import_rtfm_shanghai_lists_cross_checked_with_masks() -> None:
-    masks = _fixture("rtfm_lists/test_frame_mask")
-    train = import_rtfm_list(_fixture("rtfm_lists/shanghai-i3d-train-10crop.list"), dataset="shanghai", mask_dir=masks)
-    test = import_rtfm_list(_fixture("rtfm_lists/shanghai-i3d-test-10crop.list"), dataset="shanghai", mask_dir=masks)
+    masks = shared_fixture("rtfm_lists/test_frame_mask")
+    train = import_rtfm_list(shared_fixture("rtfm_lists/shanghai-i3d-train-10crop.list"), dataset="shanghai", mask_dir=masks)
+    test = import_rtfm_list(shared_fixture("rtfm_lists/shanghai-i3d-test-10crop.list"), dataset="shanghai", mask_dir=masks)
     assert (len(train), sum(r.is_anomalous for r in train)) == (238, 63)
     assert (len(test), sum(r.is_anomalous for r in test)) == (199, 44)
     assert train[0].video == "01_0014" and train[0].feature_path == "01_0014_i3d.npy"
-    ids = _fixture("rtfm_lists/SH_Test.txt").read_text().split()
+    ids = shared_fixture("rtfm_lists/SH_Test.txt").read_text().split()
     assert {r.video for r in test} == set(ids)
 
 
@@ -206,7 +198,7 @@ def test_import_rtfm_shanghai_mask_disagreement(tmp_path: Path) -> None:
 
 
 def test_import_xd_train_list() -> None:
-    rows = import_xd_list(_fixture("xd_violence/rgb.list"), feature_root="/xd/RGB")
+    rows = import_xd_list(shared_fixture("xd_violence/rgb.list"), feature_root="/xd/RGB")
     assert len(rows) == 3954
     labels = Counter(r.label for r in rows)
     assert labels == {"anomalous": 1905, "normal": 2049}
@@ -217,7 +209,7 @@ def test_import_xd_train_list() -> None:
 
 
 def test_import_xd_test_list() -> None:
-    rows = import_xd_list(_fixture("xd_violence/rgb_test.list"))
+    rows = import_xd_list(shared_fixture("xd_violence/rgb_test.list"))
     assert len(rows) == 800 and sum(r.is_anomalous for r in rows) == 500
     assert all(r.is_anomalous for r in rows[:500]) and {r.split for r in rows} == {"test"}
     assert rows[0].class_name == "G-B2-B6" and rows[0].feature_path.endswith("label_G-B2-B6__{k}.npy")
@@ -313,7 +305,7 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 def test_load_sultani_c3d_text_samples() -> None:
-    folder = _fixture("ucf_crime/SampleVideos")
+    folder = shared_fixture("ucf_crime/SampleVideos")
     for name in ("Explosion008_x264.txt", "Normal_Videos_006_x264.txt"):
         out = load_features(folder / name)
         assert out.shape == (1, 32, 4096) and out.dtype == np.float32

@@ -32,15 +32,7 @@ from vadpipe.pipeline.evaluate import (
     write_frame_scores_csv,
     xd_violence_gt,
 )
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-
-
-def _fixture(rel: str) -> Path:
-    p = FIXTURES / rel
-    if not p.exists():
-        pytest.skip(f"shared fixture {rel} not available")
-    return p
+from tests.shared_data import shared_fixture
 
 
 def _ones(m: np.ndarray) -> list[tuple[int, int]]:
@@ -53,20 +45,20 @@ def _ones(m: np.ndarray) -> list[tuple[int, int]]:
 
 
 def test_ucf_annotation_file_parsed() -> None:
-    ann = read_ucf_crime_annotations(_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"))
+    ann = read_ucf_crime_annotations(shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"))
     assert len(ann) == 290
     assert ann["Abuse028_x264"] == ("Abuse", [(165, 240)])
     assert ann["Arson011_x264"] == ("Arson", [(150, 420), (680, 1267)])
     assert ann["Normal_Videos_003_x264"] == ("Normal", [])
     assert sum(len(p) == 2 for _, p in ann.values()) == 16
-    classes = ucf_crime_classes(_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"))
+    classes = ucf_crime_classes(shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"))
     assert sum(c == "Normal" for c in classes.values()) == 150 and len(set(classes.values())) == 14
-    vadclip = read_ucf_crime_annotations(_fixture("ucf_crime/vadclip_list/Temporal_Anomaly_Annotation.txt"))
+    vadclip = read_ucf_crime_annotations(shared_fixture("ucf_crime/vadclip_list/Temporal_Anomaly_Annotation.txt"))
     assert vadclip == ann  # the .mp4-less copy reads the same
 
 
 def test_ucf_gt_conventions_abuse028() -> None:
-    path = _fixture("ucf_crime/Temporal_Anomaly_Annotation.txt")
+    path = shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt")
     n = {"Abuse028_x264": 400}
     rtfm = ucf_crime_gt(path, n)["Abuse028_x264"]  # "Abuse028_x264.mp4  Abuse  165  240  -1  -1"
     assert rtfm.dtype == np.uint8 and len(rtfm) == 400
@@ -80,7 +72,7 @@ def test_ucf_gt_conventions_abuse028() -> None:
 
 
 def test_ucf_gt_second_interval_normal_and_clipping() -> None:
-    path = _fixture("ucf_crime/Temporal_Anomaly_Annotation.txt")
+    path = shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt")
     gt = ucf_crime_gt(path, {"Arson011_x264.mp4": 1300, "/x/Normal_Videos_003_x264.mp4": 500, "Abuse028_x264": 200})
     assert _ones(gt["Arson011_x264"]) == [(150, 421), (680, 1268)]  # "150  420  680  1267"
     assert gt["Normal_Videos_003_x264"].shape == (500,) and not gt["Normal_Videos_003_x264"].any()
@@ -93,7 +85,7 @@ def test_ucf_gt_second_interval_normal_and_clipping() -> None:
 
 
 def test_xd_gt_real_lines() -> None:
-    path = _fixture("xd_violence/annotations.txt")
+    path = shared_fixture("xd_violence/annotations.txt")
     ann = read_xd_violence_annotations(path)
     assert len(ann) == 500 and max(len(p) for p in ann.values()) == 22
     name = "v=S-7rRLrxnVQ__#1_label_B4-0-0"  # "... 0 1517 1970 3038": starts at frame 0
@@ -110,7 +102,7 @@ def test_xd_gt_real_lines() -> None:
 
 
 def test_xd_gt_normal_and_missing() -> None:
-    path = _fixture("xd_violence/annotations.txt")
+    path = shared_fixture("xd_violence/annotations.txt")
     normal = "wangted.2008__#01-26-25_01-27-00_label_A"
     assert not xd_violence_gt(path, {normal: 50})[normal].any()
     with pytest.raises(EvaluationError, match="violent video"):
@@ -120,8 +112,8 @@ def test_xd_gt_normal_and_missing() -> None:
 def test_xd_annotation_names_match_test_list() -> None:
     from vadpipe.manifests.datasets import import_xd_list
 
-    ann = read_xd_violence_annotations(_fixture("xd_violence/annotations.txt"))
-    rows = import_xd_list(_fixture("xd_violence/rgb_test.list"))
+    ann = read_xd_violence_annotations(shared_fixture("xd_violence/annotations.txt"))
+    rows = import_xd_list(shared_fixture("xd_violence/rgb_test.list"))
     assert set(ann) == {r.video for r in rows if r.is_anomalous}
 
 
@@ -138,9 +130,9 @@ def test_shanghaitech_gt_pads_with_last_label(tmp_path: Path) -> None:
 
 
 def test_read_gt_sh_reproduces_rtfm_array() -> None:
-    gt_path = _fixture("rtfm_lists/gt-sh.npy")
-    masks = _fixture("rtfm_lists/test_frame_mask")
-    rows = import_rtfm_list(_fixture("rtfm_lists/shanghai-i3d-test-10crop.list"), dataset="shanghai")
+    gt_path = shared_fixture("rtfm_lists/gt-sh.npy")
+    masks = shared_fixture("rtfm_lists/test_frame_mask")
+    rows = import_rtfm_list(shared_fixture("rtfm_lists/shanghai-i3d-test-10crop.list"), dataset="shanghai")
     abnormal = [r.video for r in rows if r.is_anomalous]
     assert abnormal == [r.video for r in rows[:44]]
     lengths = {v: len(np.load(masks / f"{v}.npy")) for v in abnormal}

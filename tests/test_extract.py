@@ -4,7 +4,6 @@ rows, bad inputs, resume, --force, worker processes and a killed run."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tests.tiny_backbone as tiny
 from tests import media
 from vadpipe.cli import main
 from vadpipe.manifests.features import read_manifest
-from vadpipe.pipeline.clips import ClipSpec, iter_clips
+from vadpipe.pipeline.clips import ClipSpec
 from vadpipe.pipeline.config import ExtractConfig
 from vadpipe.pipeline.decode import open_video
 from vadpipe.pipeline.runner import extract

@@ -27,6 +27,8 @@ from vadpipe.heads.mgfn import (
     official_loss,
 )
 
+from tests.synthetic import rank_auc
+
 SMALL = dict(feature_dim=12, dims=(8, 16, 32), depths=(2, 1, 2), dim_head=8, batch_size=2, ncrops=4)
 
 
@@ -485,25 +487,6 @@ def test_head_loss_and_scores_interface():
 
 
 # --------------------------------------------------------------------------- training sanity
-
-
-def rank_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC-AUC by the Mann-Whitney statistic with average ranks for ties."""
-    scores = scores.double().flatten()
-    labels = labels.bool().flatten()
-    order = torch.argsort(scores)
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in torch.unique(scores):  # average ranks of ties
-        tie = scores == value
-        ranks[tie] = ranks[tie].mean()
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def test_rank_auc_helper():
-    assert rank_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == pytest.approx(0.75)
-    assert rank_auc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == pytest.approx(0.5)
 
 
 def synthetic_videos(n_videos, abnormal, g, crops=2, t=32, d=16, min_len=8, max_len=16):

@@ -26,6 +26,8 @@ from vadpipe.heads.rtfm import (
     rtfm_video_bce,
 )
 
+from tests.synthetic import rank_auc
+
 # Keys and shapes of the official RTFM ``Model(n_features=2048, batch_size)`` state dict, in
 # registration order (Aggregate: conv_1..conv_5, non_local{g, W, theta, phi}; fc1..fc3).
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -600,27 +602,6 @@ class _Arbitrary:
 # ----------------------------------------------------------------------------------------
 
 
-def rank_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC-AUC via the Mann-Whitney statistic with average ranks for ties."""
-    s = scores.flatten().double()
-    y = labels.flatten().bool()
-    raw = torch.empty_like(s)
-    raw[s.argsort()] = torch.arange(1, s.numel() + 1, dtype=s.dtype)
-    uniq, inv = torch.unique(s, return_inverse=True)
-    sums = torch.zeros(uniq.numel(), dtype=s.dtype).index_add_(0, inv, raw)
-    counts = torch.zeros(uniq.numel(), dtype=s.dtype).index_add_(0, inv, torch.ones_like(s))
-    ranks = (sums / counts)[inv]
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def test_rank_auc_helper():
-    assert rank_auc(torch.tensor([0.1, 0.2, 0.8, 0.9]), torch.tensor([0, 0, 1, 1])) == 1.0
-    assert rank_auc(torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([0, 0, 1, 1])) == 0.0
-    assert rank_auc(torch.tensor([0.5, 0.5, 0.5, 0.5]), torch.tensor([0, 1, 0, 1])) == 0.5
-    assert rank_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
-
-
 def synthetic_videos(n, abnormal, g, t=32, d=64, crops=2, shift=1.0):
     """Normal snippets ~ N(0, 1) (crops = small perturbations of one video); abnormal
     videos get a mean shift on one contiguous run of 3-6 snippets."""
@@ -633,15 +614,6 @@ def synthetic_videos(n, abnormal, g, t=32, d=64, crops=2, shift=1.0):
             x[i, :, start : start + length] += shift
             labels[i, start : start + length] = 1
     return x, labels
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contend on shared CPUs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_training_separates_planted_anomalies(one_thread):

@@ -18,6 +18,7 @@ from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.checkpoints import CheckpointMismatchError, load_official_state_dict
 from vadpipe.heads.sultani import SultaniConfig, SultaniHead, sultani_mil_loss, state_dict_from_keras_layers
+from tests.synthetic import rank_auc
 
 
 def keras_custom_objective(y_pred: np.ndarray, n_exp: int, n_seg: int = 32) -> float:
@@ -181,26 +182,6 @@ def test_keras_weight_conversion_and_checkpoint_loading(tmp_path):
 # ----------------------------------------------------------------------------------------
 
 
-def rank_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC-AUC via the Mann-Whitney statistic with average ranks for ties."""
-    s = scores.flatten().double()
-    y = labels.flatten().bool()
-    raw = torch.empty_like(s)
-    raw[s.argsort()] = torch.arange(1, s.numel() + 1, dtype=s.dtype)
-    uniq, inv = torch.unique(s, return_inverse=True)
-    sums = torch.zeros(uniq.numel(), dtype=s.dtype).index_add_(0, inv, raw)
-    counts = torch.zeros(uniq.numel(), dtype=s.dtype).index_add_(0, inv, torch.ones_like(s))
-    ranks = (sums / counts)[inv]
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def test_rank_auc_helper():
-    assert rank_auc(torch.tensor([0.1, 0.2, 0.8, 0.9]), torch.tensor([0, 0, 1, 1])) == 1.0
-    assert rank_auc(torch.tensor([0.5, 0.5, 0.5, 0.5]), torch.tensor([0, 1, 0, 1])) == 0.5
-    assert rank_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
-
-
 def synthetic_videos(n, abnormal, g, t=32, d=64, shift=1.0):
     """Single-crop videos, snippets ~ N(0, 1); abnormal ones get a mean shift on a run of
     3-6 snippets."""
@@ -213,14 +194,6 @@ def synthetic_videos(n, abnormal, g, t=32, d=64, shift=1.0):
             x[i, :, start : start + length] += shift
             labels[i, start : start + length] = 1
     return x, labels
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_training_separates_planted_anomalies(one_thread):

@@ -10,13 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.shared_data import FIXTURES
 from tests.synthetic import make_dataset
 from vadpipe.cli import main
 from vadpipe.heads.rtfm import RTFMConfig, RTFMHead
 from vadpipe.heads.sultani import SultaniConfig, SultaniHead
 from vadpipe.manifests.datasets import DatasetRow, read_dataset, write_dataset
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def _run(args: list[str]):
@@ -123,3 +123,19 @@ def test_manifest_import_of_the_real_rtfm_list(tmp_path: Path) -> None:
     assert "1610 videos (810 anomalous, 800 normal)" in res.output
     rows = read_dataset(tmp_path / "ucf_train.csv")
     assert rows[0].feature_path == "/data/UCF_Train_ten_crop_i3d/Abuse001_x264_i3d.npy"
+
+
+def test_select_on_test_is_loudly_labelled(trained: dict, tmp_path: Path) -> None:
+    root = trained["root"]
+    gt = _intervals_csv(tmp_path / "gt.csv", trained["truth"])
+    res = _run(["train", "--train", root / "train" / "dataset.csv", "--head", "sultani", "--steps", 20,
+                "--eval-every", 10, "--set", "batch_size=4", "--device", "cpu", "-q", "-o", tmp_path / "run",
+                "--select-on-test", trained["test_csv"], "--gt", f"csv:{gt}"])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: MODEL SELECTED ON THE TEST SET" in res.output and "TEST AUC (optimistic)" in res.output
+    ev = _run(["eval", "--checkpoint", tmp_path / "run" / "best.pt", "--data", trained["test_csv"],
+               "--gt", f"csv:{gt}", "--device", "cpu", "-o", tmp_path / "ev"])
+    assert ev.exit_code == 0 and ev.output.splitlines()[1].startswith("WARNING: MODEL SELECTED ON THE TEST SET")
+    bad = _run(["eval", "--checkpoint", tmp_path / "run" / "best.pt", "--data", trained["test_csv"],
+                "--gt", f"nope:{gt}", "--device", "cpu", "-o", tmp_path / "ev2"])
+    assert bad.exit_code == 2 and "KIND one of ucf, xd, sh-masks, csv" in bad.output
