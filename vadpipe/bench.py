@@ -126,7 +126,6 @@ def bench_model(config: ExtractConfig, iters: int = 5, warmup: int = 2) -> Stage
     config = config.with_preset(spec.preset)
     device = resolve_device(config.device)
     model = FeatureModel(spec, config, device)
-    s = config.preset.crop_size
     # resized 320x240 clips, as the workers deliver them: [n, 3, T, 256, 341]
     h, w = config.preset.resized_size(240, 320)
     x = torch.randint(0, 256, (config.batch_clips, 3, config.clip.length, h, w), dtype=torch.uint8)

@@ -358,13 +358,7 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
             if not gt:
                 raise VadpipeError("--select-on-test needs --gt KIND:PATH")
             click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
-            kind, _, source = gt.partition(":")
-            test_rows, test_root = read_dataset(test_csv), dataset_root(test_csv)
-
-            def test_metric(h):
-                loaded = scoring.LoadedHead(h, head, {}, "test")
-                scores = scoring.score_rows(loaded, test_rows, test_root, resolve_device(device))
-                return scoring.evaluate_scores(scores, kind, source).auc
+            test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
 
         config = TrainConfig(head=head, overrides=_parse_overrides(overrides), steps=steps, eval_every=eval_every,
                              patience=patience, seed=seed, device=device,
@@ -397,11 +391,7 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
         scoring.write_scores_csv(out / "scores.csv", rows, scores)
         click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
         if gt:
-            kind, sep, source = gt.partition(":")
-            if not sep:
-                raise VadpipeError(f"--gt takes KIND:PATH with KIND one of {', '.join(scoring.GT_KINDS)}")
-            result = scoring.evaluate_scores(scores, kind, source, convention=convention,
-                                             frame_scores_csv=out / "frame_scores.csv")
+            result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv")
             for line in scoring.result_lines(result, loaded.selection):
                 click.echo(line)
     except VadpipeError as e:

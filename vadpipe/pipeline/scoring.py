@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -106,23 +106,47 @@ def build_gt(kind: str, source: str | os.PathLike, n_frames: dict[str, int], con
     raise ConfigError(f"unknown ground-truth kind {kind!r}; choose one of {', '.join(GT_KINDS)}")
 
 
-def evaluate_scores(scores: dict[str, np.ndarray], gt_kind: str, gt_source: str | os.PathLike, *,
-                    clip_len: int = ev.CLIP_LEN, convention: str | None = None,
+def parse_gt(spec: str) -> tuple[str, str]:
+    """``"KIND:PATH"`` → ``(kind, path)``, checking the kind."""
+    kind, sep, source = spec.partition(":")
+    if not sep or kind not in GT_KINDS:
+        raise ConfigError(f"--gt takes KIND:PATH with KIND one of {', '.join(GT_KINDS)}, got {spec!r}")
+    return kind, source
+
+
+def evaluate_scores(scores: dict[str, np.ndarray], gt: str, *, clip_len: int = ev.CLIP_LEN,
+                    convention: str | None = None,
                     frame_scores_csv: str | os.PathLike | None = None) -> ev.EvalResult:
-    """Frame-level metrics of snippet ``scores`` against a GT source.
+    """Frame-level metrics of snippet ``scores`` against a GT source ``"KIND:PATH"``.
 
     Each video is evaluated on ``T × clip_len`` frames (RTFM's protocol: GT built from the
     snippet count), snippet scores repeated ``clip_len`` times.
     """
+    kind, source = parse_gt(gt)
     n_frames = {video_key(v): int(s.size) * clip_len for v, s in scores.items()}
-    gt, classes = build_gt(gt_kind, gt_source, n_frames, convention)
+    gt_masks, classes = build_gt(kind, source, n_frames, convention)
     frame_scores = {video_key(v): ev.expand_scores(s, clip_len) for v, s in scores.items()}
     if classes is not None:
         classes = {k: c for k, c in classes.items() if k in frame_scores}
-    result = ev.evaluate(frame_scores, gt, classes)
+    result = ev.evaluate(frame_scores, gt_masks, classes)
     if frame_scores_csv is not None:
-        ev.write_frame_scores_csv(frame_scores_csv, frame_scores, gt)
+        ev.write_frame_scores_csv(frame_scores_csv, frame_scores, gt_masks)
     return result
+
+
+def test_set_auc(test_csv: str | os.PathLike, gt: str, device: torch.device) -> Callable[[AnomalyHead], float]:
+    """``head -> frame-level test AUC``, for the published code's (optimistic) test-set
+    model selection; the data and GT are read once."""
+    from vadpipe.manifests.datasets import dataset_root, read_dataset
+
+    parse_gt(gt)
+    rows, root = read_dataset(test_csv), dataset_root(test_csv)
+
+    def metric(head: AnomalyHead) -> float:
+        loaded = LoadedHead(head, "test", {}, "test")
+        return evaluate_scores(score_rows(loaded, rows, root, device), gt).auc
+
+    return metric
 
 
 def result_lines(result: ev.EvalResult, selection: str = "val") -> list[str]:
