@@ -139,3 +139,17 @@ def test_select_on_test_is_loudly_labelled(trained: dict, tmp_path: Path) -> Non
     bad = _run(["eval", "--checkpoint", tmp_path / "run" / "best.pt", "--data", trained["test_csv"],
                 "--gt", f"nope:{gt}", "--device", "cpu", "-o", tmp_path / "ev2"])
     assert bad.exit_code == 2 and "KIND one of ucf, xd, sh-masks, csv" in bad.output
+
+
+def test_refine_mcr_wraps_the_base_head(trained: dict, tmp_path: Path) -> None:
+    from vadpipe.pipeline.train import load_checkpoint
+
+    res = _run(["train", "--train", trained["root"] / "train" / "dataset.csv", "--head", "sultani", "--refine", "mcr",
+                "--refine-set", "batch_size=4", "--refine-set", "windows=[1,3]", "--steps", 20, "--eval-every", 10,
+                "--device", "cpu", "-q", "-o", tmp_path / "run"])
+    assert res.exit_code == 0, res.output
+    cfg = load_checkpoint(tmp_path / "run" / "last.pt")["head_config"]
+    assert (cfg["base_head"], cfg["windows"], cfg["batch_size"]) == ("sultani", [1, 3], 4)
+    ev = _run(["apply", "--checkpoint", tmp_path / "run" / "best.pt", "--data", trained["test_csv"], "--device", "cpu",
+               "-o", tmp_path / "ap"])
+    assert ev.exit_code == 0, ev.output

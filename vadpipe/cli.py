@@ -325,6 +325,10 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set lr=1e-4.")
+@click.option("--refine", type=click.Choice(["mcr"]), default=None,
+              help="Wrap the head in a score-refinement module (MCR) and train them together.")
+@click.option("--refine-set", "refine_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Refinement setting, e.g. --refine-set windows=[1,3,5].")
 @click.option("--resume", default=None, type=click.Path(exists=True, dir_okay=False), help="Continue from last.pt.")
 @click.option("--cache", is_flag=True, help="Keep resampled training features in memory.")
 @click.option("--backbone", default=None, help="Backbone that made the features, e.g. i3d (recorded in the checkpoint's feature spec).")
@@ -334,8 +338,8 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
               help="OPTIMISTIC, as the published code: choose the checkpoint on this TEST set (needs --gt).")
 @click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for --select-on-test (see `vadpipe eval`).")
 @click.option("-q", "--quiet", is_flag=True)
-def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, device, overrides, resume, cache,
-          backbone, clip_len, test_csv, gt, quiet) -> None:
+def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, device, overrides, refine,
+          refine_overrides, resume, cache, backbone, clip_len, test_csv, gt, quiet) -> None:
     """Train an anomaly head; best.pt is chosen on the validation split."""
     from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
     from vadpipe.pipeline import scoring
@@ -360,7 +364,11 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
             click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
             test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
 
-        config = TrainConfig(head=head, overrides=_parse_overrides(overrides), steps=steps, eval_every=eval_every,
+        head_overrides = _parse_overrides(overrides)
+        if refine:  # the refinement module is the trained head; the base head's settings go inside it
+            head_overrides = {"base_head": head, "base_overrides": head_overrides, **_parse_overrides(refine_overrides)}
+            head = refine
+        config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
                              patience=patience, seed=seed, device=device,
                              selection="test" if test_csv else "val", cache=cache)
         meta = {"backbone": backbone or "unknown", "clip_len": clip_len}
