@@ -53,3 +53,30 @@ def make_dataset(root: Path, n_normal: int, n_anomalous: int, *, crops: int = 2,
                                label="anomalous" if anomalous else "normal", split=split))
     write_dataset(root / "dataset.csv", rows)
     return root / "dataset.csv", truth
+
+
+def make_split(root: Path, *, crops: int = 2, dim: int = 32) -> dict:
+    """The planted-anomaly benchmark the head tests share: 16 + 16 training videos (a
+    stratified quarter held out for validation) and 8 + 8 unseen test videos with snippet
+    labels. Keys: ``train``, ``val``, ``test`` (rows), ``train_root``, ``test_root``, ``truth``."""
+    from vadpipe.manifests.datasets import read_dataset, split_train_val
+
+    train_csv, _ = make_dataset(root / "train", 16, 16, crops=crops, dim=dim, seed=1)
+    test_csv, truth = make_dataset(root / "test", 8, 8, crops=crops, dim=dim, seed=2)
+    train_rows, val_rows = split_train_val(read_dataset(train_csv), val_fraction=0.25, seed=0)
+    return {"train": train_rows, "val": val_rows, "test": read_dataset(test_csv),
+            "train_root": train_csv.parent, "test_root": test_csv.parent, "truth": truth}
+
+
+def heldout_frame_auc(checkpoint: Path, split: dict) -> float:
+    """Frame-level (snippet-level) ROC-AUC on ``split``'s unseen test videos of a checkpoint,
+    restored the way ``vadpipe eval`` restores it."""
+    import torch
+
+    from vadpipe.pipeline.scoring import load_head, score_rows
+
+    cpu = torch.device("cpu")
+    scores = score_rows(load_head(checkpoint, cpu), split["test"], split["test_root"], cpu)
+    rows = split["test"]
+    return roc_auc(np.concatenate([split["truth"][r.video] for r in rows]),
+                   np.concatenate([scores[r.video] for r in rows]))

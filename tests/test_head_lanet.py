@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.synthetic import make_dataset
+from tests.synthetic import make_split
 from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.data import FeatureDataset
@@ -30,7 +30,6 @@ from vadpipe.heads.lanet import (
     score_dynamics,
     topk_k,
 )
-from vadpipe.manifests.datasets import read_dataset, split_train_val
 from vadpipe.pipeline.evaluate import roc_auc
 from vadpipe.pipeline.train import TrainConfig, build_head, load_checkpoint, train, video_scores
 
@@ -235,13 +234,11 @@ def test_cosine_schedule_and_resume() -> None:
 
 
 def test_lanet_learns_planted_anomaly(tmp_path: Path, one_thread) -> None:
-    train_csv, _ = make_dataset(tmp_path / "train", 16, 16, seed=1)
-    test_csv, truth = make_dataset(tmp_path / "test", 8, 8, seed=2)
-    train_rows, val_rows = split_train_val(read_dataset(train_csv), val_fraction=0.25, seed=0)
+    data = make_split(tmp_path)
     overrides = {"batch_size": 4, "hidden_dim": 32, "mlp_dims": (32, 16), "kernel_size": 3, "sigma": 4.0,
                  "segments": 32, "max_steps": 100, "lr": 1e-3}
     cfg = TrainConfig(head="lanet", overrides=overrides, eval_every=50, device="cpu", seed=2)
-    result = train(train_rows, val_rows, tmp_path / "out", cfg, root=train_csv.parent, progress=False)
+    result = train(data["train"], data["val"], tmp_path / "out", cfg, root=data["train_root"], progress=False)
     assert [h["step"] for h in result.history] == [50, 100]
     assert result.best_metric > 0.9  # video-level AUC on held-out validation videos
 
@@ -249,9 +246,8 @@ def test_lanet_learns_planted_anomaly(tmp_path: Path, one_thread) -> None:
     assert ckpt["feature_spec"]["dim"] == 32 and ckpt["head_config"]["feature_dim"] == 32
     head, _ = build_head(get_head("lanet"), {k: tuple(v) if isinstance(v, list) else v
                                              for k, v in ckpt["head_config"].items()})
-    test_rows = read_dataset(test_csv)
-    test_set = FeatureDataset(test_rows, test_csv.parent, mode="eval")
-    labels = np.concatenate([truth[r.video] for r in test_rows])
+    test_set = FeatureDataset(data["test"], data["test_root"], mode="eval")
+    labels = np.concatenate([data["truth"][r.video] for r in data["test"]])
 
     def frame_auc() -> float:
         return roc_auc(labels, np.concatenate(video_scores(head, test_set, torch.device("cpu"))))

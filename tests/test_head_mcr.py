@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.synthetic import make_dataset
+from tests.synthetic import heldout_frame_auc, make_split
 from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.mcr import (
@@ -21,9 +21,7 @@ from vadpipe.heads.mcr import (
     multiscale_moving_averages,
     squeeze_features,
 )
-from vadpipe.manifests.datasets import read_dataset, split_train_val
-from vadpipe.pipeline.evaluate import roc_auc
-from vadpipe.pipeline.scoring import load_head, score_rows
+from vadpipe.pipeline.scoring import load_head
 from vadpipe.pipeline.train import TrainConfig, build_head, load_checkpoint, train
 
 SMALL_BASE = {
@@ -195,12 +193,7 @@ def test_config_validation() -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("mcr_feats")
-    train_csv, _ = make_dataset(root / "train", 16, 16, seed=1)
-    test_csv, truth = make_dataset(root / "test", 8, 8, seed=2)
-    train_rows, val_rows = split_train_val(read_dataset(train_csv), val_fraction=0.25, seed=0)
-    return {"train": train_rows, "val": val_rows, "test": read_dataset(test_csv),
-            "train_root": train_csv.parent, "test_root": test_csv.parent, "truth": truth}
+    return make_split(tmp_path_factory.mktemp("mcr_feats"))
 
 
 @pytest.mark.parametrize("base", ["sultani", "rtfm"])
@@ -217,9 +210,7 @@ def test_mcr_learns_planted_anomaly_and_round_trips(base: str, data: dict, tmp_p
     assert ckpt["head_config"]["feature_dim"] == 32 and ckpt["head_config"]["windows"] == [1, 3, 5]
     loaded = load_head(result.best_path, torch.device("cpu"))  # nested dict config
     assert loaded.name == "mcr" and not loaded.head.training
-    scores = score_rows(loaded, data["test"], data["test_root"], torch.device("cpu"))
-    labels = np.concatenate([data["truth"][r.video] for r in data["test"]])
-    assert roc_auc(labels, np.concatenate([scores[r.video] for r in data["test"]])) > 0.9  # frame level
+    assert heldout_frame_auc(result.best_path, data) > 0.9  # frame level, restored like `vadpipe eval`
 
     # the restored head scores exactly like one rebuilt by hand from the same state dict
     again, _ = build_head(get_head("mcr"), {**overrides, "feature_dim": 32})

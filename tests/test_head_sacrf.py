@@ -7,14 +7,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from tests.synthetic import make_dataset
+from tests.synthetic import heldout_frame_auc, make_split
 from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
-from vadpipe.heads.data import FeatureDataset
 from vadpipe.heads.sacrf import (
     SACRFConfig,
     SACRFHead,
@@ -24,9 +22,7 @@ from vadpipe.heads.sacrf import (
     sacrf_smoothness,
     sacrf_sparsity,
 )
-from vadpipe.manifests.datasets import read_dataset, split_train_val
-from vadpipe.pipeline.evaluate import roc_auc
-from vadpipe.pipeline.train import TrainConfig, build_head, load_checkpoint, train, video_scores
+from vadpipe.pipeline.train import TrainConfig, load_checkpoint, train
 
 SMALL = {"feature_dim": 32, "attn_dim": 16, "embed_dim": 16, "unary_hidden": 32}
 
@@ -169,21 +165,12 @@ def test_total_loss_is_weighted_sum(one_thread) -> None:
 
 
 def test_sacrf_learns_planted_anomaly(tmp_path: Path) -> None:
-    root = tmp_path / "feats"
-    train_csv, _ = make_dataset(root / "train", 16, 16, crops=2, seed=1)  # G = 2 nodes per clip
-    test_csv, truth = make_dataset(root / "test", 8, 8, crops=2, seed=2)
-    train_rows, val_rows = split_train_val(read_dataset(train_csv), val_fraction=0.25, seed=0)
+    data = make_split(tmp_path / "feats", crops=2)  # G = 2 nodes per clip
     overrides = {"batch_size": 4, "attn_dim": 16, "embed_dim": 16, "unary_hidden": 32, "lr": 1e-3}
     cfg = TrainConfig(head="sacrf", overrides=overrides, steps=150, eval_every=50, device="cpu", seed=0)
-    result = train(train_rows, val_rows, tmp_path / "out", cfg, root=train_csv.parent, progress=False)
+    result = train(data["train"], data["val"], tmp_path / "out", cfg, root=data["train_root"], progress=False)
     assert [h["step"] for h in result.history] == [50, 100, 150]
     assert result.best_metric > 0.9  # video-level AUC on held-out validation videos
     ckpt = load_checkpoint(result.best_path)
     assert ckpt["head_config"]["feature_dim"] == 32 and ckpt["feature_spec"]["crops"] == 2
-    head, _ = build_head(get_head("sacrf"), {k: tuple(v) if isinstance(v, list) else v
-                                              for k, v in ckpt["head_config"].items()})
-    head.load_state_dict(ckpt["state_dict"])
-    test_rows = read_dataset(test_csv)
-    scores = video_scores(head, FeatureDataset(test_rows, test_csv.parent, mode="eval"), torch.device("cpu"))
-    labels = np.concatenate([truth[r.video] for r in test_rows])
-    assert roc_auc(labels, np.concatenate(scores)) > 0.9  # frame-level on unseen test videos
+    assert heldout_frame_auc(result.best_path, data) > 0.9  # frame-level on unseen test videos

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.synthetic import make_dataset
+from tests.synthetic import heldout_frame_auc, make_dataset, make_split
 from vadpipe.errors import ConfigError
-from vadpipe.heads.data import FeatureDataset
 from vadpipe.manifests.datasets import read_dataset, split_train_val
-from vadpipe.pipeline.evaluate import roc_auc
-from vadpipe.pipeline.train import TrainConfig, build_head, load_checkpoint, train, video_scores
-from vadpipe.heads.base import get_head
+from vadpipe.pipeline.train import TrainConfig, load_checkpoint, train
 
 SMALL = {
     "sultani": {"batch_size": 4},
@@ -24,23 +21,7 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("feats")
-    train_csv, _ = make_dataset(root / "train", 16, 16, seed=1)
-    test_csv, truth = make_dataset(root / "test", 8, 8, seed=2)
-    train_rows, val_rows = split_train_val(read_dataset(train_csv), val_fraction=0.25, seed=0)
-    return {"train": train_rows, "val": val_rows, "test": read_dataset(test_csv),
-            "train_root": train_csv.parent, "test_root": test_csv.parent, "truth": truth}
-
-
-def _frame_auc(ckpt_path: Path, data: dict) -> float:
-    ckpt = load_checkpoint(ckpt_path)
-    spec = get_head(ckpt["head"])
-    head, _ = build_head(spec, {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["head_config"].items()})
-    head.load_state_dict(ckpt["state_dict"])
-    test = FeatureDataset(data["test"], data["test_root"], mode="eval")
-    scores = video_scores(head, test, torch.device("cpu"))
-    labels = np.concatenate([data["truth"][r.video] for r in data["test"]])
-    return roc_auc(labels, np.concatenate(scores))
+    return make_split(tmp_path_factory.mktemp("feats"))
 
 
 @pytest.mark.parametrize("head", ["sultani", "rtfm"])
@@ -50,7 +31,7 @@ def test_head_learns_planted_anomaly(head: str, data: dict, tmp_path: Path) -> N
     assert result.best_path.exists() and result.last_path.exists()
     assert [h["step"] for h in result.history] == [50, 100, 150]
     assert result.best_metric > 0.9  # video-level AUC on the held-out validation videos
-    assert _frame_auc(result.best_path, data) > 0.9  # frame-level on unseen test videos
+    assert heldout_frame_auc(result.best_path, data) > 0.9  # frame-level on unseen test videos
     ckpt = load_checkpoint(result.best_path)
     assert ckpt["feature_spec"]["dim"] == 32 and ckpt["feature_spec"]["crops"] == 2
     assert ckpt["selection"] == "val" and ckpt["step"] == result.best_step
