@@ -80,3 +80,19 @@ def heldout_frame_auc(checkpoint: Path, split: dict) -> float:
     rows = split["test"]
     return roc_auc(np.concatenate([split["truth"][r.video] for r in rows]),
                    np.concatenate([scores[r.video] for r in rows]))
+
+
+def fit_on_fresh_batches(head, optimizer, sample, *, steps: int, batch: int) -> dict:
+    """Train ``head`` for ``steps`` steps, each on a fresh ``sample(batch, abnormal)`` pair
+    (normal drawn first), and leave it in eval mode; returns the last loss parts."""
+    head.train()
+    parts: dict = {}
+    for _ in range(steps):
+        normal, _ = sample(batch, False)
+        abnormal, _ = sample(batch, True)
+        loss, parts = head.loss(normal, abnormal)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    return parts

@@ -27,7 +27,7 @@ from vadpipe.heads.mgfn import (
     official_loss,
 )
 
-from tests.synthetic import rank_auc
+from tests.synthetic import fit_on_fresh_batches, rank_auc
 
 SMALL = dict(feature_dim=12, dims=(8, 16, 32), depths=(2, 1, 2), dim_head=8, batch_size=2, ncrops=4)
 
@@ -523,15 +523,7 @@ def test_training_sanity_on_planted_anomalies():
     opt = get_head("mgfn").optimizer(head.parameters(), cfg)
     test_n, lab_n = synthetic_videos(8, False, g)
     test_a, lab_a = synthetic_videos(8, True, g)
-    head.train()
-    for _ in range(150):  # fresh videos every step
-        normal, _ = synthetic_videos(cfg.batch_size, False, g)
-        abnormal, _ = synthetic_videos(cfg.batch_size, True, g)
-        loss, _ = head.loss(normal, abnormal)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    head.eval()
+    fit_on_fresh_batches(head, opt, lambda n, abn: synthetic_videos(n, abn, g), steps=150, batch=cfg.batch_size)
     with torch.no_grad():
         scores = head.snippet_scores(torch.cat([test_n, test_a]))
     auc = rank_auc(scores, torch.cat([lab_n, lab_a]))

@@ -26,7 +26,7 @@ from vadpipe.heads.rtfm import (
     rtfm_video_bce,
 )
 
-from tests.synthetic import rank_auc
+from tests.synthetic import fit_on_fresh_batches, rank_auc
 
 # Keys and shapes of the official RTFM ``Model(n_features=2048, batch_size)`` state dict, in
 # registration order (Aggregate: conv_1..conv_5, non_local{g, W, theta, phi}; fc1..fc3).
@@ -622,16 +622,8 @@ def test_training_separates_planted_anomalies(one_thread):
     model = RTFMHead(cfg)
     opt = get_head("rtfm").optimizer(model.parameters(), cfg)
     g = torch.Generator().manual_seed(1)
-    model.train()
-    for _ in range(200):
-        xn, _ = synthetic_videos(8, False, g)
-        xa, _ = synthetic_videos(8, True, g)
-        loss, parts = model.loss(xn, xa)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    parts = fit_on_fresh_batches(model, opt, lambda n, abn: synthetic_videos(n, abn, g), steps=200, batch=8)
     assert math.isfinite(parts["total"])
-    model.eval()
     xn, ln = synthetic_videos(16, False, g)
     xa, la = synthetic_videos(16, True, g)
     with torch.no_grad():

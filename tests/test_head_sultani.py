@@ -18,7 +18,7 @@ from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.checkpoints import CheckpointMismatchError, load_official_state_dict
 from vadpipe.heads.sultani import SultaniConfig, SultaniHead, sultani_mil_loss, state_dict_from_keras_layers
-from tests.synthetic import rank_auc
+from tests.synthetic import fit_on_fresh_batches, rank_auc
 
 
 def keras_custom_objective(y_pred: np.ndarray, n_exp: int, n_seg: int = 32) -> float:
@@ -202,16 +202,8 @@ def test_training_separates_planted_anomalies(one_thread):
     model = SultaniHead(cfg)
     opt = get_head("sultani").optimizer(model.parameters(), cfg)
     g = torch.Generator().manual_seed(1)
-    model.train()
-    for _ in range(200):
-        xn, _ = synthetic_videos(8, False, g)
-        xa, _ = synthetic_videos(8, True, g)
-        loss, parts = model.loss(xn, xa)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    parts = fit_on_fresh_batches(model, opt, lambda n, abn: synthetic_videos(n, abn, g), steps=200, batch=8)
     assert math.isfinite(parts["total"])
-    model.eval()
     xn, ln = synthetic_videos(16, False, g)
     xa, la = synthetic_videos(16, True, g)
     with torch.no_grad():
