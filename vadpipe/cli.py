@@ -152,14 +152,15 @@ def bench_extract(video, backbone, crops, precision, device, batch_clips, worker
 @click.option("--steps", default=5, show_default=True, type=click.IntRange(1), help="Timed steps (after 1 warm-up).")
 @click.option("--crops", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--dim", default=2048, show_default=True, type=click.IntRange(1))
+@click.option("--segments", default=32, show_default=True, type=click.IntRange(1), help="Snippets per training video.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set batch_size=16.")
-def bench_train(head, steps, crops, dim, device, overrides) -> None:
+def bench_train(head, steps, crops, dim, segments, device, overrides) -> None:
     """Training steps/s and peak memory of a head at UCF-Crime's feature size."""
     from vadpipe.bench import run_train_bench
 
     try:
-        run_train_bench(head, crops=crops, dim=dim, steps=steps, device=device,
+        run_train_bench(head, crops=crops, dim=dim, segments=segments, steps=steps, device=device,
                         overrides=_parse_overrides(overrides), echo=click.echo)
     except VadpipeError as e:
         _fail(e)
