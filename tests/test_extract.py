@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import tests.tiny_backbone as tiny
 from tests import media
 from vadpipe.cli import main
+from vadpipe.errors import ConfigError
 from vadpipe.manifests.features import read_manifest
 from vadpipe.pipeline.clips import ClipSpec
 from vadpipe.pipeline.config import ExtractConfig
@@ -203,3 +204,16 @@ def test_cli_preset_and_overrides_reach_the_run_config(videos: Path, tmp_path: P
     assert (preset["resize"], preset["crop_order"], preset["crop_size"]) == ([48, 64], "gowtham", 32)
     bad = CliRunner().invoke(main, args + ["-o", str(tmp_path / "x"), "--resize", "big"])
     assert bad.exit_code == 2 and "--resize takes N or HxW" in bad.output
+
+
+def test_node_backbones_write_nodes_per_clip(videos: Path, tmp_path: Path) -> None:
+    cfg = ExtractConfig(backbone="tiny-nodes", crops=1, random_weights=True, device="cpu")
+    summary = extract(discover([videos / "a.mp4"]), tmp_path, cfg, progress=False)
+    assert summary.exit_code == 0, summary.failures
+    feats = np.load(tmp_path / "a_nodes.npy")
+    assert feats.shape == (3, 3, tiny.TINY_DIM)  # [n_clips, nodes, D]
+    (row,) = read_manifest(tmp_path / "features.csv")
+    assert (row.crops, row.dim) == (3, tiny.TINY_DIM)
+    assert extract(discover([videos / "a.mp4"]), tmp_path, cfg, progress=False).skipped == 1  # intact on resume
+    with pytest.raises(ConfigError, match="use --crops 1"):
+        extract(discover([videos / "a.mp4"]), tmp_path, ExtractConfig(**{**cfg.__dict__, "crops": 5}), progress=False)

@@ -57,3 +57,34 @@ SPEC = register_backbone(
         file_suffix="tiny",
     )
 )
+
+
+class TinyNodes(TinyBackbone):
+    """``[B, 3, T, 32, 32]`` → ``[B, 3, 8]``: three "patch nodes" (the left, right and whole
+    halves of the conv map), for the node-backbone path of the runner."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = torch.relu(self.conv(x))
+        half = fmap.shape[-1] // 2
+        regions = (fmap[..., :half], fmap[..., half:], fmap)
+        return torch.stack([r.mean(dim=(2, 3, 4)) for r in regions], dim=1)
+
+
+def _build_nodes(pretrained: bool) -> nn.Module:
+    if pretrained:
+        raise WeightsNotFoundError("the tiny test backbone has no pretrained weights; pass --random-weights")
+    return TinyNodes().eval()
+
+
+NODES_SPEC = register_backbone(
+    BackboneSpec(
+        name="tiny-nodes",
+        feature_dim=TINY_DIM,
+        clip_len=16,
+        preset=TINY_PRESET,
+        weights=WeightsInfo(name="none", source="tests", license="n/a"),
+        build=_build_nodes,
+        file_suffix="nodes",
+        nodes=3,
+    )
+)

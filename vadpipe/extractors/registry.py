@@ -50,9 +50,11 @@ class BackboneSpec:
         preset: preprocessing the weights expect.
         weights: provenance of the pretrained weights.
         build: ``build(pretrained: bool) -> nn.Module``; the module maps float
-            ``[B, 3, T, S, S]`` to ``[B, D]`` and, when pretrained, carries the sha256 of
-            the loaded weight file as ``module.weights_sha256``.
+            ``[B, 3, T, S, S]`` to ``[B, D]`` (or ``[B, nodes, D]``) and, when pretrained,
+            carries the sha256 of the loaded weight file as ``module.weights_sha256``.
         file_suffix: features of ``video.mp4`` are written to ``video_<suffix>.npy``.
+        nodes: feature vectors per clip and crop (1; 14 for the patch-node ResNet-50 TRN
+            extractor, whose files are ``[n_clips, nodes, D]`` and need ``--crops 1``).
     """
 
     name: str
@@ -62,6 +64,7 @@ class BackboneSpec:
     weights: WeightsInfo
     build: Callable[[bool], nn.Module] = field(compare=False)
     file_suffix: str = ""
+    nodes: int = 1
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -89,13 +92,20 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_BUILTIN = ("i3d", "i3d_r50", "c3d", "resnet_trn")
+
 #: Environment variable naming extra modules (comma-separated) that register backbones.
 PLUGINS_ENV = "VADPIPE_PLUGINS"
 
 
 def _load_builtin() -> None:
     # Importing a backbone module registers it.
-    from vadpipe.extractors import i3d  # noqa: F401
+    for name in _BUILTIN:
+        try:
+            importlib.import_module(f"vadpipe.extractors.{name}")
+        except ModuleNotFoundError as e:  # backbones are added one file at a time
+            if e.name != f"vadpipe.extractors.{name}":
+                raise
 
     for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:

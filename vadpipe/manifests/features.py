@@ -12,7 +12,8 @@ weights_sha256     str     sha256 of the weight file the backbone ran with; ``ra
 n_frames           int     frames decoded (after ``--fps`` resampling)
 fps                float   frame rate of the decoded frames
 n_clips            int     clips written (rows of the feature array)
-crops              int     crops per clip (1, 5 or 10)
+crops              int     crops per clip (1, 5 or 10); for patch-node backbones
+                           (ResNet-50 TRN) the nodes per clip (14)
 dim                int     feature size D
 layout             str     ``single`` ([n_clips, crops, D]) or ``per-crop`` ([n_clips, D] each)
 decoder            str     backend that decoded the video (``decord`` or ``pyav``), plus

@@ -194,7 +194,8 @@ class FeatureModel:
                 sizes may differ between batches: they can come from different videos).
 
         Returns:
-            float32 ``[sum n_i, crops, D]``, in order, on the model's device. Nothing here
+            float32 ``[sum n_i, crops, D]`` (``[sum n_i, nodes, D]`` for node backbones), in
+            order, on the model's device. Nothing here
             waits for the device: the caller copies features to the host only when a video
             is complete, so decoding, transfers and kernel launches of the next batch
             overlap the model's work.
@@ -214,7 +215,8 @@ class FeatureModel:
         )
         with ctx:
             feats = self.model(x)
-        return feats.float().reshape(n, k, -1)
+        feats = feats.float().reshape(n, k, *feats.shape[1:])  # [N, crops, D] or [N, crops, nodes, D]
+        return feats[:, 0] if self.spec.nodes > 1 else feats  # node backbones run one crop
 
 
 # ----------------------------------------------------------------------------- the run
@@ -277,6 +279,8 @@ def extract(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     spec = get_backbone(config.backbone)
+    if spec.nodes > 1 and config.crops != 1:
+        raise ConfigError(f"backbone {spec.name!r} yields {spec.nodes} patch nodes per clip from one view; use --crops 1")
     config = config.with_preset(spec.preset)
     device = resolve_device(config.device)
     model = FeatureModel(spec, config, device)
@@ -389,7 +393,7 @@ def _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, 
 def _finish(job, item, parts, root, config, spec, model, config_hash) -> FeatureRow:
     row = FeatureRow(
         video=job.path, backbone=spec.name, weights_sha256=model.weights_sha256,
-        n_frames=item["n_frames"], fps=round(item["fps"], 6), crops=config.crops,
+        n_frames=item["n_frames"], fps=round(item["fps"], 6), crops=max(config.crops, spec.nodes),
         dim=spec.feature_dim, layout=config.layout, decoder=item["decoder"], config_hash=config_hash,
     )
     if item["error"]:
@@ -397,7 +401,7 @@ def _finish(job, item, parts, root, config, spec, model, config_hash) -> Feature
         row.seconds = round(time.time() - item["started"], 3)
         return row
     parts.sort(key=lambda p: p[0])
-    feats = torch.cat([p[1] for p in parts]).cpu().numpy()  # float32 [n_clips, crops, D]
+    feats = torch.cat([p[1] for p in parts]).cpu().numpy()  # float32 [n_clips, crops or nodes, D]
     row.n_clips = feats.shape[0]
     row.feature_path = output_path(job, config, spec)
     if config.layout == "per-crop":
