@@ -1,0 +1,538 @@
+"""ResNet-50 + multi-scale patch nodes + TRN relation module (SA-CRF's relation-aware extractor).
+
+Pipeline of :class:`ResNetTRN` for an ImageNet-normalised clip ``[B, 3, T, H, W]``:
+
+1. **Trunk.** torchvision's ResNet-50 ``conv1 .. layer4`` (no ``avgpool``/``fc``) applied to
+   every frame -> feature map ``[B*T, 2048, h, w]`` (``h = ceil(H / 32)``, 7x7 at 224 px).
+2. **Patch nodes.** The map is split at partition scales ``k = 1, 2, 3`` into
+   ``1 + 4 + 9 = 14`` regions and each region is global-MAX-pooled to 2048-D
+   (SA-CRF Sec. 4: "global max pooling is applied to each" patch). Region rule: this is
+   exactly ``F.adaptive_max_pool2d(fmap, k)``; cell ``(i, j)`` of a ``k x k`` grid covers
+   rows ``floor(i*h/k) .. ceil((i+1)*h/k) - 1`` and columns ``floor(j*w/k) ..
+   ceil((j+1)*w/k) - 1``. When ``k`` does not divide the map, neighbouring cells overlap
+   (7x7, k=2: rows 0-3 and 3-6; k=3: 0-2, 2-4, 4-6; a 2x2 map with k=3: rows 0, 0-1, 1).
+   Node order: whole map, then the 2x2 grid row-major, then the 3x3 grid row-major.
+   Result: ``[B, T, 14, 2048]`` (:meth:`ResNetTRN.patch_features`).
+3. **Temporal relations.** :class:`RelationModuleMultiScale` (TRN, Zhou et al., ECCV 2018)
+   runs over time independently for each of the 14 nodes (weights shared by all nodes):
+   for every scale ``s`` (default ``T, T-1, ..., 2``) it takes ordered ``s``-frame subsets,
+   concatenates their features, applies the scale's MLP ``ReLU -> Linear(s*2048, 256) ->
+   ReLU -> Linear(256, D_out)``, averages over the subsets of the scale
+   (``subset_reduction="sum"`` reproduces TRN's summation) and SUMS over scales.
+
+Output of ``forward``: float32 ``[B, 14, D_out]`` (``D_out = 2048`` by default, the SA-CRF
+head's ``feature_dim``). Unlike the other backbones this one yields 14 node vectors per clip
+(``BackboneSpec.nodes = 14``), so a video's feature file is ``[n_clips, 14, D_out]`` — the
+``[T, G, F]`` layout the SA-CRF head consumes.
+
+Subset selection. The full scale ``s = T`` has one subset (all frames). For ``s < T`` at
+most ``subsample_num = 3`` subsets are used, as in TRN. In training mode they are drawn at
+random (uniform ordered ``s``-subsets, from torch's global RNG), as TRN does. In eval mode
+(the extractor is frozen at inference) they are deterministic, "strided" subsets: subset
+``q`` of ``m`` uses frames ``floor((i + (q + 0.5) / m) * T / s)`` for ``i = 0 .. s-1``
+(evenly spread over the clip, each with a different phase; duplicates dropped).
+
+Weights. The trunk loads torchvision's ImageNet ResNet-50 state dict
+(``resnet50-11ad3fa6.pth`` = IMAGENET1K_V2, or ``resnet50-0676ba61.pth`` = V1; BSD-3) with
+``torch.load(weights_only=True)``; every trunk key must be present and match in shape
+(``fc.weight``/``fc.bias`` in the file are ignored; any other extra key is an error). The
+TRN relation MLPs have NO published weights for this use: unless a trained relation state
+dict is given, they are randomly initialised from a fixed seed (``relation_seed``), and the
+pretrained builder refuses to do that without explicit opt-in
+(``allow_untrained_relation=True`` or ``$VADPIPE_TRN_ALLOW_UNTRAINED_RELATION=1``).
+
+Not implemented from the paper: the inner-product (non-local) attention that re-weighs the
+trunk's feature maps before pooling (SA-CRF Sec. 3.2, second modification) — it is trained
+jointly with the network and has no published weights either.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
+from vadpipe.pipeline.transforms import ClipPreset
+from vadpipe.weights import sha256_file, weights_dir
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NUM_NODES",
+    "RESNET50_CKPT_NAME",
+    "RESNET50_ENV",
+    "RESNET50_HOW_TO_GET",
+    "RELATION_ALLOW_ENV",
+    "RELATION_ENV",
+    "ResNet50Trunk",
+    "ResNetTRN",
+    "RelationModuleMultiScale",
+    "locate_resnet50_checkpoint",
+    "load_resnet50_state_dict",
+    "num_patches",
+    "patch_max_pool",
+    "resnet50_trn",
+    "strided_subsets",
+]
+
+TRUNK_DIM = 2048
+DEFAULT_OUT_DIM = 2048
+DEFAULT_PARTITION_SCALES = (1, 2, 3)
+NUM_NODES = 14
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Preferred file (torchvision IMAGENET1K_V2) and the V1 file, both accepted in the cache.
+RESNET50_CKPT_NAME = "resnet50-11ad3fa6.pth"
+RESNET50_V1_CKPT_NAME = "resnet50-0676ba61.pth"
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
+#: Environment variable pointing at a ResNet-50 state dict file.
+RESNET50_ENV = "VADPIPE_RESNET50_CKPT"
+#: Environment variable pointing at a trained relation-module state dict.
+RELATION_ENV = "VADPIPE_TRN_RELATION_CKPT"
+#: Set to ``1`` to allow the randomly initialised (untrained) relation module.
+RELATION_ALLOW_ENV = "VADPIPE_TRN_ALLOW_UNTRAINED_RELATION"
+RESNET50_HOW_TO_GET = (
+    f"download torchvision's ImageNet ResNet-50 weights {RESNET50_URL} (BSD-3-Clause) and run "
+    f"`vadpipe weights import resnet50-trn FILE` (stores {RESNET50_CKPT_NAME} in the weights "
+    f"folder), or set {RESNET50_ENV}=/path/to/{RESNET50_CKPT_NAME}"
+)
+
+# torchvision names its files <arch>-<first 8 hex of sha256>.pth (check_hash compares them).
+_TV_NAME = re.compile(r"^resnet50-([0-9a-f]{8})\.pth$")
+_TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+# --------------------------------------------------------------------------------------
+# Patch split
+# --------------------------------------------------------------------------------------
+
+
+def num_patches(partition_scales: Sequence[int] = DEFAULT_PARTITION_SCALES) -> int:
+    """Number of patch nodes: ``sum(k * k)`` (14 for scales 1, 2, 3)."""
+    return sum(int(k) * int(k) for k in partition_scales)
+
+
+def patch_max_pool(
+    fmap: torch.Tensor, partition_scales: Sequence[int] = DEFAULT_PARTITION_SCALES
+) -> torch.Tensor:
+    """Max-pool ``[N, C, h, w]`` over the grid cells of each scale -> ``[N, G, C]``.
+
+    Cells follow ``F.adaptive_max_pool2d`` (rows ``floor(i*h/k) .. ceil((i+1)*h/k) - 1``,
+    overlapping when ``k`` does not divide ``h``); order: scale by scale, row-major.
+    """
+    if fmap.dim() != 4:
+        raise ValueError(f"patch_max_pool expects [N, C, h, w], got {tuple(fmap.shape)}")
+    parts = [F.adaptive_max_pool2d(fmap, int(k)).flatten(2) for k in partition_scales]
+    return torch.cat(parts, dim=2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------
+# TRN multi-scale relation module
+# --------------------------------------------------------------------------------------
+
+
+def strided_subsets(num_frames: int, scale: int, count: int) -> list[tuple[int, ...]]:
+    """Deterministic ordered ``scale``-frame subsets of ``range(num_frames)`` (eval mode).
+
+    Subset ``q`` of ``count``: frames ``floor((i + (q + 0.5) / count) * num_frames / scale)``,
+    ``i = 0 .. scale-1`` (strictly increasing because ``num_frames >= scale``); duplicates
+    are dropped, so fewer than ``count`` may come back.
+    """
+    if not 1 <= scale <= num_frames or count < 1:
+        raise ValueError(f"bad subset request: T={num_frames}, scale={scale}, count={count}")
+    out: list[tuple[int, ...]] = []
+    for q in range(count):
+        # floor(((2*i*count + 2q + 1) * T) / (2 * count * scale)), in integers.
+        sub = tuple(
+            ((2 * i * count + 2 * q + 1) * num_frames) // (2 * count * scale) for i in range(scale)
+        )
+        if sub not in out:
+            out.append(sub)
+    return out
+
+
+def _random_subsets(num_frames: int, scale: int, count: int) -> list[tuple[int, ...]]:
+    """``count`` distinct uniform random ordered ``scale``-subsets (torch's global RNG)."""
+    out: list[tuple[int, ...]] = []
+    while len(out) < count:
+        sub = tuple(sorted(torch.randperm(num_frames)[:scale].tolist()))
+        if sub not in out:
+            out.append(sub)
+    return out
+
+
+class RelationModuleMultiScale(nn.Module):
+    """TRN multi-scale temporal relation module over ``[N, T, in_dim]`` -> ``[N, out_dim]``.
+
+    For each scale ``s`` in ``scales`` (default ``T .. 2``): ordered ``s``-frame subsets
+    (one for ``s = T``; at most ``subsample_num`` otherwise: random in training mode,
+    :func:`strided_subsets` in eval mode), features concatenated in temporal order ->
+    ``fc_fusion_scales[idx]`` = ``ReLU, Linear(s*in_dim, bottleneck), ReLU,
+    Linear(bottleneck, out_dim)`` -> mean over the subsets (``"sum"``: TRN's
+    accumulation) -> summed over the scales.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_frames: int,
+        out_dim: int,
+        *,
+        scales: Sequence[int] | None = None,
+        bottleneck: int = 256,
+        subsample_num: int = 3,
+        subset_reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if num_frames < 2:
+            raise ConfigError(f"TRN relation module needs at least 2 frames, got {num_frames}")
+        scales = list(range(num_frames, 1, -1)) if scales is None else [int(s) for s in scales]
+        if not scales or any(not 1 <= s <= num_frames for s in scales) or len(set(scales)) != len(scales):
+            raise ConfigError(f"relation scales must be distinct values in 1..{num_frames}, got {scales}")
+        if subset_reduction not in ("mean", "sum"):
+            raise ConfigError(f"subset_reduction must be 'mean' or 'sum', got {subset_reduction!r}")
+        if subsample_num < 1:
+            raise ConfigError(f"subsample_num must be >= 1, got {subsample_num}")
+        self.in_dim = in_dim
+        self.num_frames = num_frames
+        self.out_dim = out_dim
+        self.scales = tuple(scales)
+        self.subsample_num = subsample_num
+        self.subset_reduction = subset_reduction
+        self.fc_fusion_scales = nn.ModuleList(
+            nn.Sequential(
+                nn.ReLU(),
+                nn.Linear(s * in_dim, bottleneck),
+                nn.ReLU(),
+                nn.Linear(bottleneck, out_dim),
+            )
+            for s in self.scales
+        )
+
+    def subset_count(self, scale: int) -> int:
+        """Subsets used at ``scale``: ``min(subsample_num, C(T, scale))``."""
+        return min(self.subsample_num, math.comb(self.num_frames, scale))
+
+    def subsets(self, scale: int) -> list[tuple[int, ...]]:
+        """Frame subsets for ``scale`` under the current mode (see the class docstring)."""
+        if scale == self.num_frames:
+            return [tuple(range(scale))]
+        count = self.subset_count(scale)
+        if self.training:
+            return _random_subsets(self.num_frames, scale, count)
+        return strided_subsets(self.num_frames, scale, count)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.num_frames or x.shape[2] != self.in_dim:
+            raise ValueError(
+                f"RelationModuleMultiScale expects [N, {self.num_frames}, {self.in_dim}], "
+                f"got {tuple(x.shape)}"
+            )
+        n = x.shape[0]
+        total = None
+        for scale, mlp in zip(self.scales, self.fc_fusion_scales):
+            idx = torch.tensor(self.subsets(scale), dtype=torch.long, device=x.device)  # [m, s]
+            rel = x[:, idx].reshape(n, idx.shape[0], scale * self.in_dim)  # temporal order kept
+            out = mlp(rel)  # [N, m, out]
+            out = out.mean(dim=1) if self.subset_reduction == "mean" else out.sum(dim=1)
+            total = out if total is None else total + out
+        return total
+
+
+# --------------------------------------------------------------------------------------
+# Trunk and full model
+# --------------------------------------------------------------------------------------
+
+
+class ResNet50Trunk(nn.Module):
+    """torchvision ResNet-50 ``conv1 .. layer4``; state-dict keys are torchvision's (no fc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        tv = torchvision.models.resnet50(weights=None)
+        for name in _TRUNK_NAMES:
+            setattr(self, name, getattr(tv, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in _TRUNK_NAMES:
+            x = getattr(self, name)(x)
+        return x
+
+
+class ResNetTRN(nn.Module):
+    """Relation-aware patch-node extractor: ``[B, 3, T, H, W]`` -> float32 ``[B, G, out_dim]``.
+
+    ``G = sum(k*k for k in partition_scales)`` (14). Input is ImageNet-normalised RGB
+    (``(x/255 - mean) / std``). See the module docstring for every step.
+
+    Attributes:
+        weights_sha256: sha256 of the loaded ResNet-50 file (``None``: random trunk).
+        relation_sha256: sha256 of the loaded relation state dict (``None``: not loaded).
+        relation_trained: ``False`` while the relation MLPs are the seeded random init.
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 16,
+        out_dim: int = DEFAULT_OUT_DIM,
+        *,
+        partition_scales: Sequence[int] = DEFAULT_PARTITION_SCALES,
+        relation_scales: Sequence[int] | None = None,
+        bottleneck: int = 256,
+        subsample_num: int = 3,
+        subset_reduction: str = "mean",
+        relation_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_frames = num_frames
+        self.out_dim = out_dim
+        self.partition_scales = tuple(int(k) for k in partition_scales)
+        if not self.partition_scales or any(k < 1 for k in self.partition_scales):
+            raise ConfigError(f"partition scales must be >= 1, got {partition_scales!r}")
+        self.nodes = num_patches(self.partition_scales)
+        self.relation_seed = relation_seed
+        self.trunk = ResNet50Trunk()
+        # The relation MLPs are initialised from a fixed seed, without touching the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(relation_seed)
+            self.relation = RelationModuleMultiScale(
+                TRUNK_DIM,
+                num_frames,
+                out_dim,
+                scales=relation_scales,
+                bottleneck=bottleneck,
+                subsample_num=subsample_num,
+                subset_reduction=subset_reduction,
+            )
+        self.weights_sha256: str | None = None
+        self.relation_sha256: str | None = None
+        self.relation_trained = False
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5 or x.shape[1] != 3 or x.shape[2] != self.num_frames:
+            raise ValueError(
+                f"ResNetTRN expects ImageNet-normalised float [B, 3, {self.num_frames}, H, W], "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-frame trunk output ``[B*T, 2048, h, w]`` (frames of clip b at ``b*T .. b*T+T-1``)."""
+        self._check_input(x)
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        return self.trunk(frames)
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Max-pooled patch nodes per frame: float32 ``[B, T, G, 2048]``."""
+        b, t = x.shape[0], x.shape[2]
+        nodes = patch_max_pool(self.feature_map(x), self.partition_scales).float()
+        return nodes.reshape(b, t, self.nodes, TRUNK_DIM)
+
+    def relate(self, patches: torch.Tensor) -> torch.Tensor:
+        """Relation module per node: ``[B, T, G, 2048]`` -> float32 ``[B, G, out_dim]``."""
+        b, t, g, d = patches.shape
+        per_node = patches.permute(0, 2, 1, 3).reshape(b * g, t, d)
+        with torch.autocast(patches.device.type, enabled=False):
+            out = self.relation(per_node.float())
+        return out.reshape(b, g, self.out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relate(self.patch_features(x))
+
+    # ---------------------------------------------------------------- weight loading
+
+    def load_trunk_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a torchvision ResNet-50 state dict into the trunk.
+
+        Strict on the trunk keys; ``fc.weight``/``fc.bias`` are ignored; missing keys, any
+        other extra key or a shape mismatch raise :class:`WeightsIntegrityError`.
+        """
+        trunk_sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        expected = self.trunk.state_dict()
+        missing = sorted(set(expected) - set(trunk_sd))
+        unexpected = sorted(set(trunk_sd) - set(expected))
+        bad_shape = sorted(
+            k for k in set(expected) & set(trunk_sd) if tuple(trunk_sd[k].shape) != tuple(expected[k].shape)
+        )
+        if missing or unexpected or bad_shape:
+            raise WeightsIntegrityError(
+                "not a torchvision ResNet-50 state dict: "
+                f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+                f"shape mismatches {bad_shape[:5]}"
+            )
+        self.trunk.load_state_dict(trunk_sd, strict=True)
+
+    def load_relation_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load trained relation-module weights (keys ``fc_fusion_scales.*``, or prefixed
+        ``relation.``), strictly; marks ``relation_trained``."""
+        sd = {k.removeprefix("relation."): v for k, v in state_dict.items()}
+        try:
+            self.relation.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise WeightsIntegrityError(
+                f"relation-module state dict does not fit this configuration "
+                f"(T={self.num_frames}, scales={self.relation.scales}, out_dim={self.out_dim}): {e}"
+            ) from e
+        self.relation_trained = True
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def locate_resnet50_checkpoint(path: str | os.PathLike | None = None) -> Path:
+    """The ResNet-50 file: ``path``, else ``$VADPIPE_RESNET50_CKPT``, else
+    ``weights_dir()/resnet50-11ad3fa6.pth``, else ``weights_dir()/resnet50-0676ba61.pth``.
+
+    Raises:
+        WeightsNotFoundError: none exists; the message names the file, the URL and the
+            ``vadpipe weights import resnet50-trn FILE`` command.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsNotFoundError(f"ResNet-50 weights {p} not found; {RESNET50_HOW_TO_GET}")
+        return p
+    env = os.environ.get(RESNET50_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise WeightsNotFoundError(
+                f"{RESNET50_ENV}={env} does not name a file; {RESNET50_HOW_TO_GET}"
+            )
+        return p
+    for name in (RESNET50_CKPT_NAME, RESNET50_V1_CKPT_NAME):
+        p = weights_dir() / name
+        if p.is_file():
+            return p
+    raise WeightsNotFoundError(
+        f"ResNet-50 weights {RESNET50_CKPT_NAME} not found in {weights_dir()}; {RESNET50_HOW_TO_GET}"
+    )
+
+
+def _load_tensor_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
+    digest = sha256_file(path)
+    m = _TV_NAME.match(path.name)
+    if m and not digest.startswith(m.group(1)):
+        raise WeightsIntegrityError(
+            f"{what} {path} has sha256 {digest}, but torchvision's file name promises a hash "
+            f"starting {m.group(1)}: the file is corrupt or not the published one"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise WeightsIntegrityError(f"cannot read {what} {path} as a state dict: {e}") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise WeightsIntegrityError(f"{what} {path} is not a state dict of tensors")
+    return dict(obj), digest
+
+
+def load_resnet50_state_dict(path: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state_dict, sha256)`` of the ResNet-50 file found by :func:`locate_resnet50_checkpoint`."""
+    return _load_tensor_dict(locate_resnet50_checkpoint(path), "ResNet-50 weights")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resnet50_trn(
+    pretrained: bool = True,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    relation_weights: str | os.PathLike | None = None,
+    allow_untrained_relation: bool = False,
+    **config,
+) -> ResNetTRN:
+    """:class:`ResNetTRN` in eval mode (``config``: its constructor's keyword arguments).
+
+    ``pretrained``: the ImageNet ResNet-50 trunk is loaded (:func:`locate_resnet50_checkpoint`;
+    ``checkpoint`` names the file explicitly) and ``weights_sha256`` set. The relation module
+    is loaded from ``relation_weights`` (or ``$VADPIPE_TRN_RELATION_CKPT``); without one the
+    build is refused unless ``allow_untrained_relation`` (or
+    ``$VADPIPE_TRN_ALLOW_UNTRAINED_RELATION=1``), in which case the relation MLPs keep their
+    seeded random init (``relation_trained = False``) and a warning is issued.
+    ``pretrained=False``: everything random (tests), no files read.
+
+    Raises:
+        WeightsNotFoundError: ResNet-50 file missing, or no relation weights and no opt-in.
+        WeightsIntegrityError: a file is not the expected state dict.
+    """
+    model = ResNetTRN(**config)
+    if pretrained:
+        ckpt = locate_resnet50_checkpoint(checkpoint)
+        rel_path = relation_weights if relation_weights is not None else os.environ.get(RELATION_ENV) or None
+        if rel_path is None and not (allow_untrained_relation or _env_flag(RELATION_ALLOW_ENV)):
+            raise WeightsNotFoundError(
+                "resnet50-trn: the TRN relation module has no published weights and no trained "
+                f"relation state dict was given (relation_weights= or {RELATION_ENV}). Refusing to "
+                "extract features with a randomly initialised relation module; to do so knowingly "
+                f"pass allow_untrained_relation=True or set {RELATION_ALLOW_ENV}=1 (the MLPs are then "
+                f"initialised from seed {model.relation_seed})."
+            )
+        sd, digest = _load_tensor_dict(ckpt, "ResNet-50 weights")
+        model.load_trunk_state_dict(sd)
+        model.weights_sha256 = digest
+        if rel_path is not None:
+            p = Path(rel_path).expanduser()
+            if not p.is_file():
+                raise WeightsNotFoundError(f"relation-module weights {p} not found")
+            rel_sd, rel_digest = _load_tensor_dict(p, "relation-module weights")
+            model.load_relation_state_dict(rel_sd)
+            model.relation_sha256 = rel_digest
+        else:
+            warnings.warn(
+                "resnet50-trn: the TRN relation module is UNTRAINED (random init from seed "
+                f"{model.relation_seed}); its features are not the paper's",
+                stacklevel=2,
+            )
+    return model.eval()
+
+
+register_backbone(
+    BackboneSpec(
+        name="resnet50-trn",
+        feature_dim=DEFAULT_OUT_DIM,
+        clip_len=16,
+        preset=ClipPreset(
+            resize=256,
+            crop_size=224,
+            crop_order="torchvision",
+            value_range=None,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
+        weights=WeightsInfo(
+            name="resnet50-trn",
+            source=(
+                f"torchvision ImageNet ResNet-50 ({RESNET50_URL}); TRN relation module: no "
+                "published weights (trained state dict via "
+                f"{RELATION_ENV}, or {RELATION_ALLOW_ENV}=1 for the seeded random init)"
+            ),
+            license="BSD-3-Clause (torchvision weights)",
+            source_sha256=None,
+            file_name=RESNET50_CKPT_NAME,
+            how_to_get=RESNET50_HOW_TO_GET[0].upper() + RESNET50_HOW_TO_GET[1:] + ".",
+        ),
+        build=lambda pretrained: resnet50_trn(pretrained),
+        file_suffix="trn",
+        nodes=NUM_NODES,
+    )
+)
