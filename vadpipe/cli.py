@@ -167,6 +167,30 @@ def bench_train(head, steps, crops, dim, segments, device, overrides) -> None:
 
 
 @main.group()
+def features() -> None:
+    """Derived feature sets (e.g. Sultani's 32 L2-normalised segments)."""
+
+
+@features.command("segments")
+@click.argument("features_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
+@click.option("--n", "n_segments", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each segment (Sultani).")
+@click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="txt", show_default=True,
+              help="txt: Sultani's text files (32 lines × 4096 '%f ' values); npy: float32 [n, D].")
+def features_segments(features_csv, out, n_segments, l2, fmt) -> None:
+    """Average each video of a features.csv into N segments as Sultani's
+    Save_C3DFeatures_32Segments.m does (round(linspace(1, T, N+1)) bins)."""
+    from vadpipe.pipeline.segments import segments_for_manifest
+
+    try:
+        written = segments_for_manifest(features_csv, out, n=n_segments, l2=l2, fmt=fmt)
+    except (VadpipeError, ValueError) as e:
+        _fail(e)
+    click.echo(f"{len(written)} videos → {out} ({n_segments} segments, {'L2-normalised' if l2 else 'raw'}, {fmt})")
+
+
+@main.group()
 def weights() -> None:
     """Weights: backbones registered, installed and verified; official head checkpoints imported."""
 
@@ -234,16 +258,21 @@ def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, 
             raise VadpipeError(f"{name!r} is neither a backbone ({', '.join(list_backbones())}) "
                                f"nor a head ({', '.join(list_heads())})")
         from vadpipe.extractors import get_backbone
-        from vadpipe.weights import import_weight_file
+        from vadpipe.weights import import_weight_file, sha256_file
 
         info = get_backbone(name).weights
         if not info.file_name:
             raise VadpipeError(f"backbone {name!r} has no importable weight file")
         dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256)
-        model = get_backbone(name).build(True)
     except VadpipeError as e:
         _fail(e)
-    click.echo(f"imported {file} as {dst}; {name} weights sha256 {model.weights_sha256}")
+    click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)})")
+    try:  # prove the file loads into the backbone
+        get_backbone(name).build(True)
+    except VadpipeError as e:
+        click.echo(f"warning: {name} does not build yet: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: loads")
 
 
 # ----------------------------------------------------------------------------- stage two
