@@ -37,3 +37,31 @@ def test_features_segments_writes_sultani_text_files(tmp_path: Path) -> None:
     seg = np.loadtxt(tmp_path / "s" / "a.txt")
     assert seg.shape == (32, 8)
     np.testing.assert_allclose(np.linalg.norm(seg, axis=1), 1.0, atol=1e-5)  # 6 printed decimals
+
+
+def test_recipes_pick_their_backbone_and_refuse_another(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VADPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VADPIPE_C3D_CKPT", raising=False)
+    media.make_video(tmp_path / "v.mp4", n_frames=20, seed=1)
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "sultani", "--device", "cpu",
+                                    "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "vadpipe weights import c3d" in res.output  # c3d chosen; its weights are missing
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "rtfm-ucf", "--backbone", "i3d",
+                                    "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "made with --backbone i3d-r50" in res.output
+
+
+def test_rtfm_ucf_recipe_runs_i3d_r50_with_its_geometry(tmp_path: Path) -> None:
+    import json
+
+    media.make_video(tmp_path / "v.mp4", n_frames=20, seed=1)
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "rtfm-ucf", "--random-weights",
+                                    "--crops", "1", "--device", "cpu", "--workers", "0", "-q", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "o" / "v_i3d.npy").shape == (1, 1, 2048)
+    (run,) = (tmp_path / "o").glob("extract-*.json")
+    cfg = json.loads(run.read_text())["config"]
+    assert cfg["backbone"] == "i3d-r50"
+    assert (cfg["preset"]["resize"], cfg["preset"]["crop_order"], cfg["preset"]["interpolation"]) == (
+        [256, 340], "gowtham", "lanczos")
+    assert cfg["preset"]["mean"] == [0.45, 0.45, 0.45]  # the weights' normalisation is kept

@@ -11,6 +11,15 @@ from vadpipe import __version__
 from vadpipe.errors import VadpipeError
 
 
+#: ``--preset`` recipes: the geometry preset they take and the backbone they imply (None: any).
+RECIPES: dict[str, tuple[str, str | None]] = {
+    "kinetics": ("kinetics", None),
+    "gowtham-rtfm": ("gowtham-rtfm", None),
+    "rtfm-ucf": ("gowtham-rtfm", "i3d-r50"),
+    "sultani": ("backbone", "c3d"),
+}
+
+
 def _fail(e: Exception, code: int = 2) -> None:
     click.echo(f"error: {e}", err=True)
     sys.exit(code)
@@ -28,12 +37,15 @@ def main(verbose: bool) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", default="features", show_default=True, type=click.Path(file_okay=False),
               help="Output folder (feature files, features.csv, run config JSON).")
-@click.option("--backbone", default="i3d", show_default=True, help="Registered backbone (see `vadpipe weights list`).")
+@click.option("--backbone", default=None, help="Registered backbone (see `vadpipe weights list`) [default: i3d, "
+              "or the recipe's].")
 @click.option("--crops", type=click.Choice(["1", "5", "10"]), default="10", show_default=True,
               help="Crops per clip: centre; 4 corners + centre; those and their mirrors.")
-@click.option("--preset", "preset_name", type=click.Choice(["kinetics", "gowtham-rtfm"]), default=None,
-              help="Named preprocessing recipe: kinetics (short side 256, TenCrop order, bilinear) or "
-                   "gowtham-rtfm (340x256 ignoring aspect, Lanczos, TL,TR,C,BL,BR order) [default: the backbone's].")
+@click.option("--preset", "preset_name", type=click.Choice(sorted(RECIPES)), default=None,
+              help="Named recipe: kinetics (short side 256, TenCrop order, bilinear); gowtham-rtfm (340x256 "
+                   "ignoring aspect, Lanczos, TL,TR,C,BL,BR order); rtfm-ucf (that geometry on i3d-r50, the RTFM "
+                   "UCF-Crime/ShanghaiTech features); sultani (c3d fc6, 128x171 → 112). Crop size and value "
+                   "normalisation always stay the backbone's weights'.")
 @click.option("--crop-order", type=click.Choice(["torchvision", "gowtham"]), default=None,
               help="Order of the crops (default: the backbone preset's, torchvision TenCrop).")
 @click.option("--resize", default=None, metavar="N|HxW",
@@ -74,10 +86,14 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     from vadpipe.pipeline.transforms import PRESETS
 
     try:
+        geometry, recipe_backbone = RECIPES[preset_name] if preset_name else ("backbone", None)
+        if backbone and recipe_backbone and backbone != recipe_backbone:
+            raise VadpipeError(f"--preset {preset_name} is made with --backbone {recipe_backbone}, not {backbone}")
+        backbone = backbone or recipe_backbone or "i3d"
         spec = get_backbone(backbone)
         preset = spec.preset
-        if preset_name:  # geometry from the recipe; crop size and value normalisation stay the weights'
-            named = PRESETS[preset_name]
+        if geometry != "backbone":  # geometry from the recipe; crop size and value normalisation stay the weights'
+            named = PRESETS[geometry]
             preset = replace(preset, resize=named.resize, crop_order=named.crop_order,
                              interpolation=named.interpolation, antialias=named.antialias)
         if crop_order:
