@@ -40,25 +40,6 @@ class TinyBackbone(nn.Module):
         return torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
 
 
-def _build(pretrained: bool) -> nn.Module:
-    if pretrained:
-        raise WeightsNotFoundError("the tiny test backbone has no pretrained weights; pass --random-weights")
-    return TinyBackbone().eval()
-
-
-SPEC = register_backbone(
-    BackboneSpec(
-        name="tiny",
-        feature_dim=TINY_DIM,
-        clip_len=16,
-        preset=TINY_PRESET,
-        weights=WeightsInfo(name="none", source="tests", license="n/a"),
-        build=_build,
-        file_suffix="tiny",
-    )
-)
-
-
 class TinyNodes(TinyBackbone):
     """``[B, 3, T, 32, 32]`` → ``[B, 3, 8]``: three "patch nodes" (the left, right and whole
     halves of the conv map), for the node-backbone path of the runner."""
@@ -70,21 +51,18 @@ class TinyNodes(TinyBackbone):
         return torch.stack([r.mean(dim=(2, 3, 4)) for r in regions], dim=1)
 
 
-def _build_nodes(pretrained: bool) -> nn.Module:
-    if pretrained:
-        raise WeightsNotFoundError("the tiny test backbone has no pretrained weights; pass --random-weights")
-    return TinyNodes().eval()
+def _register(name: str, model: type[nn.Module], suffix: str, nodes: int = 1) -> BackboneSpec:
+    def build(pretrained: bool) -> nn.Module:
+        if pretrained:
+            raise WeightsNotFoundError(f"the {name} test backbone has no pretrained weights; pass --random-weights")
+        return model().eval()
 
-
-NODES_SPEC = register_backbone(
-    BackboneSpec(
-        name="tiny-nodes",
-        feature_dim=TINY_DIM,
-        clip_len=16,
-        preset=TINY_PRESET,
-        weights=WeightsInfo(name="none", source="tests", license="n/a"),
-        build=_build_nodes,
-        file_suffix="nodes",
-        nodes=3,
+    return register_backbone(
+        BackboneSpec(name=name, feature_dim=TINY_DIM, clip_len=16, preset=TINY_PRESET,
+                     weights=WeightsInfo(name="none", source="tests", license="n/a"),
+                     build=build, file_suffix=suffix, nodes=nodes)
     )
-)
+
+
+SPEC = _register("tiny", TinyBackbone, "tiny")
+NODES_SPEC = _register("tiny-nodes", TinyNodes, "nodes", nodes=3)

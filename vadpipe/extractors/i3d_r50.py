@@ -51,7 +51,7 @@ from torch import nn
 
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.pipeline.transforms import ClipPreset
+from vadpipe.pipeline.transforms import GOWTHAM_RTFM_PRESET, ClipPreset
 from vadpipe.weights import sha256_file, weights_dir
 
 __all__ = [
@@ -96,18 +96,11 @@ I3D_R50_PRESET = ClipPreset(
 #: The RTFM feature recipe of ``GowthamGottimukkala/I3D_Feature_Extraction_resnet``
 #: (``extract_features.py``, ``load_frame``/``oversample_data``): PIL resize to 340x256
 #: (width x height, aspect ignored) with ``Image.ANTIALIAS`` (Lanczos), values
-#: ``x * 2 / 255 - 1`` (``[-1, 1]``, RGB), 10 crops of 224 in the ``gowtham`` order. Same
-#: values as ``vadpipe.pipeline.transforms.GOWTHAM_RTFM_PRESET``. That recipe was made for
+#: ``x * 2 / 255 - 1`` (``[-1, 1]``, RGB), 10 crops of 224 in the ``gowtham`` order: that is
+#: ``vadpipe.pipeline.transforms.GOWTHAM_RTFM_PRESET``. That recipe was made for
 #: the Caffe2-converted ``I3Res50`` (see the module docstring), *not* for the pytorchvideo
 #: weights this backbone loads, which expect :data:`I3D_R50_PRESET`.
-RTFM_UCF_PRESET = ClipPreset(
-    resize=(256, 340),
-    crop_size=224,
-    crop_order="gowtham",
-    value_range=(-1.0, 1.0),
-    antialias=True,
-    interpolation="lanczos",
-)
+RTFM_UCF_PRESET = GOWTHAM_RTFM_PRESET
 
 
 def _import_pytorchvideo_resnet() -> Any:
