@@ -39,6 +39,7 @@ import pandas as pd
 from vadpipe.errors import ManifestError
 from vadpipe.manifests.atomic import atomic_write_text
 from vadpipe.manifests.features import read_manifest
+from vadpipe.manifests.tables import read_string_csv
 
 LABELS = ("normal", "anomalous")
 SPLITS = ("", "train", "val", "test")
@@ -158,11 +159,7 @@ def read_dataset(path: str | os.PathLike) -> list[DatasetRow]:
             ``file:line`` (the header is line 1).
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read dataset {path}: {e}") from e
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_string_csv(path, "dataset")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(
@@ -235,11 +232,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
         ManifestError: missing columns, bad label, duplicate video (with ``file:line``).
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read labels {path}: {e}") from e
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_string_csv(path, "labels")
     if "video" not in df.columns or "label" not in df.columns:
         raise ManifestError(f"{path}: a labels CSV needs columns video,label[,class]")
     out: dict[str, tuple[str, str]] = {}

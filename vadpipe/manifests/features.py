@@ -37,6 +37,7 @@ import pandas as pd
 
 from vadpipe.errors import ManifestError
 from vadpipe.manifests.atomic import atomic_write_text
+from vadpipe.manifests.tables import read_string_csv
 
 MANIFEST_NAME = "features.csv"
 STATUSES = ("ok", "failed", "skipped")
@@ -84,10 +85,7 @@ def read_manifest(path: str | os.PathLike) -> list[FeatureRow]:
             duplicate videos, with the line that is wrong.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read manifest {path}: {e}") from e
+    df = read_string_csv(path, "manifest")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(

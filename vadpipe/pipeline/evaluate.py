@@ -38,6 +38,7 @@ import pandas as pd
 from vadpipe.errors import EvaluationError, ManifestError
 from vadpipe.manifests.atomic import atomic_open
 from vadpipe.manifests.datasets import video_key
+from vadpipe.manifests.tables import read_string_csv
 
 CONVENTIONS = ("rtfm", "sultani", "vadclip")
 #: Frames per snippet of the community's I3D/C3D features.
@@ -85,6 +86,12 @@ def _mask(n: int, intervals: Iterable[tuple[int, int]]) -> np.ndarray:
         if b > a:
             m[a:b] = 1
     return m
+
+
+def _no_line(source: str | os.PathLike, what: str, missing: list[str]) -> EvaluationError:
+    """The error for videos an annotation file has no line for (first five named)."""
+    more = f" … ({len(missing)} in all)" if len(missing) > 5 else ""
+    return EvaluationError(f"{source} has no line for {what}{', '.join(sorted(missing)[:5])}{more}")
 
 
 def _read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
@@ -158,10 +165,7 @@ def ucf_crime_gt(
             continue
         out[name] = _mask(int(n), (_interval_slice(s, e, convention) for s, e in ann[name][1]))
     if missing:
-        raise EvaluationError(
-            f"{annotation_txt} has no line for {', '.join(sorted(missing)[:5])}"
-            + (f" … ({len(missing)} in all)" if len(missing) > 5 else "")
-        )
+        raise _no_line(annotation_txt, "", missing)
     return out
 
 
@@ -218,10 +222,7 @@ def xd_violence_gt(
         else:
             missing.append(name)
     if missing:
-        raise EvaluationError(
-            f"{annotations_txt} has no line for violent video(s) {', '.join(sorted(missing)[:5])}"
-            + (f" … ({len(missing)} in all)" if len(missing) > 5 else "")
-        )
+        raise _no_line(annotations_txt, "violent video(s) ", missing)
     return out
 
 
@@ -300,11 +301,7 @@ def intervals_csv_gt(csv: str | os.PathLike, n_frames: Mapping[str, int]) -> dic
     Raises:
         ManifestError: missing columns, non-integer or negative numbers, ``end < start``.
     """
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read intervals {csv}: {e}") from e
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_string_csv(csv, "intervals")
     if not {"video", "start", "end"} <= set(df.columns):
         raise ManifestError(f"{csv}: an intervals CSV needs columns video,start,end")
     intervals: dict[str, list[tuple[int, int]]] = {}
