@@ -96,3 +96,22 @@ def fit_on_fresh_batches(head, optimizer, sample, *, steps: int, batch: int) -> 
         optimizer.step()
     head.eval()
     return parts
+
+
+def planted_videos(n: int, abnormal: bool, g, *, t: int = 32, d: int = 64, crops: int = 1, shift: float = 1.0):
+    """In-memory videos ``[n, crops, T, D]`` and snippet labels ``[n, T]`` drawn from ``g``:
+    snippets ~ N(0, 1), extra crops = the video plus 0.1-scale noise; abnormal videos get a
+    mean ``shift`` on one contiguous run of 3-6 snippets."""
+    import torch
+
+    x = torch.randn(n, 1, t, d, generator=g)
+    if crops > 1:
+        x = x.expand(n, crops, t, d) + 0.1 * torch.randn(n, crops, t, d, generator=g)
+    labels = torch.zeros(n, t)
+    if abnormal:
+        for i in range(n):
+            length = int(torch.randint(3, 7, (1,), generator=g))
+            start = int(torch.randint(0, t - length + 1, (1,), generator=g))
+            x[i, :, start : start + length] += shift
+            labels[i, start : start + length] = 1
+    return x, labels

@@ -26,7 +26,7 @@ from vadpipe.heads.rtfm import (
     rtfm_video_bce,
 )
 
-from tests.synthetic import fit_on_fresh_batches, rank_auc
+from tests.synthetic import fit_on_fresh_batches, planted_videos, rank_auc
 
 # Keys and shapes of the official RTFM ``Model(n_features=2048, batch_size)`` state dict, in
 # registration order (Aggregate: conv_1..conv_5, non_local{g, W, theta, phi}; fc1..fc3).
@@ -602,30 +602,16 @@ class _Arbitrary:
 # ----------------------------------------------------------------------------------------
 
 
-def synthetic_videos(n, abnormal, g, t=32, d=64, crops=2, shift=1.0):
-    """Normal snippets ~ N(0, 1) (crops = small perturbations of one video); abnormal
-    videos get a mean shift on one contiguous run of 3-6 snippets."""
-    x = torch.randn(n, 1, t, d, generator=g).expand(n, crops, t, d) + 0.1 * torch.randn(n, crops, t, d, generator=g)
-    labels = torch.zeros(n, t)
-    if abnormal:
-        for i in range(n):
-            length = int(torch.randint(3, 7, (1,), generator=g))
-            start = int(torch.randint(0, t - length + 1, (1,), generator=g))
-            x[i, :, start : start + length] += shift
-            labels[i, start : start + length] = 1
-    return x, labels
-
-
 def test_training_separates_planted_anomalies(one_thread):
     torch.manual_seed(0)
     cfg = RTFMConfig(batch_size=8, n_crops=2, **SMALL)
     model = RTFMHead(cfg)
     opt = get_head("rtfm").optimizer(model.parameters(), cfg)
     g = torch.Generator().manual_seed(1)
-    parts = fit_on_fresh_batches(model, opt, lambda n, abn: synthetic_videos(n, abn, g), steps=200, batch=8)
+    parts = fit_on_fresh_batches(model, opt, lambda n, abn: planted_videos(n, abn, g, crops=2), steps=200, batch=8)
     assert math.isfinite(parts["total"])
-    xn, ln = synthetic_videos(16, False, g)
-    xa, la = synthetic_videos(16, True, g)
+    xn, ln = planted_videos(16, False, g, crops=2)
+    xa, la = planted_videos(16, True, g, crops=2)
     with torch.no_grad():
         scores = model.snippet_scores(torch.cat((xn, xa)))
         mags = model.snippet_magnitudes(torch.cat((xn, xa)))

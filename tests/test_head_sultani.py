@@ -18,7 +18,7 @@ from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.checkpoints import CheckpointMismatchError, load_official_state_dict
 from vadpipe.heads.sultani import SultaniConfig, SultaniHead, sultani_mil_loss, state_dict_from_keras_layers
-from tests.synthetic import fit_on_fresh_batches, rank_auc
+from tests.synthetic import fit_on_fresh_batches, planted_videos, rank_auc
 
 
 def keras_custom_objective(y_pred: np.ndarray, n_exp: int, n_seg: int = 32) -> float:
@@ -182,30 +182,16 @@ def test_keras_weight_conversion_and_checkpoint_loading(tmp_path):
 # ----------------------------------------------------------------------------------------
 
 
-def synthetic_videos(n, abnormal, g, t=32, d=64, shift=1.0):
-    """Single-crop videos, snippets ~ N(0, 1); abnormal ones get a mean shift on a run of
-    3-6 snippets."""
-    x = torch.randn(n, 1, t, d, generator=g)
-    labels = torch.zeros(n, t)
-    if abnormal:
-        for i in range(n):
-            length = int(torch.randint(3, 7, (1,), generator=g))
-            start = int(torch.randint(0, t - length + 1, (1,), generator=g))
-            x[i, :, start : start + length] += shift
-            labels[i, start : start + length] = 1
-    return x, labels
-
-
 def test_training_separates_planted_anomalies(one_thread):
     torch.manual_seed(0)
     cfg = SultaniConfig(in_dim=64, batch_size=8)
     model = SultaniHead(cfg)
     opt = get_head("sultani").optimizer(model.parameters(), cfg)
     g = torch.Generator().manual_seed(1)
-    parts = fit_on_fresh_batches(model, opt, lambda n, abn: synthetic_videos(n, abn, g), steps=200, batch=8)
+    parts = fit_on_fresh_batches(model, opt, lambda n, abn: planted_videos(n, abn, g, crops=1), steps=200, batch=8)
     assert math.isfinite(parts["total"])
-    xn, ln = synthetic_videos(16, False, g)
-    xa, la = synthetic_videos(16, True, g)
+    xn, ln = planted_videos(16, False, g, crops=1)
+    xa, la = planted_videos(16, True, g, crops=1)
     with torch.no_grad():
         scores = model.snippet_scores(torch.cat((xn, xa)))
     assert rank_auc(scores, torch.cat((ln, la))) > 0.9
