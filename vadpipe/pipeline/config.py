@@ -35,6 +35,10 @@ class ExtractConfig:
         decoder: ``auto``, ``decord`` or ``pyav``.
         channels_last: use ``torch.channels_last_3d`` memory format on CUDA.
         random_weights: run the backbone with random weights (tests and benchmarks only).
+        devices: one worker process per device (``("cuda:0", "cuda:1")``; ``("cpu", "cpu")``
+            for tests); empty or one entry: the single-process run on ``device``.
+        engine: ``local`` (this machine) or ``ray`` (a Ray cluster or a local Ray instance).
+        ray_address: Ray cluster address for ``engine="ray"`` (``None``: start a local one).
     """
 
     backbone: str = "i3d"
@@ -50,6 +54,9 @@ class ExtractConfig:
     decoder: str = "auto"
     channels_last: bool = True
     random_weights: bool = False
+    devices: tuple[str, ...] = ()
+    engine: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.crops not in CROP_COUNTS:

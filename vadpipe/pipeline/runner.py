@@ -250,6 +250,42 @@ def _remove_leftovers(root: Path) -> None:
                 f.unlink()
 
 
+@dataclass
+class RunContext:
+    """What every engine needs to turn finished videos into files and manifest rows.
+
+    Only the process that owns the context writes ``features.csv``: engines send each
+    finished video's row to :meth:`record` (in the driver), so rows are never lost or
+    duplicated however many workers produce them.
+    """
+
+    root: Path
+    config: ExtractConfig
+    spec: BackboneSpec
+    config_hash: str
+    weights_sha256: str
+    rows: dict[str, FeatureRow]
+    manifest: Path
+    summary: ExtractSummary
+
+    def record(self, row: FeatureRow) -> None:
+        """Store ``row`` (keyed by its video), count it, and rewrite the manifest atomically."""
+        self.rows[row.video] = row
+        if row.status == "ok":
+            self.summary.ok += 1
+        else:
+            self.summary.failed += 1
+            self.summary.failures.append((row.video, row.error))
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite ``features.csv`` from the rows held now (atomic)."""
+        write_manifest(self.manifest, list(self.rows.values()))
+
+
+ENGINES = ("local", "ray")
+
+
 def extract(
     jobs: list[VideoJob],
     out_dir: str | os.PathLike,
@@ -264,7 +300,9 @@ def extract(
         jobs: videos to process (see :func:`vadpipe.pipeline.sources.discover`).
         out_dir: output folder; holds the feature files, ``features.csv`` and one
             ``extract-<time>.json`` per run with the full configuration.
-        config: extraction settings.
+        config: extraction settings. ``config.devices`` with more than one entry runs one
+            worker process per device (:mod:`vadpipe.pipeline.multi`); ``config.engine ==
+            "ray"`` runs the job on Ray (:mod:`vadpipe.pipeline.ray_engine`).
         force: recompute videos that an earlier run already finished.
         progress: show a progress bar on stderr.
 
@@ -281,10 +319,21 @@ def extract(
     spec = get_backbone(config.backbone)
     if spec.nodes > 1 and config.crops != 1:
         raise ConfigError(f"backbone {spec.name!r} yields {spec.nodes} patch nodes per clip from one view; use --crops 1")
+    if config.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, got {config.engine!r}")
     config = config.with_preset(spec.preset)
-    device = resolve_device(config.device)
+    distributed = config.engine != "local" or len(config.devices) > 1
+    # Distributed engines build their models in their workers; the driver only needs the
+    # weights' sha256 (for the config hash), which a CPU build gives without a GPU.
+    device = torch.device("cpu") if distributed else resolve_device(config.device)
     model = FeatureModel(spec, config, device)
-    config_hash = config.feature_hash(model.weights_sha256)
+    if distributed:
+        weights_sha256 = model.weights_sha256
+        del model
+        model = None
+    else:
+        weights_sha256 = model.weights_sha256
+    config_hash = config.feature_hash(weights_sha256)
     manifest = root / MANIFEST_NAME
     _remove_leftovers(root)
 
@@ -308,9 +357,10 @@ def extract(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
         "config_hash": config_hash,
-        "weights_sha256": model.weights_sha256,
+        "weights_sha256": weights_sha256,
         "weights": {"name": spec.weights.name, "source": spec.weights.source, "license": spec.weights.license},
-        "device": str(device),
+        "device": str(device) if model is not None else ",".join(config.devices) or config.device,
+        "engine": config.engine,
         "torch": torch.__version__,
         "inputs": len(jobs),
         "to_process": len(todo),
@@ -319,12 +369,23 @@ def extract(
     run_file = root / f"extract-{stamp}.json"
     atomic_write_text(run_file, json.dumps(run_record, indent=2))
 
+    ctx = RunContext(root=root, config=config, spec=spec, config_hash=config_hash, weights_sha256=weights_sha256,
+                     rows=rows, manifest=manifest, summary=summary)
     if todo:
-        write_manifest(manifest, list(rows.values()))
+        ctx.write()
         try:
-            _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, progress)
+            if config.engine == "ray":
+                from vadpipe.pipeline.ray_engine import run_ray
+
+                run_ray(ctx, todo, progress=progress)
+            elif model is None:
+                from vadpipe.pipeline.multi import run_multi
+
+                run_multi(ctx, todo, progress=progress)
+            else:
+                _run(ctx, todo, model, progress)
         finally:
-            write_manifest(manifest, list(rows.values()))
+            ctx.write()
     summary.seconds = time.time() - t0
     run_record.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       ok=summary.ok, failed=summary.failed, skipped=summary.skipped,
@@ -333,9 +394,11 @@ def extract(
     return summary
 
 
-def _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, progress) -> None:
+def _run(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progress: bool) -> None:
+    """The single-process engine: one model, ``config.workers`` decoding processes."""
     from tqdm.auto import tqdm
 
+    config, summary = ctx.config, ctx.summary
     loader = DataLoader(
         _ClipStream(todo, config),
         batch_size=None,
@@ -375,14 +438,7 @@ def _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, 
             if any(p["job"] == item["job"] for p in pending):
                 flush()
             job = todo[item["job"]]
-            row = _finish(job, item, parts.pop(item["job"], []), root, config, spec, model, config_hash)
-            rows[job.path] = row
-            if row.status == "ok":
-                summary.ok += 1
-            else:
-                summary.failed += 1
-                summary.failures.append((job.path, row.error))
-            write_manifest(manifest, list(rows.values()))
+            ctx.record(finish_video(ctx, job, item, parts.pop(item["job"], [])))
             bar.update(1)
             elapsed = time.time() - t_start
             bar.set_postfix(clips_per_s=f"{summary.clips / max(elapsed, 1e-9):.1f}", failed=summary.failed)
@@ -390,25 +446,34 @@ def _run(todo, root, config, spec, model, config_hash, rows, manifest, summary, 
         bar.close()
 
 
-def _finish(job, item, parts, root, config, spec, model, config_hash) -> FeatureRow:
+def finish_video(ctx: RunContext, job: VideoJob, item: dict, parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
+    """Write one video's features (atomically) and return its manifest row.
+
+    Args:
+        ctx: the run.
+        job: the video.
+        item: its ``done`` record from :class:`_ClipStream` (frames, fps, decoder, error).
+        parts: ``(first clip index, features [n, crops, D])`` chunks in any order.
+    """
+    config, spec = ctx.config, ctx.spec
     row = FeatureRow(
-        video=job.path, backbone=spec.name, weights_sha256=model.weights_sha256,
+        video=job.path, backbone=spec.name, weights_sha256=ctx.weights_sha256,
         n_frames=item["n_frames"], fps=round(item["fps"], 6), crops=max(config.crops, spec.nodes),
-        dim=spec.feature_dim, layout=config.layout, decoder=item["decoder"], config_hash=config_hash,
+        dim=spec.feature_dim, layout=config.layout, decoder=item["decoder"], config_hash=ctx.config_hash,
     )
     if item["error"]:
         row.status, row.error = "failed", item["error"]
         row.seconds = round(time.time() - item["started"], 3)
         return row
-    parts.sort(key=lambda p: p[0])
-    feats = torch.cat([p[1] for p in parts]).cpu().numpy()  # float32 [n_clips, crops or nodes, D]
+    parts = sorted(parts, key=lambda p: p[0])
+    feats = torch.cat([torch.as_tensor(p[1]) for p in parts]).cpu().numpy()  # float32 [n_clips, crops or nodes, D]
     row.n_clips = feats.shape[0]
     row.feature_path = output_path(job, config, spec)
     if config.layout == "per-crop":
         for k in range(config.crops):
-            atomic_save_npy(root / row.feature_path.format(k=k), np.ascontiguousarray(feats[:, k]))
+            atomic_save_npy(ctx.root / row.feature_path.format(k=k), np.ascontiguousarray(feats[:, k]))
     else:
-        atomic_save_npy(root / row.feature_path, feats)
+        atomic_save_npy(ctx.root / row.feature_path, feats)
     row.status = "ok"
     row.seconds = round(time.time() - item["started"], 3)
     return row
