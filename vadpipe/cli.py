@@ -66,11 +66,19 @@ def main(verbose: bool) -> None:
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="auto uses decord where it is frame-exact, PyAV elsewhere.")
 @click.option("--no-channels-last", is_flag=True, help="Do not use channels_last_3d on CUDA.")
+@click.option("--gpus", default=None, metavar="0,1,...",
+              help="One worker process per listed GPU; videos go longest first through a shared queue.")
+@click.option("--devices", "device_list", default=None, metavar="DEV,DEV,...",
+              help="Like --gpus with explicit devices, e.g. cuda:0,cuda:2 or cpu,cpu (testing).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: run on Ray (pip install 'vadpipe[ray]'); decoding on CPU tasks, the model on GPU actors.")
+@click.option("--ray-address", default=None, help="Ray cluster address [default: start a local Ray instance].")
 @click.option("--random-weights", is_flag=True, help="Run the backbone with random weights (tests/benchmarks only).")
 @click.option("--force", is_flag=True, help="Recompute videos that an earlier run finished.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only failures and the summary line.")
 def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_len, stride, tail, fps, layout, precision,
-            device, batch_clips, workers, decoder, no_channels_last, random_weights, force, quiet) -> None:
+            device, batch_clips, workers, decoder, no_channels_last, gpus, device_list, engine, ray_address,
+            random_weights, force, quiet) -> None:
     """Extract features of videos (folders, files or CSV lists) into OUT.
 
     Writes one .npy per video and OUT/features.csv with a row per video (status ok,
@@ -100,15 +108,16 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
             preset = replace(preset, crop_order=crop_order)
         if resize:
             preset = replace(preset, resize=_parse_resize(resize))
-        dev = resolve_device(device)
-        workers = default_workers(dev) if workers is None else workers
+        devices = _parse_devices(gpus, device_list)
+        dev = resolve_device(devices[0] if devices else device)
+        workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
         batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
         length = clip_len or spec.clip_len
         config = ExtractConfig(
             backbone=backbone, clip=ClipSpec(length=length, stride=stride or length, tail=tail),
             preset=preset, crops=int(crops), fps=fps, layout=layout, precision=precision, device=device,
             batch_clips=batch_clips, workers=workers, decoder=decoder, channels_last=not no_channels_last,
-            random_weights=random_weights,
+            random_weights=random_weights, devices=devices, engine=engine, ray_address=ray_address,
         )
         jobs = discover(list(inputs))
         if not jobs:
@@ -475,6 +484,20 @@ def eval(checkpoint, data, gt, gt_convention, out, device) -> None:  # noqa: A00
 def apply(checkpoint, data, out, device) -> None:
     """Score a dataset with a trained head: OUT/scores.csv (one row per snippet)."""
     _score_command(checkpoint, data, out, device, None, None)
+
+
+def _parse_devices(gpus: str | None, devices: str | None) -> tuple[str, ...]:
+    """``--gpus 0,1`` → ``("cuda:0", "cuda:1")``; ``--devices cpu,cpu`` as given."""
+    if gpus and devices:
+        raise VadpipeError("give --gpus or --devices, not both")
+    if gpus:
+        try:
+            return tuple(f"cuda:{int(g)}" for g in gpus.split(",") if g.strip())
+        except ValueError:
+            raise VadpipeError(f"--gpus takes GPU indices like 0,1,2, got {gpus!r}") from None
+    if devices:
+        return tuple(d.strip() for d in devices.split(",") if d.strip())
+    return ()
 
 
 def _parse_resize(text: str) -> int | tuple[int, int]:

@@ -148,10 +148,11 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def default_workers(device: torch.device) -> int:
-    """Worker processes for decoding: one on CPU (the model needs the cores), up to 8 on CUDA."""
+def default_workers(device: torch.device, per_device: int = 1) -> int:
+    """Decoding worker processes per model: one on CPU (the model needs the cores); on CUDA
+    up to 8, sharing the machine's cores among ``per_device`` models."""
     if device.type == "cuda":
-        return min(8, max(1, (os.cpu_count() or 2) - 1))
+        return min(8, max(1, ((os.cpu_count() or 2) - per_device) // per_device))
     return 1
 
 
