@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vadpipe.errors import ManifestError
+from vadpipe.errors import ConfigError, ManifestError
 from vadpipe.heads.data import (
     BalancedBatcher,
     BalancedBatchSampler,
@@ -424,7 +424,7 @@ def test_balanced_batch_sampler_deterministic_without_replacement() -> None:
     abn_epoch = [i for b in b1[:2] for i in b[2:]]
     assert len(set(normal_epoch)) == 6 and len(set(abn_epoch)) == 4
     assert len(BalancedBatchSampler(labels, 2)) == 3  # max(7, 5) // 2
-    with pytest.raises(ValueError, match="fewer than batch_size"):
+    with pytest.raises(ConfigError, match="fewer than batch_size"):
         BalancedBatchSampler(labels, 6)
 
 

@@ -426,7 +426,7 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
         config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
                              patience=patience, seed=seed, device=device,
                              selection="test" if test_csv else "val", cache=cache)
-        meta = {"backbone": backbone or "unknown", "clip_len": clip_len}
+        meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
         result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
                            feature_meta=meta, progress=not quiet)
     except VadpipeError as e:
@@ -435,6 +435,23 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
     click.echo(f"best {metric} {result.best_metric:.4f} at step {result.best_step}; "
                f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}"
                + ("; stopped early" if result.stopped_early else ""))
+
+
+def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
+    """What made the training features: the recorded extraction recipe when the files come
+    from `vadpipe extract` (so `vadpipe score` can re-create them), else what the user says."""
+    from pathlib import Path
+
+    from vadpipe.pipeline.provenance import extraction_of
+
+    files = [Path(root or ".") / r.feature_path.format(k=0) for r in rows]
+    recipe = extraction_of(files)
+    if recipe is None:
+        return {"backbone": backbone or "unknown", "clip_len": clip_len}
+    if backbone and backbone != recipe["backbone"]:
+        raise VadpipeError(f"--backbone {backbone}, but the features were extracted with {recipe['backbone']} "
+                           "(features.csv beside them says so)")
+    return {"backbone": recipe["backbone"], "clip_len": recipe["config"]["clip"]["length"], "extract": recipe}
 
 
 def _score_command(checkpoint, data, out, device, gt, convention) -> None:
@@ -484,6 +501,82 @@ def eval(checkpoint, data, gt, gt_convention, out, device) -> None:  # noqa: A00
 def apply(checkpoint, data, out, device) -> None:
     """Score a dataset with a trained head: OUT/scores.csv (one row per snippet)."""
     _score_command(checkpoint, data, out, device, None, None)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--head", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Head checkpoint (best.pt from `vadpipe train`, or `vadpipe weights import`).")
+@click.option("-o", "--out", default="runs/score", show_default=True, type=click.Path(file_okay=False))
+@click.option("--threshold", default=None, type=click.FloatRange(0, 1),
+              help="Event threshold [default: the checkpoint's validation-optimal value, else 0.5].")
+@click.option("--min-gap", default=0.0, show_default=True, type=click.FloatRange(0), help="Merge events this close (s).")
+@click.option("--min-duration", default=0.0, show_default=True, type=click.FloatRange(0), help="Drop shorter events (s).")
+@click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for plots and AUC/AP (see `vadpipe eval`).")
+@click.option("--gt-convention", default=None, type=click.Choice(["rtfm", "sultani", "vadclip"]))
+@click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write one self-contained HTML report.")
+@click.option("--no-plots", is_flag=True, help="Do not write a PNG per video.")
+@click.option("--backbone", default=None, help="Only for checkpoints that do not record their feature recipe.")
+@click.option("--features", "features_dir", default=None, type=click.Path(file_okay=False),
+              help="Stage-one folder to reuse and fill [default: OUT/features].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-clips", default=None, type=click.IntRange(1))
+@click.option("--workers", default=None, type=click.IntRange(0))
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True)
+@click.option("--random-weights", is_flag=True, help="Backbone with random weights (tests/benchmarks only).")
+@click.option("--force", is_flag=True, help="Recompute features even when the features folder has them.")
+@click.option("--stream", is_flag=True, help="Score one video (file, growing file or - for stdin) clip by clip, "
+                                              "printing each score as it is produced.")
+@click.option("--follow", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="With --stream: keep reading a growing file until it stops growing for this many seconds.")
+@click.option("--window", "stream_window", default=64, show_default=True, type=click.IntRange(1),
+              help="With --stream and a non-causal head: clips of context the provisional scores see.")
+@click.option("-q", "--quiet", is_flag=True)
+def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_convention, report, no_plots, backbone,
+          features_dir, device, batch_clips, workers, decoder, random_weights, force, stream, follow, stream_window,
+          quiet) -> None:
+    """Score raw videos with a trained head: per-video scores.csv, events, plots, a report.
+
+    Stage one runs with the backbone and preprocessing the checkpoint records, and reuses
+    features already extracted. Exits 1 when any video failed, 2 on a setup error.
+    """
+    from vadpipe.pipeline.runner import default_batch_clips, default_workers, resolve_device
+    from vadpipe.pipeline.score import ScoreOptions, score_videos
+    from vadpipe.pipeline.sources import discover
+
+    try:
+        dev = resolve_device(device)
+        speed = {"device": device, "decoder": decoder, "random_weights": random_weights,
+                 "workers": default_workers(dev) if workers is None else workers,
+                 "batch_clips": default_batch_clips(dev) if batch_clips is None else batch_clips}
+        options = ScoreOptions(threshold=threshold, min_gap=min_gap, min_duration=min_duration, gt=gt,
+                               gt_convention=gt_convention, plots=not no_plots, report=report)
+        if stream:
+            from vadpipe.pipeline.stream import stream_score
+
+            if len(inputs) != 1:
+                raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
+            result = stream_score(inputs[0], checkpoint, out, options=options, backbone=backbone,
+                                  speed={**speed, "workers": 0, "batch_clips": 1}, follow=follow,
+                                  window=stream_window, echo=click.echo)
+            sys.exit(result.exit_code)
+        jobs = discover(list(inputs))
+        if not jobs:
+            raise VadpipeError(f"no videos found in {', '.join(inputs)}")
+        summary = score_videos(jobs, checkpoint, out, options=options, backbone=backbone, speed=speed,
+                               features_dir=features_dir, force=force, progress=not quiet,
+                               echo=None if quiet else click.echo)
+    except VadpipeError as e:
+        _fail(e)
+    for v in summary.failed:
+        click.echo(f"failed: {v.video}: {v.error}", err=True)
+    n_events = sum(len(v.events) for v in summary.videos)
+    click.echo(f"{len(summary.videos) - len(summary.failed)} scored, {len(summary.failed)} failed; {n_events} event(s) "
+               f"at threshold {summary.threshold:g} ({summary.threshold_source}); results: {summary.out_dir}"
+               + (f"; report: {summary.report}" if summary.report else ""), err=True)
+    if summary.metrics:
+        click.echo("  ".join(f"{k} {v:.4f}" for k, v in summary.metrics.items()), err=True)
+    sys.exit(summary.exit_code)
 
 
 def _parse_devices(gpus: str | None, devices: str | None) -> tuple[str, ...]:

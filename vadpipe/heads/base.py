@@ -42,6 +42,14 @@ class AnomalyHead(nn.Module):
         """Anomaly scores ``[B, T]`` in ``[0, 1]`` of features ``[B, N, T, D]``."""
         raise NotImplementedError
 
+    @property
+    def causal_context(self) -> int | None:
+        """Snippets ``c`` such that the score of snippet ``t`` depends only on snippets
+        ``t - c + 1 .. t`` (a causal head: its scores can be final as soon as a clip ends,
+        see ``vadpipe score --stream``); ``None`` when later snippets change it (temporal
+        convolutions, attention or pooling over the whole video)."""
+        return None
+
 
 @dataclass(frozen=True)
 class HeadSpec:

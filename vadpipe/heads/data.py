@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vadpipe.errors import FeatureLoadError
+from vadpipe.errors import ConfigError, FeatureLoadError
 from vadpipe.manifests.datasets import DatasetRow
 
 #: Most crops a ``{k}`` pattern is probed for (stops at the first missing index).
@@ -321,7 +321,8 @@ class BalancedBatchSampler(Sampler[list[int]]):
             raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
         for what, idx in (("normal", self.normal), ("anomalous", self.abnormal)):
             if len(idx) < batch_size:
-                raise ValueError(f"{len(idx)} {what} videos, fewer than batch_size={batch_size}")
+                raise ConfigError(f"{len(idx)} {what} training videos, fewer than batch_size={batch_size} (a batch "
+                                  f"takes that many of each); add videos or lower it, e.g. --set batch_size={len(idx)}")
         self.batch_size = batch_size
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.num_batches = (

@@ -147,6 +147,11 @@ class SultaniHead(AnomalyHead):
         self._check(features, "features")
         return self(features).squeeze(-1).mean(dim=1)
 
+    @property
+    def causal_context(self) -> int | None:
+        """1: each snippet is scored on its own features (a per-snippet MLP)."""
+        return 1
+
     def weight_penalty(self) -> torch.Tensor:
         """``weight_l2 * sum ||W||^2`` over the Dense kernels (Keras ``l2`` regulariser)."""
         return self.config.weight_l2 * sum(fc.weight.pow(2).sum() for fc in (self.fc1, self.fc2, self.fc3))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from vadpipe.errors import ConfigError
 from vadpipe.manifests.features import LAYOUTS
@@ -98,3 +98,28 @@ class ExtractConfig:
     def to_dict(self) -> dict:
         """JSON-ready dictionary of every field."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExtractConfig":
+        """Inverse of :meth:`to_dict` (JSON lists become tuples again); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown extraction setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(data)
+        if values.get("clip") is not None:
+            values["clip"] = ClipSpec(**values["clip"])
+        if values.get("preset") is not None:
+            values["preset"] = ClipPreset(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in values["preset"].items()})
+        if "devices" in values:
+            values["devices"] = tuple(values["devices"])
+        return cls(**values)
+
+    def shaping_dict(self) -> dict:
+        """The settings that decide the numbers in the feature files (see :meth:`feature_hash`)."""
+        return {k: v for k, v in self.to_dict().items() if k in SHAPING_FIELDS}
+
+
+#: Fields of :class:`ExtractConfig` that change the numbers a run writes.
+SHAPING_FIELDS = ("backbone", "clip", "preset", "crops", "fps", "layout", "precision")

@@ -141,13 +141,22 @@ def video_scores(head: AnomalyHead, dataset: FeatureDataset, device: torch.devic
     return out
 
 
-def video_level_auc(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> float:
-    """ROC-AUC of each video's maximum snippet score against its video label."""
+def video_level_validation(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> tuple[float, float]:
+    """ROC-AUC of each video's maximum snippet score against its video label, and the
+    score threshold that best separates them (Youden's J; see
+    :func:`vadpipe.pipeline.events.validation_threshold`)."""
+    from vadpipe.pipeline.events import validation_threshold
+
     scores = np.array([s.max() for s in video_scores(head, dataset, device)])
     labels = np.array(dataset.labels)
     if labels.min() == labels.max():
         raise ConfigError("the validation set needs both normal and anomalous videos")
-    return float(roc_auc(labels, scores))
+    return float(roc_auc(labels, scores)), float(validation_threshold(scores, labels))
+
+
+def video_level_auc(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> float:
+    """ROC-AUC of each video's maximum snippet score against its video label."""
+    return video_level_validation(head, dataset, device)[0]
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -223,6 +232,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     step, best_metric, best_step, bad_evals = 0, -math.inf, 0, 0
+    threshold: float | None = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
         if ckpt["head"] != spec.name or ckpt["head_config"] != _plain(head_cfg):
@@ -231,6 +241,7 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history = int(ckpt["step"]), list(ckpt["history"])
         best_metric, best_step, bad_evals = float(ckpt["best_metric"]), int(ckpt["best_step"]), int(ckpt["bad_evals"])
+        threshold = ckpt.get("threshold")  # the best checkpoint's, carried by last.pt
         torch.set_rng_state(ckpt["torch_rng"])
 
     def payload(kind: str) -> dict[str, Any]:
@@ -239,6 +250,7 @@ def train(
             "head": spec.name, "head_config": _plain(head_cfg), "train_config": _plain(config),
             "feature_spec": {**fspec, "segments": segments, **(feature_meta or {})},
             "selection": "val" if config.selection == "val" else TEST_SELECTION_WARNING,
+            "threshold": threshold,
             "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
             "optimizer": optimizer.state_dict(), "step": step, "history": history,
             "best_metric": best_metric, "best_step": best_step, "bad_evals": bad_evals,
@@ -266,10 +278,12 @@ def train(
         loss_value = float(loss.detach())
         bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": loss_value, **parts}.items()})
         if step % config.eval_every == 0 or step == steps:
-            metric = test_metric(head) if config.selection == "test" else video_level_auc(head, val_set, device)
+            val_auc, val_threshold = video_level_validation(head, val_set, device)
+            metric = test_metric(head) if config.selection == "test" else val_auc
             history.append({"step": step, "loss": loss_value, **parts, f"{config.selection}_auc": metric})
             if metric > best_metric:
                 best_metric, best_step, bad_evals = metric, step, 0
+                threshold = val_threshold
                 save_checkpoint(out / "best.pt", payload("best"))
             else:
                 bad_evals += 1

@@ -1,0 +1,359 @@
+"""``vadpipe score``: raw videos → features → clip scores → events, plots and a report.
+
+The head's checkpoint decides stage one: it records the extraction recipe of the features
+it was trained on (:mod:`vadpipe.pipeline.provenance`), and scoring re-creates exactly those
+features (backbone, weights, clip length and stride, resize, crops, normalisation). When the
+checkpoint does not record a recipe (trained on features from elsewhere, or an imported
+official head) the user names the backbone, and the backbone's own preset is used; a
+backbone whose feature size or crop count differs from the head's is refused before any
+video is decoded.
+
+Output folder::
+
+    OUT/features/                  stage one (features.csv, .npy files); reused on re-runs
+    OUT/<video>/scores.csv         clip, start_frame, end_frame, start_time, end_time, score
+    OUT/<video>/scores.png         the score curve (with --plots, the default)
+    OUT/events.json                every video's events, threshold and its source
+    OUT/scores_manifest.csv        one row per video: status, error, paths, max score, events
+    report.html                    with ``report=``: one self-contained page for the batch
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vadpipe.errors import ConfigError, VadpipeError
+from vadpipe.extractors.registry import get_backbone
+from vadpipe.manifests.atomic import atomic_write_text
+from vadpipe.manifests.datasets import DatasetRow, video_key
+from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
+from vadpipe.pipeline import events as ev
+from vadpipe.pipeline.config import ExtractConfig
+from vadpipe.pipeline.runner import ExtractSummary, extract
+from vadpipe.pipeline.scoring import LoadedHead, build_gt, evaluate_scores, load_head, score_rows
+from vadpipe.pipeline.sources import VideoJob
+
+log = logging.getLogger(__name__)
+
+#: Threshold used when neither the user nor the checkpoint gives one.
+DEFAULT_THRESHOLD = 0.5
+SCORES_MANIFEST_NAME = "scores_manifest.csv"
+EVENTS_NAME = "events.json"
+CLIP_SCORE_COLUMNS = ("clip", "start_frame", "end_frame", "start_time", "end_time", "score")
+MANIFEST_COLUMNS = ("video", "status", "error", "scores_csv", "plot", "feature_path", "n_clips", "fps",
+                    "duration_s", "max_score", "n_events", "threshold", "checkpoint", "seconds")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What ``vadpipe score`` does after the head has scored the clips.
+
+    Attributes:
+        threshold: event threshold; ``None``: the checkpoint's validation-optimal value
+            when it has one, else :data:`DEFAULT_THRESHOLD`.
+        min_gap: merge events separated by at most this many seconds.
+        min_duration: drop events shorter than this many seconds.
+        gt: ground truth ``KIND:PATH`` (see ``vadpipe eval``) for plots and AUC/AP.
+        gt_convention: how the GT file's frame numbers are read.
+        plots: write a PNG per video.
+        report: path of a self-contained HTML report for the batch.
+    """
+
+    threshold: float | None = None
+    min_gap: float = 0.0
+    min_duration: float = 0.0
+    gt: str | None = None
+    gt_convention: str | None = None
+    plots: bool = True
+    report: str | None = None
+
+
+@dataclass
+class ScoredVideo:
+    """One video's result. ``status`` is ``ok`` or ``failed`` (with ``error``)."""
+
+    video: str
+    status: str
+    error: str = ""
+    name: str = ""
+    feature_path: str = ""
+    fps: float = 0.0
+    n_frames: int = 0
+    times: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    events: list[ev.Event] = field(default_factory=list)
+    scores_csv: str = ""
+    plot: str = ""
+
+
+@dataclass
+class ScoreSummary:
+    """What a ``score`` run did; ``exit_code`` is 1 when any video failed."""
+
+    videos: list[ScoredVideo]
+    threshold: float
+    threshold_source: str
+    extraction: ExtractSummary
+    out_dir: Path
+    metrics: dict[str, float] | None = None
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[ScoredVideo]:
+        return [v for v in self.videos if v.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+# ----------------------------------------------------------------------------- recipe
+
+
+def checkpoint_recipe(
+    loaded: LoadedHead,
+    *,
+    backbone: str | None = None,
+    speed: dict[str, Any] | None = None,
+) -> ExtractConfig:
+    """The :class:`ExtractConfig` that makes the features ``loaded`` was trained on.
+
+    Args:
+        loaded: the head and its checkpoint's ``feature_spec``.
+        backbone: the user's ``--backbone``; only needed (and only allowed to differ from
+            nothing) when the checkpoint records no recipe.
+        speed: speed-only settings (device, batch_clips, workers, decoder, precision is
+            NOT one of them: it is part of the recipe) to apply on top.
+
+    Raises:
+        ConfigError: the checkpoint records no backbone and none is given, or the given
+            backbone contradicts the checkpoint, or its features have another size or crop
+            count than the head expects.
+    """
+    spec = loaded.feature_spec
+    recorded = spec.get("extract")
+    speed = dict(speed or {})
+    if recorded:
+        config = ExtractConfig.from_dict({**recorded["config"], "devices": (), "engine": "local", "ray_address": None})
+        if backbone and backbone != config.backbone:
+            raise ConfigError(
+                f"the {loaded.name} head was trained on {config.backbone} features (its checkpoint records the "
+                f"recipe); --backbone {backbone} would give features it was not trained on"
+            )
+    else:
+        name = backbone or _registered(spec.get("backbone"))
+        if not name:
+            raise ConfigError(
+                f"the checkpoint does not record how its features were extracted (backbone "
+                f"{spec.get('backbone', 'unknown')!r}); pass --backbone NAME (see `vadpipe weights list`), or "
+                "retrain on features written by `vadpipe extract` so the recipe is recorded"
+            )
+        bb = get_backbone(name)
+        crops = max(1, int(spec.get("crops", 1))) if bb.nodes == 1 else 1
+        clip_len = int(spec.get("clip_len", bb.clip_len))
+        from vadpipe.pipeline.clips import ClipSpec
+
+        config = ExtractConfig(backbone=name, crops=crops, clip=ClipSpec(length=clip_len, stride=clip_len))
+        config = config.with_preset(bb.preset)
+    bb = get_backbone(config.backbone)
+    got_dim, got_crops = bb.feature_dim, max(config.crops, bb.nodes)
+    if "dim" in spec and int(spec["dim"]) != got_dim:
+        raise ConfigError(
+            f"the {loaded.name} head takes {spec['dim']}-D features; backbone {bb.name!r} gives {got_dim}-D"
+        )
+    if "crops" in spec and int(spec["crops"]) != got_crops:
+        raise ConfigError(
+            f"the {loaded.name} head takes {spec['crops']} crops per clip; this recipe gives {got_crops}"
+        )
+    allowed = {"device", "batch_clips", "workers", "decoder", "channels_last", "random_weights"}
+    unknown = set(speed) - allowed
+    if unknown:
+        raise ConfigError(f"only speed settings may be changed when scoring, not {sorted(unknown)}")
+    return replace(config, **speed)
+
+
+def _registered(name: Any) -> str | None:
+    from vadpipe.extractors.registry import list_backbones
+
+    return name if isinstance(name, str) and name in list_backbones() else None
+
+
+def checkpoint_threshold(checkpoint: str | os.PathLike) -> float | None:
+    """The validation-optimal threshold a training run stored, if any."""
+    from vadpipe.pipeline.train import load_checkpoint
+
+    value = load_checkpoint(checkpoint).get("threshold")
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def score_videos(
+    jobs: list[VideoJob],
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    options: ScoreOptions = ScoreOptions(),
+    backbone: str | None = None,
+    speed: dict[str, Any] | None = None,
+    features_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> ScoreSummary:
+    """Score ``jobs`` with the head in ``checkpoint`` (module docstring: outputs).
+
+    Features already in ``features_dir``'s manifest with the same recipe are reused.
+    A video that cannot be decoded fails its own row; the batch goes on.
+
+    Raises:
+        ConfigError: a checkpoint/backbone mismatch (before any video is decoded).
+        WeightsNotFoundError: the backbone's weights are not installed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    feats_dir = Path(features_dir) if features_dir else out / "features"
+    speed = dict(speed or {})
+    from vadpipe.pipeline.runner import resolve_device
+
+    device = resolve_device(speed.get("device", "auto"))
+    loaded = load_head(checkpoint, device)
+    config = checkpoint_recipe(loaded, backbone=backbone, speed=speed)
+    if options.threshold is not None:
+        threshold, source = float(options.threshold), "--threshold"
+    else:
+        stored = checkpoint_threshold(checkpoint)
+        threshold, source = ((stored, "checkpoint (validation Youden J)") if stored is not None
+                             else (DEFAULT_THRESHOLD, "default 0.5 (the checkpoint records none)"))
+
+    extraction = extract(jobs, feats_dir, config, force=force, progress=progress)
+    rows = {r.video: r for r in read_manifest(feats_dir / MANIFEST_NAME)}
+    results: list[ScoredVideo] = []
+    t0 = time.time()
+    for job in jobs:
+        row = rows.get(job.path)
+        if row is None or row.status != "ok":
+            reason = row.error if row is not None else "not extracted"
+            results.append(ScoredVideo(video=job.path, status="failed", error=reason, name=job.rel_name))
+            continue
+        try:
+            results.append(_score_one(job, row, loaded, device, feats_dir, out, config, threshold, options))
+        except VadpipeError as e:
+            results.append(ScoredVideo(video=job.path, status="failed", error=f"{type(e).__name__}: {e}",
+                                       name=job.rel_name))
+
+    summary = ScoreSummary(videos=results, threshold=threshold, threshold_source=source,
+                           extraction=extraction, out_dir=out)
+    ok = [v for v in results if v.status == "ok"]
+    gt_intervals: dict[str, list[tuple[float, float]]] = {}
+    if options.gt and ok:
+        summary.metrics, gt_intervals = _ground_truth(ok, options, config)
+    for v in ok:
+        if options.plots:
+            from vadpipe.pipeline.report import plot_scores
+
+            png = out / v.name / "scores.png"
+            plot_scores(png, v.times, v.scores, threshold, v.events, gt_intervals.get(v.video), title=v.name)
+            v.plot = str(png.relative_to(out))
+    ev.write_events_json(out / EVENTS_NAME, {v.name: v.events for v in ok}, threshold=threshold,
+                         threshold_source=source, min_gap=options.min_gap, min_duration=options.min_duration,
+                         extra={"checkpoint": str(checkpoint), "head": loaded.name, "backbone": config.backbone})
+    _write_manifest(out / SCORES_MANIFEST_NAME, results, threshold, str(checkpoint), time.time() - t0)
+    if options.report:
+        summary.report = _report(Path(options.report), ok, gt_intervals, summary, loaded, str(checkpoint), config,
+                                 options)
+    if echo:
+        for v in ok:
+            echo(ev.format_events_table(v.name, v.events))
+    return summary
+
+
+def _score_one(job: VideoJob, row: FeatureRow, loaded: LoadedHead, device: torch.device, feats_dir: Path, out: Path,
+               config: ExtractConfig, threshold: float, options: ScoreOptions) -> ScoredVideo:
+    ds_row = DatasetRow(video=job.path, feature_path=row.feature_path, label="normal")
+    scores = score_rows(loaded, [ds_row], feats_dir, device)[job.path]
+    scores = np.asarray(scores, dtype=np.float64)
+    times = ev.uniform_clip_times(scores.size, row.fps, config.clip.length, config.clip.stride)
+    events = ev.find_events(scores, times, threshold, options.min_gap, options.min_duration)
+    v = ScoredVideo(video=job.path, status="ok", name=job.rel_name, feature_path=row.feature_path, fps=row.fps,
+                    n_frames=row.n_frames, times=times, scores=scores, events=events)
+    path = out / job.rel_name / "scores.csv"
+    write_clip_scores(path, scores, times, config.clip.length, config.clip.stride)
+    v.scores_csv = str(path.relative_to(out))
+    return v
+
+
+def write_clip_scores(path: Path, scores: np.ndarray, times: np.ndarray, clip_len: int, stride: int) -> None:
+    """Per-video ``scores.csv``: clip, start/end frame (0-based, end exclusive), start/end
+    time in seconds, score. Written atomically."""
+    i = np.arange(scores.size)
+    df = pd.DataFrame({"clip": i, "start_frame": i * stride, "end_frame": i * stride + clip_len,
+                       "start_time": times[:, 0], "end_time": times[:, 1], "score": scores})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+
+
+def _write_manifest(path: Path, results: list[ScoredVideo], threshold: float, checkpoint: str, seconds: float) -> None:
+    records = []
+    for v in results:
+        records.append({
+            "video": v.video, "status": v.status, "error": v.error, "scores_csv": v.scores_csv, "plot": v.plot,
+            "feature_path": v.feature_path, "n_clips": int(v.scores.size), "fps": v.fps,
+            "duration_s": round(v.n_frames / v.fps, 3) if v.fps else 0.0,
+            "max_score": float(v.scores.max()) if v.scores.size else "", "n_events": len(v.events),
+            "threshold": threshold, "checkpoint": checkpoint, "seconds": round(seconds, 3),
+        })
+    atomic_write_text(path, pd.DataFrame(records, columns=MANIFEST_COLUMNS).to_csv(index=False, float_format="%.6g"))
+
+
+def _ground_truth(ok: list[ScoredVideo], options: ScoreOptions, config: ExtractConfig
+                  ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
+    """Overall frame-level metrics and each video's true intervals in seconds."""
+    from vadpipe.pipeline.scoring import parse_gt
+
+    kind, source = parse_gt(options.gt)
+    n_frames = {video_key(v.video): v.n_frames for v in ok}
+    masks, _ = build_gt(kind, source, n_frames, options.gt_convention)
+    intervals = {}
+    for v in ok:
+        mask = np.asarray(masks.get(video_key(v.video), np.zeros(0)), dtype=bool)
+        intervals[v.video] = [(s / v.fps, (e + 1) / v.fps) for s, e in ev._runs(mask)] if v.fps else []
+    metrics: dict[str, float] = {}
+    try:
+        result = evaluate_scores({v.video: v.scores for v in ok}, options.gt, clip_len=config.clip.stride,
+                                 convention=options.gt_convention)
+        metrics = {"ROC-AUC (frame)": result.auc, "AP": result.ap}
+    except VadpipeError as e:  # e.g. only normal videos: AUC undefined
+        log.warning("no overall metrics: %s", e)
+    return metrics, intervals
+
+
+def _report(path: Path, ok: list[ScoredVideo], gt_intervals: dict, summary: ScoreSummary, loaded: LoadedHead,
+            checkpoint: str, config: ExtractConfig, options: ScoreOptions) -> Path:
+    from vadpipe.pipeline.report import VideoReport, write_html_report
+
+    videos = []
+    for v in ok:
+        png = summary.out_dir / v.plot if v.plot else None
+        videos.append(VideoReport(name=v.name, path=v.video, fps=v.fps, n_frames=v.n_frames, times=v.times,
+                                  scores=v.scores, events=v.events, threshold=summary.threshold,
+                                  gt_intervals=gt_intervals.get(v.video) if gt_intervals else None,
+                                  plot_png=png))
+    return write_html_report(
+        path, videos, title=f"vadpipe score: {len(ok)} video(s)", metrics=summary.metrics, model=loaded.name,
+        checkpoint=checkpoint, threshold_source=summary.threshold_source,
+        info={"backbone": f"{config.backbone} ({config.crops} crop(s), {config.clip.length}-frame clips)",
+              "min gap": f"{options.min_gap:g} s", "min duration": f"{options.min_duration:g} s",
+              "failed videos": len(summary.failed)},
+    )
