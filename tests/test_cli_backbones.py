@@ -51,7 +51,7 @@ def test_recipes_pick_their_backbone_and_refuse_another(tmp_path: Path, monkeypa
     assert res.exit_code == 2 and "made with --backbone i3d-r50" in res.output
 
 
-def test_rtfm_ucf_recipe_runs_i3d_r50_with_its_geometry(tmp_path: Path) -> None:
+def test_rtfm_ucf_recipe_runs_the_caffe2_i3d_r50_with_its_geometry(tmp_path: Path) -> None:
     import json
 
     media.make_video(tmp_path / "v.mp4", n_frames=20, seed=1)
@@ -61,7 +61,7 @@ def test_rtfm_ucf_recipe_runs_i3d_r50_with_its_geometry(tmp_path: Path) -> None:
     assert np.load(tmp_path / "o" / "v_i3d.npy").shape == (1, 1, 2048)
     (run,) = (tmp_path / "o").glob("extract-*.json")
     cfg = json.loads(run.read_text())["config"]
-    assert cfg["backbone"] == "i3d-r50"
+    assert cfg["backbone"] == "i3d-r50-caffe2"
     assert (cfg["preset"]["resize"], cfg["preset"]["crop_order"], cfg["preset"]["interpolation"]) == (
         [256, 340], "gowtham", "lanczos")
-    assert cfg["preset"]["mean"] == [0.45, 0.45, 0.45]  # the weights' normalisation is kept
+    assert cfg["preset"]["value_range"] == [-1.0, 1.0] and cfg["preset"]["mean"] is None  # Gowtham's x*2/255-1

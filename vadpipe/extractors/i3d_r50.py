@@ -27,15 +27,15 @@ included; it is kept and used by :meth:`I3DResNet50.logits`), except BatchNorm
 ``num_batches_tracked`` counters, which do not affect inference; any unexpected key or
 shape mismatch raises :class:`~vadpipe.errors.WeightsIntegrityError`.
 
-Not supported: the Caffe2-converted ``i3d_r50_kinetics.pth`` (non-local repo ``i3d_baseline``)
-used by ``GowthamGottimukkala/I3D_Feature_Extraction_resnet``. It is a *different* network,
-not a renaming: its ``resnet.py`` (``I3Res50``) has ``conv1`` stride ``(2, 2, 2)`` (temporal
-stride 2, vs 1 here) and ``maxpool1`` kernel ``(2, 3, 3)`` stride ``(2, 2, 2)`` padding 0
-(vs ``(1, 3, 3)``/``(1, 2, 2)``/padding ``(0, 1, 1)`` here), then global
-``AdaptiveAvgPool3d``; its stages (temporal conv pattern ``[1,1,1]``, ``[1,0,1,0]``,
-``[1,0,1,0,1,0]``, ``[0,1,0]``, kernel 3) match ours. Loading it here would silently give a
-different model, so it is refused (unexpected keys). Its input recipe is recorded as
-:data:`RTFM_UCF_PRESET`.
+The Caffe2-converted ``i3d_r50_kinetics.pth`` (non-local repo ``i3d_baseline``) used by
+``GowthamGottimukkala/I3D_Feature_Extraction_resnet`` for the RTFM features is a *different*
+network, not a renaming (temporal stride 2 in ``conv1`` and ``maxpool1``, global average
+pooling): it is the separate backbone ``i3d-r50-caffe2``
+(:mod:`vadpipe.extractors.i3d_r50_caffe2`), and this loader refuses it (unexpected keys).
+Its input recipe is recorded as :data:`RTFM_UCF_PRESET`.
+
+The checkpoint helpers :func:`read_torch_state_dict`, :func:`check_state_dict` and
+:func:`locate_weight_file` are shared with that backbone.
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ __all__ = [
     "I3D_R50_PRESET",
     "RTFM_UCF_PRESET",
     "SPEC",
+    "check_state_dict",
     "i3d_r50_kinetics400",
     "load_i3d_r50_state_dict",
     "locate_i3d_r50_checkpoint",
+    "locate_weight_file",
+    "read_torch_state_dict",
 ]
 
 FEATURE_DIM = 2048
@@ -189,6 +192,97 @@ def _reference_keys() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in I3DResNet50().state_dict().items()}
 
 
+def read_torch_state_dict(
+    path: str | os.PathLike, *, wrappers: tuple[str, ...] = (), what: str
+) -> dict[str, torch.Tensor]:
+    """Read a state dict with ``torch.load(weights_only=True)`` (no code runs), on the CPU.
+
+    ``{wrapper: state_dict, ...}`` for the first of ``wrappers`` present is unwrapped; so is
+    a ``module.`` prefix on every key (a ``DataParallel`` save). ``what`` names the expected
+    format in error messages.
+
+    Raises:
+        WeightsIntegrityError: unreadable file, or not a mapping of names to tensors.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsIntegrityError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if isinstance(obj, Mapping):
+        for key in wrappers:
+            if key in obj:
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise WeightsIntegrityError(f"{path}: expected {what} mapping parameter names to tensors")
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def check_state_dict(
+    sd: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    problem: str,
+) -> None:
+    """Strict key and shape check of ``sd`` against ``expected`` (name -> shape).
+
+    BatchNorm ``num_batches_tracked`` counters may be absent (they do not affect
+    inference). ``problem`` starts the error message (e.g. ``"<path> is not a ... file"``).
+
+    Raises:
+        WeightsIntegrityError: listing missing keys, unexpected keys and shape mismatches
+            (the first five of each and their count).
+    """
+    missing = sorted(
+        k for k in expected if k not in sd and not k.endswith("num_batches_tracked")
+    )
+    unexpected = sorted(k for k in sd if k not in expected)
+    bad_shape = sorted(
+        f"{k}: {tuple(sd[k].shape)} != {expected[k]}"
+        for k in sd
+        if k in expected and tuple(sd[k].shape) != tuple(expected[k])
+    )
+    if missing or unexpected or bad_shape:
+        parts = []
+        groups = (("missing", missing), ("unexpected", unexpected), ("bad shape", bad_shape))
+        for what, items in groups:
+            if items:
+                more = f", ... ({len(items)} in all)" if len(items) > 5 else ""
+                shown = ", ".join(items[:5]) + more
+                parts.append(f"{what} keys: {shown}")
+        raise WeightsIntegrityError(f"{problem}: " + "; ".join(parts))
+
+
+def locate_weight_file(file_name: str, env: str, how_to_get: str, what: str) -> Path:
+    """``$<env>`` if set, else ``weights_dir() / file_name`` (where ``vadpipe weights import``
+    puts it).
+
+    Raises:
+        WeightsNotFoundError: the file does not exist; the message names the file, where it
+            was looked for and ``how_to_get``.
+    """
+    value = os.environ.get(env)
+    if value:
+        p = Path(value).expanduser()
+        if p.is_file():
+            return p
+        raise WeightsNotFoundError(f"${env} points at {p}, which does not exist; {how_to_get}")
+    p = weights_dir() / file_name
+    if p.is_file():
+        return p
+    raise WeightsNotFoundError(
+        f"{what} weights {file_name} not found (looked for {p} and ${env}); {how_to_get}"
+    )
+
+
 def load_i3d_r50_state_dict(
     path: str | os.PathLike, model: I3DResNet50 | None = None
 ) -> dict[str, torch.Tensor]:
@@ -202,50 +296,26 @@ def load_i3d_r50_state_dict(
             (listed), or shape mismatches.
     """
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsIntegrityError(
-            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    if isinstance(obj, Mapping) and "model_state" in obj:
-        sd = obj["model_state"]
-    else:
-        sd = obj
-    if not isinstance(sd, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
-    ):
-        raise WeightsIntegrityError(
-            f"{path}: expected a pytorchvideo checkpoint {{'model_state': state_dict}} "
-            "mapping parameter names to tensors"
-        )
+    sd = read_torch_state_dict(
+        path,
+        wrappers=("model_state",),
+        what="a pytorchvideo checkpoint {'model_state': state_dict}",
+    )
     expected = (
         {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if model is not None
         else _reference_keys()
     )
-    missing = sorted(
-        k for k in expected if k not in sd and not k.endswith("num_batches_tracked")
-    )
-    unexpected = sorted(k for k in sd if k not in expected)
-    bad_shape = sorted(
-        f"{k}: {tuple(sd[k].shape)} != {expected[k]}"
-        for k in sd
-        if k in expected and tuple(sd[k].shape) != expected[k]
-    )
-    if missing or unexpected or bad_shape:
-        parts = []
-        groups = (("missing", missing), ("unexpected", unexpected), ("bad shape", bad_shape))
-        for what, items in groups:
-            if items:
-                more = f", ... ({len(items)} in all)" if len(items) > 5 else ""
-                shown = ", ".join(items[:5]) + more
-                parts.append(f"{what} keys: {shown}")
-        raise WeightsIntegrityError(
+    check_state_dict(
+        sd,
+        expected,
+        problem=(
             f"{path} is not a pytorchvideo I3D 8x8 R50 checkpoint ({CKPT_NAME} format; the "
-            f"Caffe2-converted i3d_r50_kinetics.pth is not supported): " + "; ".join(parts)
-        )
-    return dict(sd)
+            "Caffe2-converted i3d_r50_kinetics.pth is not supported here: import it for "
+            "--backbone i3d-r50-caffe2)"
+        ),
+    )
+    return sd
 
 
 def locate_i3d_r50_checkpoint() -> Path:
@@ -254,21 +324,7 @@ def locate_i3d_r50_checkpoint() -> Path:
     Raises:
         WeightsNotFoundError: the file does not exist (message says how to get it).
     """
-    env = os.environ.get(CKPT_ENV)
-    if env:
-        p = Path(env).expanduser()
-        if p.is_file():
-            return p
-        raise WeightsNotFoundError(
-            f"${CKPT_ENV} points at {p}, which does not exist; {HOW_TO_GET}"
-        )
-    p = weights_dir() / CKPT_NAME
-    if p.is_file():
-        return p
-    raise WeightsNotFoundError(
-        f"I3D-ResNet-50 weights {CKPT_NAME} not found (looked for {p} and ${CKPT_ENV}); "
-        f"{HOW_TO_GET}"
-    )
+    return locate_weight_file(CKPT_NAME, CKPT_ENV, HOW_TO_GET, "I3D-ResNet-50")
 
 
 def i3d_r50_kinetics400(

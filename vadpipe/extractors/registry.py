@@ -92,7 +92,7 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_BUILTIN = ("i3d", "i3d_r50", "c3d", "resnet_trn")
+_BUILTIN = ("i3d", "i3d_r50", "i3d_r50_caffe2", "c3d", "resnet_trn")
 
 #: Environment variable naming extra modules (comma-separated) that register backbones.
 PLUGINS_ENV = "VADPIPE_PLUGINS"

@@ -319,9 +319,10 @@ def _plain(obj: Any) -> Any:
 
 #: What the official RTFM/MGFN checkpoints were trained on (their README's feature sets).
 OFFICIAL_FEATURE_SPECS: dict[str, dict[str, Any]] = {
-    "rtfm": {"backbone": "i3d-r50 (RTFM's published features)", "dim": 2048, "crops": 10, "clip_len": 16},
-    "mgfn": {"backbone": "i3d-r50 (RTFM's published features)", "dim": 2048, "crops": 10, "clip_len": 16},
-    "sultani": {"backbone": "c3d fc6", "dim": 4096, "crops": 1, "clip_len": 16},
+    # RTFM's published I3D features: the Caffe2 i3d_baseline ResNet-50 with Gowtham's recipe (--preset rtfm-ucf)
+    "rtfm": {"backbone": "i3d-r50-caffe2", "dim": 2048, "crops": 10, "clip_len": 16},
+    "mgfn": {"backbone": "i3d-r50-caffe2", "dim": 2048, "crops": 10, "clip_len": 16},
+    "sultani": {"backbone": "c3d", "dim": 4096, "crops": 1, "clip_len": 16},  # fc6
 }
 OFFICIAL_SELECTION = "official checkpoint: selected on the test set by its authors (optimistic)"
 
