@@ -2,12 +2,18 @@
 
 Import this module, or name it in ``VADPIPE_PLUGINS=tests.tiny_backbone`` for a
 subprocess, to register it. ``VADPIPE_TINY_SLEEP`` (seconds per forward) slows it down so
-that tests can kill a run part-way.
+that tests can kill a run part-way. ``VADPIPE_TINY_CRASH_FILE`` (a path; Ray engine tests)
+makes forwards kill their own process while that file exists: every forward when the file
+says ``always``; only the first one (which renames the file away) when it says ``once``.
+``VADPIPE_TINY_KILL_ONCE=<path>`` with ``VADPIPE_TINY_KILL_AFTER=N`` (default 1; multi-device
+tests): the first process to reach its N-th forward creates ``<path>`` (holding its pid) and
+SIGKILLs itself, as an out-of-memory kill would; processes that find ``<path>`` run on.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import torch
@@ -19,6 +25,44 @@ from vadpipe.pipeline.transforms import ClipPreset
 
 TINY_DIM = 8
 TINY_PRESET = ClipPreset(resize=40, crop_size=32, crop_order="torchvision", value_range=(-1.0, 1.0))
+
+
+def _crash_if_asked() -> None:
+    """The ``VADPIPE_TINY_CRASH_FILE`` hook (see the module docstring)."""
+    path = os.environ.get("VADPIPE_TINY_CRASH_FILE")
+    if not path or not os.path.exists(path):
+        return
+    with open(path) as f:
+        mode = f.read().strip()
+    if mode == "once":
+        try:
+            os.rename(path, path + ".fired")  # atomic: exactly one process fires
+        except OSError:
+            return
+    elif mode != "always":
+        return
+    os._exit(77)
+
+
+_forwards = 0
+
+
+def _sigkill_once_if_asked() -> None:
+    """The ``VADPIPE_TINY_KILL_ONCE`` hook (see the module docstring)."""
+    global _forwards
+    marker = os.environ.get("VADPIPE_TINY_KILL_ONCE")
+    if not marker:
+        return
+    _forwards += 1
+    if _forwards < int(os.environ.get("VADPIPE_TINY_KILL_AFTER", "1")):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: exactly one process dies
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class TinyBackbone(nn.Module):
@@ -34,6 +78,8 @@ class TinyBackbone(nn.Module):
         self.weights_sha256 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _crash_if_asked()
+        _sigkill_once_if_asked()
         delay = float(os.environ.get("VADPIPE_TINY_SLEEP", "0"))
         if delay:
             time.sleep(delay)

@@ -109,7 +109,12 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
         if resize:
             preset = replace(preset, resize=_parse_resize(resize))
         devices = _parse_devices(gpus, device_list)
-        dev = resolve_device(devices[0] if devices else device)
+        if engine == "ray":  # the cluster's devices, not the driver's: no local CUDA check
+            import torch
+
+            dev = torch.device("cuda" if (devices or (device,))[0].startswith("cuda") else "cpu")
+        else:
+            dev = resolve_device(devices[0] if devices else device)
         workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
         batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
         length = clip_len or spec.clip_len

@@ -43,11 +43,19 @@ from vadpipe.pipeline.transforms import crop_clips, normalize_clips, resize_clip
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_TAG = "random"
+#: Seed of ``--random-weights`` backbones, so that every engine and worker builds the same model.
+RANDOM_WEIGHTS_SEED = 0
 
 
 @dataclass
 class ExtractSummary:
-    """What a run did. ``exit_code`` is non-zero when any video failed."""
+    """What a run did. ``exit_code`` is non-zero when any video failed.
+
+    ``per_device`` is filled by the multi-device engine: for each worker (by label, e.g.
+    ``cuda:1``) its ``videos``, ``clips``, ``startup_s`` (process start to model ready),
+    ``active_s`` (model ready to the end of its work, or its death) and, when it stopped
+    abnormally, ``exit`` (its exit code or error).
+    """
 
     ok: int = 0
     failed: int = 0
@@ -169,7 +177,12 @@ class FeatureModel:
         self.spec = spec
         self.config = config
         self.device = device
-        model = spec.build(not config.random_weights)
+        if config.random_weights:  # the same random weights in every process and engine
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = spec.build(False)
+        else:
+            model = spec.build(True)
         self.weights_sha256 = (
             RANDOM_WEIGHTS_TAG if config.random_weights else str(getattr(model, "weights_sha256", "") or "")
         )
