@@ -40,3 +40,25 @@ def test_bench_train_reports_steps_memory_and_schedule() -> None:
     assert lines[1].startswith("train step (sultani)") and "(2 steps in" in lines[1]
     assert lines[2].startswith("peak process memory")
     assert lines[3].startswith("full official schedule: 20000 steps")
+
+
+def test_bench_extract_scaling_prints_rates_efficiency_and_utilisation(tmp_path) -> None:
+    video = make_synthetic_video(tmp_path / "s.mp4", seconds=1.1, width=96, height=64)  # 33 frames: 2 clips
+    result = CliRunner().invoke(main, ["bench", "extract", str(video), "--devices", "cpu,cpu", "--videos", "3",
+                                       "--backbone", "tiny", "--random-weights", "--crops", "1", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"videos: 3 links to {video}"
+    (one,) = [ln for ln in lines if ln.startswith("1 device (cpu)")]
+    (two,) = [ln for ln in lines if ln.startswith("2 devices (cpu,cpu)")]
+    for line in (one, two):
+        assert "clips/s" in line and "(6 clips in" in line and "GPU util n/a" in line
+    per_device = [ln.split()[0] for ln in lines if ln.startswith("  cpu#")]
+    assert per_device == ["cpu#0", "cpu#1"]
+    (eff,) = [ln for ln in lines if ln.startswith("scaling efficiency")]
+    assert "/ (2 ×" in eff
+
+
+def test_bench_extract_takes_a_folder_only_for_scaling(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["bench", "extract", str(tmp_path), "--backbone", "tiny"])
+    assert result.exit_code == 2 and "a folder only with --gpus/--devices" in result.output

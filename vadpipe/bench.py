@@ -256,3 +256,186 @@ def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int 
     echo(f"full official schedule: {schedule} steps ≈ {schedule / result.rate / 60:.1f} min at this rate "
         )
     return result
+
+
+# ----------------------------------------------------------------------------- multi-device scaling
+
+
+@dataclass
+class ScalingResult:
+    """One device against ``len(devices)`` devices on the same videos (``vadpipe bench
+    extract --gpus``). Rates are end to end (clips / wall seconds of ``extract``, worker
+    start-up and model builds included); per-device rates are clips over the seconds from
+    that worker's model being ready to its exit."""
+
+    devices: tuple[str, ...]
+    clips: int
+    single_seconds: float
+    multi_seconds: float
+    per_device: dict[str, dict]
+    gpu_util: dict[str, dict[str, float | None]]
+
+    @property
+    def single_rate(self) -> float:
+        return self.clips / self.single_seconds if self.single_seconds > 0 else float("nan")
+
+    @property
+    def multi_rate(self) -> float:
+        return self.clips / self.multi_seconds if self.multi_seconds > 0 else float("nan")
+
+    @property
+    def efficiency(self) -> float:
+        """N-device rate / (N × one-device rate): 1.0 is perfect scaling."""
+        return self.multi_rate / (len(self.devices) * self.single_rate)
+
+
+class _GpuSampler:
+    """Samples the utilisation (%) of CUDA devices in a thread while a run goes on.
+
+    Uses ``torch.cuda.utilization`` (needs the ``nvidia-ml-py`` package), else ``nvidia-smi``.
+    :meth:`result` gives the mean per device, or ``None`` per device with :attr:`why` when
+    nothing could be sampled (no CUDA device: CPU runs).
+    """
+
+    def __init__(self, devices: tuple[str, ...], interval_s: float = 0.25):
+        indices = sorted({torch.device(d).index or 0 for d in devices if d.startswith("cuda")})
+        self.indices = indices if torch.cuda.is_available() else []
+        self.interval_s = interval_s
+        self.samples: dict[int, list[float]] = {i: [] for i in self.indices}
+        self.why = "" if self.indices else "n/a (no CUDA device)"
+        self._stop = None
+        self._thread = None
+
+    def _read(self) -> dict[int, float]:
+        try:
+            return {i: float(torch.cuda.utilization(i)) for i in self.indices}
+        except Exception as torch_error:  # pynvml missing, or NVML unusable
+            import os
+            import shutil
+            import subprocess
+
+            if not shutil.which("nvidia-smi"):
+                raise RuntimeError(f"torch.cuda.utilization failed ({torch_error}) and nvidia-smi is not installed")
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            physical = [int(v) for v in visible.split(",") if v.strip().isdigit()] if visible else []
+            out = subprocess.run(["nvidia-smi", "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            by_index = {int(a): float(b) for a, b in (line.split(",") for line in out.strip().splitlines())}
+            return {i: by_index[physical[i] if i < len(physical) else i] for i in self.indices}
+
+    def __enter__(self) -> "_GpuSampler":
+        import threading
+
+        if not self.indices:
+            return self
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    for i, v in self._read().items():
+                        self.samples[i].append(v)
+                except Exception as e:
+                    self.why = f"n/a ({e})"
+                    return
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name="gpu-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def result(self) -> dict[str, float | None]:
+        return {f"cuda:{i}": (sum(v) / len(v) if v else None) for i, v in self.samples.items()}
+
+    def text(self) -> str:
+        means = self.result()
+        if not means or all(v is None for v in means.values()):
+            return self.why or "n/a"
+        return ", ".join(f"{d} {v:.0f}%" if v is not None else f"{d} n/a" for d, v in means.items())
+
+
+def _scaling_inputs(video_or_folder: str | None, tmp: Path, seconds: float, n_videos: int, echo) -> list:
+    """The bench's videos: a folder's videos; ``n_videos`` links to one video; or
+    ``n_videos`` generated 320x240 videos from 0.5× to 1.5× ``seconds`` long."""
+    from vadpipe.pipeline.sources import discover
+
+    folder = tmp / "videos"
+    folder.mkdir()
+    if video_or_folder is not None and Path(video_or_folder).is_dir():
+        jobs = discover([video_or_folder])
+        echo(f"videos: {len(jobs)} from {video_or_folder}")
+        return jobs
+    if video_or_folder is not None:
+        src = Path(video_or_folder).resolve()
+        for k in range(n_videos):
+            (folder / f"copy{k:03d}{src.suffix}").symlink_to(src)
+        echo(f"videos: {n_videos} links to {video_or_folder}")
+        return discover([folder])
+    lengths = [seconds * (0.5 + k / max(1, n_videos - 1)) for k in range(n_videos)]
+    for k, length in enumerate(lengths):
+        make_synthetic_video(folder / f"synthetic{k:03d}.mp4", seconds=length, seed=k)
+    echo(f"videos: {n_videos} generated 320x240 H.264 at 30 fps, {min(lengths):g}-{max(lengths):g} s "
+         f"({sum(lengths):g} s in all)")
+    return discover([folder])
+
+
+def run_scaling_bench(video_or_folder: str | None, config: ExtractConfig, devices: tuple[str, ...], *,
+                      seconds: float = 10.0, n_videos: int | None = None, echo=print) -> ScalingResult:
+    """Time ``vadpipe extract`` on one device, then on all ``devices``, on the same videos.
+
+    Args:
+        video_or_folder: a folder of videos, one video (linked ``n_videos`` times), or
+            ``None`` to generate ``n_videos`` videos around ``seconds`` long.
+        config: extraction settings; ``workers`` and ``batch_clips`` are per device, the
+            same in both runs. The one-device run uses ``devices[0]``.
+        devices: the devices of the multi-device run (at least two).
+        seconds: mean length of generated videos.
+        n_videos: videos to generate or links to make (default ``4 × len(devices)``).
+
+    Prints clips/s of both runs, per-device clips/s, the scaling efficiency (N-device
+    rate / (N × one-device rate)) and the GPU utilisation ("n/a" without CUDA).
+    """
+    from vadpipe.errors import ConfigError
+    from vadpipe.extractors import get_backbone
+    from vadpipe.pipeline.runner import extract
+
+    devices = tuple(devices)
+    if len(devices) < 2:
+        raise ConfigError(f"the scaling bench needs at least two devices, got {devices}")
+    config = config.with_preset(get_backbone(config.backbone).preset)
+    n_videos = n_videos or 4 * len(devices)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = _scaling_inputs(video_or_folder, Path(tmp), seconds, n_videos, echo)
+        echo(f"per device: precision {config.precision}, crops {config.crops}, batch {config.batch_clips} clips, "
+             f"{config.workers} decoding worker(s); torch threads {torch.get_num_threads()} in this process")
+        for name, cfg, used in (("1 device", replace(config, device=devices[0], devices=()), devices[:1]),
+                                (f"{len(devices)} devices", replace(config, devices=devices), devices)):
+            with _GpuSampler(used) as gpu:
+                t = time.perf_counter()
+                summary = extract(jobs, Path(tmp) / name.replace(" ", "_"), cfg, progress=False)
+                dt = time.perf_counter() - t
+            if summary.failed:
+                raise RuntimeError(f"bench run on {name} failed: {summary.failures}")
+            runs.append((summary, dt, gpu))
+    (one, t1, gpu1), (many, tn, gpun) = runs
+    if one.clips != many.clips:
+        raise RuntimeError(f"the runs disagree: {one.clips} clips on one device, {many.clips} on {len(devices)}")
+    result = ScalingResult(devices=devices, clips=many.clips, single_seconds=t1, multi_seconds=tn,
+                           per_device=many.per_device, gpu_util={"single": gpu1.result(), "multi": gpun.result()})
+    names = (f"1 device ({devices[0]}):", f"{len(devices)} devices ({','.join(devices)}):")
+    width = max(len(n) for n in names)
+    for name, rate, dt, gpu in ((names[0], result.single_rate, t1, gpu1), (names[1], result.multi_rate, tn, gpun)):
+        echo(f"{name:<{width}} {rate:8.2f} clips/s   ({result.clips} clips in {dt:.2f} s)   GPU util {gpu.text()}")
+    for label, st in many.per_device.items():
+        rate = st["clips"] / st["active_s"] if st.get("active_s") else float("nan")
+        echo(f"  {label:<12} {rate:8.2f} clips/s   ({st['clips']} clips, {st['videos']} videos in "
+             f"{st['active_s']:.2f} s after a {st['startup_s']:.2f} s start-up)")
+    echo(f"scaling efficiency {result.efficiency:.2f}  (= {result.multi_rate:.2f} / ({len(devices)} × "
+         f"{result.single_rate:.2f}); 1.00 is perfect)")
+    return result

@@ -142,7 +142,7 @@ def bench() -> None:
 
 
 @bench.command("extract")
-@click.argument("video", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("video", required=False, type=click.Path(exists=True))
 @click.option("--backbone", default="i3d", show_default=True)
 @click.option("--crops", type=click.Choice(["1", "5", "10"]), default="10", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
@@ -154,20 +154,39 @@ def bench() -> None:
 @click.option("--stages", default="decode,preprocess,model,e2e", show_default=True,
               help="Comma-separated subset of decode, preprocess, model, e2e.")
 @click.option("--random-weights", is_flag=True, help="Benchmark without installed weights (same speed).")
+@click.option("--gpus", default=None, metavar="0,1,...",
+              help="Scaling bench instead of the stages: extract on the first GPU, then on all of them (one "
+                   "worker each), on the same videos; prints clips/s, per-GPU clips/s, scaling efficiency and "
+                   "GPU utilisation.")
+@click.option("--devices", "device_list", default=None, metavar="DEV,DEV,...",
+              help="Like --gpus with explicit devices (cpu,cpu works, without scaling on a small CPU).")
+@click.option("--videos", "n_videos", default=None, type=click.IntRange(1),
+              help="Scaling bench: videos to generate (0.5x to 1.5x --seconds long) or links to VIDEO "
+                   "[default: 4 per device]; a folder VIDEO is used as it is.")
 def bench_extract(video, backbone, crops, precision, device, batch_clips, workers, seconds, model_iters, stages,
-                  random_weights) -> None:
+                  random_weights, gpus, device_list, n_videos) -> None:
     """Decode frames/s, preprocess clips/s, model clips/s and end-to-end clips/s on VIDEO
-    (or a generated 320x240 H.264 video)."""
-    from vadpipe.bench import run_extract_bench
+    (or a generated 320x240 H.264 video); with --gpus/--devices, multi-device scaling on
+    VIDEO (a file or a folder) or generated videos."""
+    from pathlib import Path
+
+    from vadpipe.bench import run_extract_bench, run_scaling_bench
     from vadpipe.pipeline.config import ExtractConfig
     from vadpipe.pipeline.runner import default_batch_clips, default_workers, resolve_device
 
     try:
-        dev = resolve_device(device)
-        workers = default_workers(dev) if workers is None else workers
+        devices = _parse_devices(gpus, device_list)
+        dev = resolve_device(devices[0] if devices else device)
+        workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
         batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
         config = ExtractConfig(backbone=backbone, crops=int(crops), precision=precision, device=device,
                                batch_clips=batch_clips, workers=workers, random_weights=random_weights)
+        if devices:
+            run_scaling_bench(video, config, devices, seconds=seconds, n_videos=n_videos, echo=click.echo)
+            return
+        if video is not None and Path(video).is_dir():
+            raise click.BadParameter("the stage bench takes one video; a folder only with --gpus/--devices",
+                                     param_hint="VIDEO")
         wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
         unknown = set(wanted) - {"decode", "preprocess", "model", "e2e"}
         if unknown:

@@ -42,3 +42,7 @@ class FeatureLoadError(VadpipeError):
 
 class EvaluationError(VadpipeError):
     """Scores and ground truth do not fit together (missing videos, length mismatch)."""
+
+
+class WorkerError(VadpipeError):
+    """A worker process of a multi-device run stopped before it could take work."""

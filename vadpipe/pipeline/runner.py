@@ -15,15 +15,17 @@ settings and whose files are intact, unless ``force`` is set.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -64,6 +66,7 @@ class ExtractSummary:
     seconds: float = 0.0
     manifest: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
+    per_device: dict[str, dict] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -84,7 +87,9 @@ class ExtractSummary:
 class _ClipStream(IterableDataset):
     """Yields, per video, resized uint8 clip batches ``[n, 3, T, h, w]`` then a ``done`` record.
 
-    With several workers, worker ``w`` takes the videos ``w, w + W, w + 2W, ...``.
+    With several workers, worker ``w`` takes the videos ``w, w + W, w + 2W, ...``. The
+    ``done`` record carries the video's :class:`VideoJob` (``"video"``), so a consumer that
+    did not hand out the jobs itself (a multi-device worker) knows which video finished.
     """
 
     def __init__(self, jobs: list[VideoJob], config: ExtractConfig):
@@ -95,13 +100,12 @@ class _ClipStream(IterableDataset):
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
         for index in range(wid, len(self.jobs), nworkers):
-            yield from self._video(index)
+            yield from self._video(index, self.jobs[index])
 
-    def _video(self, index: int) -> Iterator[dict]:
+    def _video(self, index: int, job: VideoJob) -> Iterator[dict]:
         cfg = self.config
-        job = self.jobs[index]
         started = time.time()
-        done = {"kind": "done", "job": index, "started": started, "n_frames": 0, "fps": 0.0,
+        done = {"kind": "done", "job": index, "video": job, "started": started, "n_frames": 0, "fps": 0.0,
                 "n_clips": 0, "decoder": "", "error": ""}
         try:
             with open_video(job.path, backend=cfg.decoder, fps=cfg.fps) as reader:
@@ -296,6 +300,55 @@ class RunContext:
         """Rewrite ``features.csv`` from the rows held now (atomic)."""
         write_manifest(self.manifest, list(self.rows.values()))
 
+    def writer(self) -> WriteContext:
+        """The picklable part of this context, for :func:`finish_video` in worker processes."""
+        return WriteContext(root=self.root, config=self.config, spec=self.spec,
+                            config_hash=self.config_hash, weights_sha256=self.weights_sha256)
+
+
+@dataclass
+class WriteContext:
+    """The part of a :class:`RunContext` that :func:`finish_video` needs, and that a worker
+    process can receive: where and how to write one video's features.
+
+    It pickles the backbone by name (with the module that registered it, so plugin
+    backbones such as the tests' are registered again in a spawned process), never the
+    builder itself.
+    """
+
+    root: Path
+    config: ExtractConfig
+    spec: BackboneSpec
+    config_hash: str
+    weights_sha256: str
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        spec = state.pop("spec")
+        state["spec_ref"] = (spec.name, getattr(spec.build, "__module__", None))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        name, module = state.pop("spec_ref")
+        self.__dict__.update(state)
+        self.spec = backbone_by_name(name, module)
+
+
+def backbone_by_name(name: str, module: str | None = None) -> BackboneSpec:
+    """The registered backbone ``name``, importing ``module`` first when it is not loaded yet
+    (the module that registers it, for backbones outside vadpipe).
+
+    Raises:
+        ConfigError: ``module`` cannot be imported or ``name`` is not registered.
+    """
+    if module and module not in sys.modules and module != "__main__":
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"backbone {name!r} is registered by {module!r}, which cannot be imported: {e}") from e
+    return get_backbone(name)
+
 
 ENGINES = ("local", "ray")
 
@@ -404,6 +457,8 @@ def extract(
     run_record.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       ok=summary.ok, failed=summary.failed, skipped=summary.skipped,
                       clips=summary.clips, seconds=round(summary.seconds, 3))
+    if summary.per_device:
+        run_record["per_device"] = summary.per_device
     atomic_write_text(run_file, json.dumps(run_record, indent=2))
     return summary
 
@@ -422,37 +477,12 @@ def _run(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progress: b
         prefetch_factor=4 if config.workers else None,
         multiprocessing_context="spawn" if config.workers and model.device.type == "cuda" else None,
     )
-    parts: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    pending: list[dict] = []
-    n_pending = 0
     t_start = time.time()
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
-
-    def flush() -> None:
-        nonlocal pending, n_pending
-        if not pending:
-            return
-        feats = model([p["data"] for p in pending])
-        offset = 0
-        for p in pending:
-            n = p["data"].shape[0]
-            parts.setdefault(p["job"], []).append((p["start"], feats[offset:offset + n]))
-            offset += n
-        summary.clips += offset
-        pending, n_pending = [], 0
-
     try:
-        for item in loader:
-            if item["kind"] == "clips":
-                pending.append(item)
-                n_pending += item["data"].shape[0]
-                if n_pending >= config.batch_clips:
-                    flush()
-                continue
-            if any(p["job"] == item["job"] for p in pending):
-                flush()
-            job = todo[item["job"]]
-            ctx.record(finish_video(ctx, job, item, parts.pop(item["job"], [])))
+        for item, parts in finished_videos(loader, model, config.batch_clips):
+            summary.clips += sum(len(f) for _, f in parts)
+            ctx.record(finish_video(ctx, todo[item["job"]], item, parts))
             bar.update(1)
             elapsed = time.time() - t_start
             bar.set_postfix(clips_per_s=f"{summary.clips / max(elapsed, 1e-9):.1f}", failed=summary.failed)
@@ -460,11 +490,54 @@ def _run(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progress: b
         bar.close()
 
 
-def finish_video(ctx: RunContext, job: VideoJob, item: dict, parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
+def finished_videos(items: Iterable[dict], model: FeatureModel,
+                    batch_clips: int) -> Iterator[tuple[dict, list[tuple[int, torch.Tensor]]]]:
+    """Run ``model`` on the clip batches of :class:`_ClipStream` items, batching clips across
+    videos, and yield each video as soon as its features are complete.
+
+    A forward pass runs when ``batch_clips`` clips are pending, or early when a video's
+    ``done`` record arrives while some of its clips are still pending. Items of other kinds
+    (e.g. the idle heartbeats of a queue-fed stream) are skipped.
+
+    Yields:
+        ``(done record, parts)``: ``parts`` are ``(first clip index, features [n, crops, D])``
+        chunks on the model's device, in any order (empty when decoding failed early).
+    """
+    parts: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    pending: list[dict] = []
+    n_pending = 0
+
+    def flush() -> None:
+        nonlocal pending, n_pending
+        feats = model([p["data"] for p in pending])
+        offset = 0
+        for p in pending:
+            n = p["data"].shape[0]
+            parts.setdefault(p["job"], []).append((p["start"], feats[offset:offset + n]))
+            offset += n
+        pending, n_pending = [], 0
+
+    for item in items:
+        kind = item["kind"]
+        if kind == "clips":
+            pending.append(item)
+            n_pending += item["data"].shape[0]
+            if n_pending >= batch_clips:
+                flush()
+            continue
+        if kind != "done":
+            continue
+        if any(p["job"] == item["job"] for p in pending):
+            flush()
+        yield item, parts.pop(item["job"], [])
+
+
+def finish_video(ctx: RunContext | WriteContext, job: VideoJob, item: dict,
+                 parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
     """Write one video's features (atomically) and return its manifest row.
 
     Args:
-        ctx: the run.
+        ctx: the run, or its picklable :class:`WriteContext` (in a worker process).
         job: the video.
         item: its ``done`` record from :class:`_ClipStream` (frames, fps, decoder, error).
         parts: ``(first clip index, features [n, crops, D])`` chunks in any order.
