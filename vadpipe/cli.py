@@ -63,8 +63,11 @@ def main(verbose: bool) -> None:
               help="Clips per forward pass, each with all its crops [default: 16 on CUDA, 2 on CPU].")
 @click.option("--workers", default=None, type=click.IntRange(0),
               help="Decode/preprocess worker processes [default: 1 on CPU, up to 8 with CUDA].")
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
-              help="auto uses decord where it is frame-exact, PyAV elsewhere.")
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav", "torchcodec", "torchcodec-cuda"]),
+              default="auto", show_default=True,
+              help="auto uses decord where it is frame-exact, PyAV elsewhere. torchcodec (CPU) and "
+                   "torchcodec-cuda (NVDEC) decode where checked equal to PyAV, PyAV elsewhere "
+                   "(pip install torchcodec; needs FFmpeg's shared libraries).")
 @click.option("--no-channels-last", is_flag=True, help="Do not use channels_last_3d on CUDA.")
 @click.option("--gpus", default=None, metavar="0,1,...",
               help="One worker process per listed GPU; videos go longest first through a shared queue.")
@@ -600,7 +603,10 @@ def apply(checkpoint, data, out, device) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-clips", default=None, type=click.IntRange(1))
 @click.option("--workers", default=None, type=click.IntRange(0))
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True)
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav", "torchcodec", "torchcodec-cuda"]),
+              default="auto", show_default=True,
+              help="As for extract: auto (decord where frame-exact, else PyAV), decord, pyav, torchcodec, "
+                   "torchcodec-cuda.")
 @click.option("--random-weights", is_flag=True, help="Backbone with random weights (tests/benchmarks only).")
 @click.option("--force", is_flag=True, help="Recompute features even when the features folder has them.")
 @click.option("--stream", is_flag=True, help="Score one video (file, growing file or - for stdin) clip by clip, "

@@ -32,7 +32,8 @@ class ExtractConfig:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         batch_clips: clips per forward pass (times ``crops`` samples).
         workers: decoding/preprocessing worker processes (0: in the main process).
-        decoder: ``auto``, ``decord`` or ``pyav``.
+        decoder: ``auto``, ``decord``, ``pyav``, ``torchcodec`` or ``torchcodec-cuda`` (see
+            :mod:`vadpipe.pipeline.decode`).
         channels_last: use ``torch.channels_last_3d`` memory format on CUDA.
         random_weights: run the backbone with random weights (tests and benchmarks only).
         devices: one worker process per device (``("cuda:0", "cuda:1")``; ``("cpu", "cpu")``

@@ -1,4 +1,4 @@
-"""Reading a video as RGB frames: decord when it is safe, PyAV (FFmpeg) otherwise.
+"""Reading a video as RGB frames: decord when it is safe, PyAV (FFmpeg) otherwise; torchcodec on request.
 
 Reference semantics
 -------------------
@@ -59,10 +59,66 @@ ending with fewer frames than packets by more than ``max(2 frames, 5 %)`` (the m
 allows for the few frames a decoder may legitimately drop, e.g. leading frames that
 reference a missing keyframe). decord cannot report such losses (it pads with copies of
 the last good frame); it raises on hard decoder errors, which are wrapped the same way.
+
+torchcodec
+----------
+``backend="torchcodec"`` decodes with torchcodec's FFmpeg CPU decoder and
+``backend="torchcodec-cuda"`` with NVDEC on the current CUDA device
+(``VideoDecoder(path, device="cuda:N")``); both hand back host uint8 ``[t, H, W, 3]``
+chunks like the other backends, so the rest of the pipeline is unchanged (NVDEC frames are
+copied to the host; a later step could keep them on the GPU and resize/crop there). They
+are only used when asked for: ``"auto"`` never picks them. torchcodec loads the FFmpeg
+shared libraries of the system, which are usually another FFmpeg version than the one
+bundled with PyAV (measured: torchcodec 0.17.0 on Debian's FFmpeg 5.1 against PyAV 18.1.0
+with its FFmpeg 8), so the same bytes can decode to different pixels. Measured on the
+videos of ``tests/test_decode.py`` and ``tests/test_decode_torchcodec.py``:
+
+* bit-identical to PyAV: H.264 (with and without B-frames, 4:2:0/4:2:2/4:4:4, full range,
+  BT.709 tags, odd sizes, variable frame rate, non-zero start, MP4 edit lists that hide
+  pre-roll frames), HEVC, VP8, VP9, AV1, FFV1, HuffYUV, in MP4/MOV, Matroska/WebM, AVI
+  and FLV; the real fixtures bikes, carphone and bigbuckbunny;
+* different pixels: MS-MPEG4v3 (``vtest.avi``: ±2 levels in a few pixels from the third
+  frame on, spreading over the next frames: the two FFmpeg versions' decoders differ;
+  a synthetic MS-MPEG4v3 file happened to match). MPEG-1/2/4 Part 2, H.263,
+  WMV and MJPEG decoded alike on the synthetic files, but their inverse DCT is not
+  bit-exact by specification (only its accuracy is), so decoder versions may differ on
+  them the same way;
+* 10-bit ``yuv420p10le`` H.264: different RGB from the first frame on (max 48-63 levels,
+  mean ~0.6);
+* wrong frames: MPEG-TS and MPEG-PS (torchcodec's index starts at the wrong frame, and it
+  raises part-way), AVI with B-frames (frame times are not the packet times);
+* torchcodec applies a rotation stored in the container (phone videos); PyAV does not.
+
+So a torchcodec backend decodes a file only when all of these hold, and otherwise uses
+PyAV and says why in :attr:`VideoInfo.fallback_reason` (as ``"auto"`` does for decord):
+
+1. the container is MP4/MOV, Matroska/WebM, AVI or FLV (:data:`TORCHCODEC_CONTAINERS`);
+2. the codec decodes bit-exactly by specification (:data:`TORCHCODEC_CODECS`);
+3. the decoded pixel format is 8-bit YUV (:data:`DECORD_PIXEL_FORMATS`), every shown
+   packet has a timestamp, and the container stores no rotation;
+4. torchcodec opens the file (a demux pass of its own, ``seek_mode="exact"``), counts the
+   packets FFmpeg will show, reports the probed frame size, and its first frame has the
+   first packet's timestamp and PyAV's pixels: bit-identical on the CPU; for NVDEC, whose
+   colour conversion runs on the GPU, a mean abs difference <= 1 with at least 99 % of the
+   values within ±3 (torchcodec's own CUDA tolerance). This costs one frame decoded by
+   each library when the reader is opened;
+5. while decoding, every frame's timestamp equals the container's, in order. A mismatch,
+   or any torchcodec error, switches to PyAV at that frame (the frames already returned
+   were checked) and says so in ``info``. A corrupt file thus ends with PyAV's
+   :class:`~vadpipe.errors.VideoDecodeError`, as with ``backend="pyav"``.
+
+Only the first frame's pixels are compared: a file that passes the checks but decodes to
+different pixels later (as MS-MPEG4v3 does) is kept out by rule 2, not detected.
+``torchcodec-cuda`` also falls back when torchcodec would decode the file on the CPU
+itself (a codec or format NVDEC lacks). A missing torchcodec or FFmpeg library, or no CUDA
+for ``torchcodec-cuda``, is a :class:`~vadpipe.errors.ConfigError` (:func:`check_backend`),
+never a fallback.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import numbers
 import os
@@ -79,16 +135,44 @@ from vadpipe.errors import ConfigError, VideoDecodeError
 
 __all__ = [
     "BACKENDS",
+    "DECODERS",
     "DECORD_CONTAINERS",
     "DECORD_PIXEL_FORMATS",
+    "TORCHCODEC_BACKENDS",
+    "TORCHCODEC_CODECS",
+    "TORCHCODEC_CONTAINERS",
     "VideoInfo",
     "VideoReader",
+    "check_backend",
     "open_video",
     "probe",
 ]
 
-#: Accepted values of ``backend``.
+#: The backends that always work here (PyAV and decord are dependencies).
 BACKENDS = ("auto", "decord", "pyav")
+
+#: The torchcodec backends (CPU, NVDEC): optional (torchcodec, FFmpeg's shared libraries,
+#: a GPU for NVDEC), only used when asked for by name.
+TORCHCODEC_BACKENDS = ("torchcodec", "torchcodec-cuda")
+
+#: Accepted values of ``backend``.
+DECODERS = BACKENDS + TORCHCODEC_BACKENDS
+
+#: FFmpeg demuxer names of the containers torchcodec is trusted with.
+TORCHCODEC_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "flv"})
+
+#: Codecs (FFmpeg codec ids) whose decoding is bit-exact by specification and measured
+#: equal to PyAV's: integer transforms (H.264, HEVC, VP8, VP9, AV1) or lossless.
+TORCHCODEC_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "ffv1", "huffyuv"})
+
+#: NVDEC's colour conversion is not FFmpeg's: torchcodec's own CUDA tolerance (atol 3)
+#: for at least this fraction of the values, and at most this mean abs difference.
+_CUDA_ATOL = 3
+_CUDA_WITHIN_ATOL = 0.99
+_CUDA_MEAN_TOLERANCE = 1.0
+
+#: Largest allowed difference between torchcodec's frame times and the container's (s).
+_TORCHCODEC_PTS_TOLERANCE_S = 1e-6
 
 #: FFmpeg demuxer names of the containers decord is trusted with under ``"auto"``.
 DECORD_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi"})
@@ -116,9 +200,11 @@ class VideoInfo:
             duration; ``None`` when it states neither. May be wrong (an MP4 edit list hides
             some of the counted frames; headers can lie): the exact count is
             :attr:`VideoReader.frames_read` after a full iteration.
-        backend: ``"decord"`` or ``"pyav"``: what actually decodes.
-        fallback_reason: why ``backend="auto"`` did not use decord; ``None`` when decord
-            is used or the backend was forced.
+        backend: ``"decord"``, ``"pyav"``, ``"torchcodec"`` or ``"torchcodec-cuda"``:
+            what actually decodes.
+        fallback_reason: why ``backend="auto"`` did not use decord, or why a torchcodec
+            backend handed the file to PyAV; ``None`` when the chosen backend decodes
+            (or ``"decord"``/``"pyav"`` was forced).
     """
 
     path: str
@@ -137,6 +223,7 @@ class _Probe:
     path: str
     container: str
     codec: str
+    codec_id: str           # FFmpeg codec id name ("av1" where the decoder is "libdav1d")
     pix_fmt: str | None
     width: int
     height: int
@@ -303,6 +390,11 @@ def _parse_duration_tag(value: str | None) -> float | None:
     return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 
 
+def _codec_id(ctx: Any) -> str:
+    codec = getattr(ctx, "codec", None)
+    return str(getattr(codec, "canonical_name", None) or ctx.name)
+
+
 def _native_fps(stream: Any, pts: np.ndarray) -> Fraction:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
@@ -361,7 +453,8 @@ def _probe_unguarded(path: str) -> _Probe:
             if claimed_duration is None and len(container.streams) == 1 and container.duration:
                 claimed_duration = container.duration / 1_000_000
         info = _Probe(
-            path=path, container=fmt, codec=ctx.name, pix_fmt=ctx.pix_fmt, width=width, height=height,
+            path=path, container=fmt, codec=ctx.name, codec_id=_codec_id(ctx), pix_fmt=ctx.pix_fmt,
+            width=width, height=height,
             native_fps=_native_fps(stream, pts_arr), time_base=time_base,
             claimed_frames=claimed_frames, claimed_duration=claimed_duration,
             n_packets=n_packets, n_empty=n_empty, n_discarded=n_discarded, n_missing_pts=n_missing,
@@ -462,6 +555,196 @@ def _decord_verdict(info: _Probe, threads: int) -> tuple[Any | None, str | None]
     return vr, None
 
 
+# ----------------------------------------------------------------------------- torchcodec side
+
+
+class _BackendFailed(Exception):
+    """A torchcodec backend cannot go on with this file: PyAV takes over (the message says why)."""
+
+
+_TORCHCODEC_FIX = ("it needs torchcodec (`pip install torchcodec`, the release that matches the installed torch) "
+                   "and FFmpeg's shared libraries (Debian/Ubuntu: `apt-get install ffmpeg`, conda: "
+                   "`conda install ffmpeg`); or use --decoder auto")
+
+
+@functools.lru_cache(maxsize=None)
+def _torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode videos here, or ``None`` when it can (checked once)."""
+    try:
+        import torchcodec
+
+        importlib.import_module("torchcodec.decoders")  # loads the video decoder's libraries
+    except ImportError as e:
+        return f"torchcodec cannot be imported ({_brief(e)})"
+    except Exception as e:  # e.g. RuntimeError "Could not load libtorchcodec" (no FFmpeg, or a torch mismatch)
+        first = (str(e).strip().splitlines() or [""])[0][:300]  # the rest is a traceback per FFmpeg version
+        return f"torchcodec cannot be loaded ({type(e).__name__}: {first})"
+    # newer torchcodec imports without FFmpeg (its image decoders do not need it) and says
+    # so here; its video decoder would raise "Could not load libtorchcodec" when called
+    if getattr(torchcodec, "ffmpeg_major_version", 0) is None:
+        return "torchcodec found no FFmpeg libraries it can load (libavcodec, libavformat, ...)"
+    return None
+
+
+def _cuda_problem() -> str | None:
+    """Why ``torchcodec-cuda`` cannot run here, or ``None``."""
+    import torch
+    import torchcodec
+
+    if not torch.cuda.is_available():
+        return (f"CUDA is not available to torch {torch.__version__} "
+                f"(built for CUDA {torch.version.cuda or 'none: a CPU-only build'})")
+    version = str(getattr(torchcodec, "__version__", ""))
+    if version.endswith("+cpu"):
+        return f"torchcodec {version} is a CPU-only build (install a CUDA build of torchcodec)"
+    return None
+
+
+def check_backend(backend: str) -> None:
+    """Raise :class:`ConfigError` if ``backend`` is unknown or cannot run on this machine.
+
+    ``torchcodec`` needs torchcodec and FFmpeg's shared libraries, ``torchcodec-cuda``
+    also a CUDA GPU; the other backends are always available here (decord is checked per
+    file: ``"auto"`` falls back to PyAV without it). Cheap after the first call: a run can
+    call it once before its first video.
+    """
+    if backend not in DECODERS:
+        raise ConfigError(f"unknown decoder backend {backend!r}; choose one of {', '.join(DECODERS)}")
+    if backend not in TORCHCODEC_BACKENDS:
+        return
+    problem = _torchcodec_problem()
+    if problem is not None:
+        raise ConfigError(f"decoder {backend!r} is not available: {problem}; {_TORCHCODEC_FIX}")
+    if backend == "torchcodec-cuda":
+        problem = _cuda_problem()
+        if problem is not None:
+            raise ConfigError(f"decoder 'torchcodec-cuda' decodes on a CUDA GPU (NVDEC), but {problem}; "
+                              "use --decoder torchcodec (CPU) or auto")
+
+
+def _torchcodec_device(backend: str) -> str:
+    if backend != "torchcodec-cuda":
+        return "cpu"
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}"  # the device a worker selected, as the model's
+
+
+def _open_torchcodec(path: str, backend: str, threads: int) -> Any:
+    from torchcodec.decoders import VideoDecoder
+
+    return VideoDecoder(os.path.abspath(path), dimension_order="NHWC", seek_mode="exact",
+                        num_ffmpeg_threads=threads, device=_torchcodec_device(backend))
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    """A torchcodec frame tensor (CPU or CUDA) as a C-contiguous uint8 numpy array."""
+    return np.ascontiguousarray(t.cpu().numpy(), dtype=np.uint8)
+
+
+def _pyav_first_frame(path: str) -> np.ndarray | None:
+    """PyAV's first presented frame (RGB), or ``None`` when it cannot decode one."""
+    try:
+        container = _open_container(path)
+    except VideoDecodeError:
+        return None
+    try:
+        stream = _video_stream(container, path)
+        for frame in container.decode(stream):
+            return frame.to_ndarray(format="rgb24")
+    except MemoryError:
+        raise
+    except Exception:
+        return None
+    finally:
+        container.close()
+    return None
+
+
+def _expected_seconds(info: _Probe) -> np.ndarray:
+    """The container's presentation times of the shown frames, in seconds, as torchcodec reports them."""
+    return info.pts.astype(np.float64) * float(info.time_base)
+
+
+def _pixels_differ(got: np.ndarray, ref: np.ndarray, cuda: bool) -> str | None:
+    """Why ``got`` is not PyAV's ``ref`` (``None`` when it is, within the backend's tolerance)."""
+    if got.shape != ref.shape:
+        return f"frame shape {got.shape} != PyAV's {ref.shape}"
+    diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
+    worst, mean = int(diff.max()), float(diff.mean())
+    if not cuda:
+        return None if worst == 0 else (f"its first frame differs from PyAV's (max abs difference {worst}, "
+                                        f"mean {mean:.3f})")
+    within = float(np.mean(diff <= _CUDA_ATOL))
+    if mean <= _CUDA_MEAN_TOLERANCE and within >= _CUDA_WITHIN_ATOL:
+        return None
+    return (f"NVDEC's first frame is further from PyAV's than the CUDA tolerance (mean abs difference "
+            f"{mean:.3f}, {100 * within:.1f} % of values within ±{_CUDA_ATOL}, max {worst})")
+
+
+def _torchcodec_verdict(info: _Probe, backend: str, threads: int) -> tuple[Any | None, str | None]:
+    """``(torchcodec decoder, None)`` when it decodes this file like PyAV, else ``(None, reason)``.
+
+    Raises:
+        ConfigError: ``torchcodec-cuda`` and NVDEC's library (libnvcuvid) is missing.
+    """
+    if info.container not in TORCHCODEC_CONTAINERS:
+        what = {"mpegts": "MPEG-TS", "mpeg": "MPEG-PS"}.get(info.container, repr(info.container))
+        return None, (f"container {what}: torchcodec is only trusted with MP4/MOV, Matroska/WebM, AVI and FLV"
+                      + (" (its frame index starts at the wrong frame on MPEG-TS/PS)"
+                         if info.container in ("mpegts", "mpeg") else ""))
+    if info.codec_id not in TORCHCODEC_CODECS:
+        return None, (f"codec {info.codec_id}: its decoding is not bit-exact by specification, and torchcodec's "
+                      "FFmpeg version may decode it differently from PyAV's")
+    if info.pix_fmt not in DECORD_PIXEL_FORMATS:
+        return None, f"pixel format {info.pix_fmt}: torchcodec's RGB conversion differs from PyAV's"
+    if info.n_missing_pts:
+        return None, f"{info.n_missing_pts} packet(s) without timestamps"
+    cuda = backend == "torchcodec-cuda"
+    try:
+        dec = _open_torchcodec(info.path, backend, threads)
+    except MemoryError:
+        raise
+    except Exception as e:
+        return None, f"torchcodec cannot open the file ({_brief(e)})"
+    if cuda:
+        status = getattr(dec, "cpu_fallback", None)  # torchcodec >= 0.8
+        if status:
+            if "nvcuvid unavailable" in str(status).lower():
+                raise ConfigError("decoder 'torchcodec-cuda': NVDEC's library (libnvcuvid.so, part of the NVIDIA "
+                                  "driver) cannot be loaded; install the driver's video decoding library or use "
+                                  "--decoder torchcodec")
+            return None, f"NVDEC cannot decode this video, torchcodec would decode it on the CPU ({status})"
+    meta = dec.metadata
+    rotation = getattr(meta, "rotation", None)
+    if rotation:
+        return None, f"the container stores a {rotation:g} degree rotation: torchcodec applies it, PyAV does not"
+    n = len(dec)
+    if n != info.n_shown:
+        return None, f"torchcodec frame count {n} != container {info.n_shown}"
+    if (meta.width, meta.height) not in ((None, None), (info.width, info.height)):
+        return None, f"torchcodec frame size {meta.width}x{meta.height} != container {info.width}x{info.height}"
+    try:
+        first = dec.get_frame_at(0)
+        got = _tensor_to_numpy(first.data)
+        t0 = float(first.pts_seconds)
+    except MemoryError:
+        raise
+    except Exception as e:
+        return None, f"torchcodec cannot decode the first frame ({_brief(e)})"
+    expected = float(_expected_seconds(info)[0])
+    if abs(t0 - expected) > _TORCHCODEC_PTS_TOLERANCE_S:
+        return None, (f"torchcodec's first frame is at {t0:.6f} s, the container's at {expected:.6f} s "
+                      "(its frame index does not follow the presentation order)")
+    ref = _pyav_first_frame(info.path)
+    if ref is None:
+        return None, "PyAV cannot decode the first frame to compare with"
+    reason = _pixels_differ(got, ref, cuda)
+    if reason is not None:
+        return None, reason
+    return dec, None
+
+
 def _brief(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[-1] if text else type(e).__name__)[:300]
@@ -527,11 +810,13 @@ class VideoReader:
     Args:
         path: the video file.
         backend: ``"auto"`` (decord when safe for this file, else PyAV; see the module
-            docstring), ``"decord"`` or ``"pyav"`` (forced, no checks).
+            docstring), ``"decord"`` or ``"pyav"`` (forced, no checks), ``"torchcodec"``
+            (CPU) or ``"torchcodec-cuda"`` (NVDEC): torchcodec where it is checked to
+            decode this file like PyAV, else PyAV (see the module docstring).
         fps: ``None``: every frame. A rate: resample on the presentation time line, output
             ``k`` being the source frame with the largest timestamp ``<= k / fps`` (times
             relative to the first frame; ``ceil(duration * fps)`` frames). The choice uses
-            exact container timestamps, so both backends pick the same frames.
+            exact container timestamps, so all backends pick the same frames.
         chunk_size: most frames per chunk of :meth:`iter_chunks`.
         threads: decoder threads (0: the library's automatic choice).
 
@@ -539,7 +824,8 @@ class VideoReader:
         VideoDecodeError: the file is missing, empty, a directory, not a video, has no
             video stream, or is truncated (see the module docstring); or
             ``backend="decord"`` was forced and decord cannot open it.
-        ConfigError: an invalid ``backend``, ``fps`` or ``chunk_size``.
+        ConfigError: an invalid ``backend``, ``fps`` or ``chunk_size``; a torchcodec
+            backend that cannot run here (:func:`check_backend`).
 
     Attributes:
         info: :class:`VideoInfo` of the video.
@@ -549,8 +835,7 @@ class VideoReader:
 
     def __init__(self, path: str | os.PathLike, *, backend: str = "auto", fps: float | None = None,
                  chunk_size: int = 64, threads: int = 0):
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown decoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real)
@@ -566,12 +851,16 @@ class VideoReader:
         self._probe = _probe(self.path)
         self._auto = backend == "auto"
         self._vr: Any | None = None
+        self._tc: Any | None = None  # torchcodec decoder opened by the check, for the first iteration
         reason: str | None = None
         if backend == "pyav":
             chosen = "pyav"
         elif backend == "decord":
             self._vr = self._new_decord()
             chosen = "decord"
+        elif backend in TORCHCODEC_BACKENDS:
+            self._tc, reason = _torchcodec_verdict(self._probe, backend, self._threads)
+            chosen = backend if self._tc is not None else "pyav"
         else:
             self._vr, reason = _decord_verdict(self._probe, self._threads)
             chosen = "decord" if self._vr is not None else "pyav"
@@ -591,9 +880,10 @@ class VideoReader:
         """Decode from the start, yielding consecutive frames in presentation order.
 
         Yields:
-            uint8 arrays ``[t, H, W, 3]`` (RGB, C-contiguous), ``1 <= t <= chunk_size``;
-            all chunks but the last have ``t == chunk_size``, except where ``auto`` had
-            to switch from decord to PyAV part-way (``info`` then says so).
+            uint8 arrays ``[t, H, W, 3]`` (RGB, C-contiguous, host memory also for
+            ``torchcodec-cuda``), ``1 <= t <= chunk_size``; all chunks but the last have
+            ``t == chunk_size``, except where ``auto`` had to switch from decord, or a
+            torchcodec backend from torchcodec, to PyAV part-way (``info`` then says so).
 
         Raises:
             VideoDecodeError: decoding fails (corrupt data) or ends clearly short of the
@@ -615,6 +905,7 @@ class VideoReader:
         for gen in list(self._iterators):
             gen.close()
         self._vr = None
+        self._tc = None
 
     def __enter__(self) -> VideoReader:
         return self
@@ -634,26 +925,39 @@ class VideoReader:
             for chunk in self._chunks(self.info.backend):
                 self.frames_read += len(chunk)
                 yield chunk
+            return
+        except _BackendFailed as e:
+            # torchcodec disagreed with the container part-way, or raised (a corrupt file
+            # raises again in PyAV, with PyAV's message): the frames returned so far were
+            # checked, PyAV goes on from there.
+            reason = f"PyAV took over after {self.frames_read} frames: {e}"
         except VideoDecodeError as e:
             if not (self._auto and self.info.backend == "decord"):
                 raise
             # decord passed the safety check but broke while decoding (it rejects some
             # frame sizes, for one): PyAV decodes the same frames, so go on from there.
-            self.info = replace(self.info, backend="pyav",
-                                fallback_reason=f"decord failed after {self.frames_read} frames: {e}")
-            skip = self.frames_read
-            for chunk in self._chunks("pyav"):
-                if skip >= len(chunk):
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
-                self.frames_read += len(chunk)
-                yield chunk
+            reason = f"decord failed after {self.frames_read} frames: {e}"
+        self.info = replace(self.info, backend="pyav", fallback_reason=reason)
+        skip = self.frames_read
+        for chunk in self._chunks("pyav"):
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            chunk, skip = chunk[skip:], 0
+            self.frames_read += len(chunk)
+            yield chunk
 
     def _chunks(self, backend: str) -> Iterator[np.ndarray]:
         if backend == "decord" and self._fps is None:
             return self._decord_chunks()
-        frames = self._decord_frames() if backend == "decord" else self._pyav_frames()
+        if backend in TORCHCODEC_BACKENDS and self._fps is None:
+            return (chunk for chunk, _ in self._torchcodec_chunks(backend))
+        if backend == "decord":
+            frames = self._decord_frames()
+        elif backend in TORCHCODEC_BACKENDS:
+            frames = self._torchcodec_frames(backend)
+        else:
+            frames = self._pyav_frames()
         return _stack(self._resampled(frames) if self._fps is not None else (f for f, _ in frames),
                       self.chunk_size)
 
@@ -711,6 +1015,55 @@ class VideoReader:
         for chunk in self._decord_chunks(vr):
             for frame in chunk:
                 yield frame, next(times)
+
+    def _take_torchcodec(self, backend: str) -> Any:
+        """The decoder opened by the check (first iteration), else a fresh one."""
+        dec, self._tc = self._tc, None
+        if dec is not None:
+            return dec
+        try:
+            return _open_torchcodec(self.path, backend, self._threads)
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise _BackendFailed(f"torchcodec cannot open the file again ({_brief(e)})") from e
+
+    def _torchcodec_chunks(self, backend: str) -> Iterator[tuple[np.ndarray, int]]:
+        """``(chunk, index of its first frame)``: consecutive ``get_frames_in_range`` calls
+        over 0..n-1 (sequential decoding, no seeks), each frame's time checked against the
+        container's."""
+        dec = self._take_torchcodec(backend)
+        expected = _expected_seconds(self._probe)
+        n = len(expected)
+        for start in range(0, n, self.chunk_size):
+            stop = min(n, start + self.chunk_size)
+            try:
+                batch = dec.get_frames_in_range(start, stop)
+                chunk = _tensor_to_numpy(batch.data)
+                times = batch.pts_seconds.cpu().numpy().astype(np.float64)
+            except MemoryError:
+                raise
+            except Exception as e:
+                raise _BackendFailed(f"torchcodec failed to decode frames {start}..{stop - 1} of {n} "
+                                     f"({_brief(e)})") from e
+            if chunk.shape[0] != stop - start or len(times) != stop - start:
+                raise _BackendFailed(f"torchcodec returned {chunk.shape[0]} frames for {start}..{stop - 1}")
+            if chunk.shape[1:] != (self._probe.height, self._probe.width, 3):
+                raise _BackendFailed(f"torchcodec frame shape {chunk.shape[1:]} at frame {start} != "
+                                     f"{(self._probe.height, self._probe.width, 3)}")
+            off = np.abs(times - expected[start:stop]) > _TORCHCODEC_PTS_TOLERANCE_S
+            if off.any():
+                i = start + int(np.argmax(off))
+                raise _BackendFailed(f"torchcodec frame {i} is at {times[i - start]:.6f} s, the container's "
+                                     f"frame {i} at {expected[i]:.6f} s")
+            yield chunk, start
+
+    def _torchcodec_frames(self, backend: str) -> Iterator[tuple[np.ndarray, Fraction]]:
+        info = self._probe  # the frame times were checked equal to these: use them exactly
+        base = int(info.pts[0])
+        for chunk, start in self._torchcodec_chunks(backend):
+            for i, frame in enumerate(chunk, start):
+                yield frame, Fraction(int(info.pts[i]) - base) * info.time_base
 
     def _pyav_frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
         container = _open_container(self.path)

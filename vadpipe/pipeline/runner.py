@@ -38,7 +38,7 @@ from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy, atomic_write_t
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest, write_manifest
 from vadpipe.pipeline.clips import iter_clips
 from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.decode import open_video
+from vadpipe.pipeline.decode import check_backend, open_video
 from vadpipe.pipeline.sources import VideoJob
 from vadpipe.pipeline.transforms import crop_clips, normalize_clips, resize_clips
 
@@ -388,6 +388,8 @@ def extract(
         raise ConfigError(f"backbone {spec.name!r} yields {spec.nodes} patch nodes per clip from one view; use --crops 1")
     if config.engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}, got {config.engine!r}")
+    if config.engine == "local":  # Ray decodes on the cluster's nodes, which may differ from this one
+        check_backend(config.decoder)
     config = config.with_preset(spec.preset)
     distributed = config.engine != "local" or len(config.devices) > 1
     # Distributed engines build their models in their workers; the driver only needs the
