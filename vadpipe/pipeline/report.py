@@ -265,7 +265,7 @@ body { margin:0; background:var(--bg); color:var(--ink);
   font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif; }
 main { max-width:1180px; margin:0 auto; padding:24px 28px 48px; }
 h1 { font-size:22px; margin:0 0 4px; }
-h2 { font-size:17px; margin:0 0 6px; word-break:break-all; }
+h2 { font-size:17px; margin:0 0 6px; overflow-wrap:anywhere; }
 h3 { font-size:13px; margin:16px 0 8px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
 .sub { color:var(--muted); margin:0 0 18px; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:16px 20px; margin:0 0 18px; }
@@ -281,8 +281,8 @@ a { color:var(--accent); text-decoration:none; }
 a:hover { text-decoration:underline; }
 dl.kv { display:grid; grid-template-columns:max-content 1fr; gap:4px 18px; margin:0; }
 dl.kv dt { color:var(--muted); }
-dl.kv dd { margin:0; word-break:break-all; font-variant-numeric:tabular-nums; }
-.meta { color:var(--muted); margin:0 0 10px; word-break:break-all; }
+dl.kv dd { margin:0; overflow-wrap:anywhere; font-variant-numeric:tabular-nums; }
+.meta { color:var(--muted); margin:0 0 10px; overflow-wrap:anywhere; }
 img.plot { display:block; width:100%; height:auto; border:1px solid var(--line); border-radius:4px; }
 img.thumb { display:block; width:160px; height:auto; border-radius:4px; border:1px solid var(--line); }
 .nothumb { display:inline-block; width:160px; padding:20px 0; text-align:center; color:var(--muted);

@@ -67,6 +67,8 @@ class ScoreOptions:
         gt_convention: how the GT file's frame numbers are read.
         plots: write a PNG per video.
         report: path of a self-contained HTML report for the batch.
+        report_title: its title [default: "vadpipe score: N video(s)"].
+        report_info: extra ``(label, text)`` rows for its run card.
     """
 
     threshold: float | None = None
@@ -76,6 +78,8 @@ class ScoreOptions:
     gt_convention: str | None = None
     plots: bool = True
     report: str | None = None
+    report_title: str | None = None
+    report_info: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -196,6 +200,17 @@ def checkpoint_threshold(checkpoint: str | os.PathLike) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
+def resolve_threshold(options: ScoreOptions, checkpoint: str | os.PathLike) -> tuple[float, str]:
+    """``(threshold, where it came from)``: ``--threshold``, else the checkpoint's stored
+    validation-optimal value, else :data:`DEFAULT_THRESHOLD`."""
+    if options.threshold is not None:
+        return float(options.threshold), "--threshold"
+    stored = checkpoint_threshold(checkpoint)
+    if stored is not None:
+        return stored, "checkpoint (validation Youden J)"
+    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD:g} (the checkpoint records none)"
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -230,12 +245,7 @@ def score_videos(
     device = resolve_device(speed.get("device", "auto"))
     loaded = load_head(checkpoint, device)
     config = checkpoint_recipe(loaded, backbone=backbone, speed=speed)
-    if options.threshold is not None:
-        threshold, source = float(options.threshold), "--threshold"
-    else:
-        stored = checkpoint_threshold(checkpoint)
-        threshold, source = ((stored, "checkpoint (validation Youden J)") if stored is not None
-                             else (DEFAULT_THRESHOLD, "default 0.5 (the checkpoint records none)"))
+    threshold, source = resolve_threshold(options, checkpoint)
 
     extraction = extract(jobs, feats_dir, config, force=force, progress=progress)
     rows = {r.video: r for r in read_manifest(feats_dir / MANIFEST_NAME)}
@@ -351,9 +361,10 @@ def _report(path: Path, ok: list[ScoredVideo], gt_intervals: dict, summary: Scor
                                   gt_intervals=gt_intervals.get(v.video) if gt_intervals else None,
                                   plot_png=png))
     return write_html_report(
-        path, videos, title=f"vadpipe score: {len(ok)} video(s)", metrics=summary.metrics, model=loaded.name,
+        path, videos, title=options.report_title or f"vadpipe score: {len(ok)} video(s)", metrics=summary.metrics,
+        model=loaded.name,
         checkpoint=checkpoint, threshold_source=summary.threshold_source,
         info={"backbone": f"{config.backbone} ({config.crops} crop(s), {config.clip.length}-frame clips)",
               "min gap": f"{options.min_gap:g} s", "min duration": f"{options.min_duration:g} s",
-              "failed videos": len(summary.failed)},
+              "failed videos": len(summary.failed), **dict(options.report_info)},
     )

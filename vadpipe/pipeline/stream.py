@@ -46,8 +46,7 @@ from vadpipe.pipeline.score import (
     EVENTS_NAME,
     ScoreOptions,
     checkpoint_recipe,
-    checkpoint_threshold,
-    DEFAULT_THRESHOLD,
+    resolve_threshold,
     write_clip_scores,
 )
 from vadpipe.pipeline.scoring import load_head
@@ -166,7 +165,7 @@ def stream_score(
     causal = context is not None
     keep = context if causal else window
     l2 = bool(getattr(head.config, "l2_normalize", False))
-    threshold = options.threshold if options.threshold is not None else (checkpoint_threshold(checkpoint) or DEFAULT_THRESHOLD)
+    threshold, threshold_source = resolve_threshold(options, checkpoint)
 
     name = "stdin" if source == "-" else Path(source).stem
     out = Path(out_dir)
@@ -228,7 +227,7 @@ def stream_score(
     events = ev.find_events(scores, times, threshold, options.min_gap, options.min_duration) if scores.size else []
     if scores.size:
         write_clip_scores(out / name / "scores.csv", scores, times, length, stride)
-        ev.write_events_json(out / EVENTS_NAME, {name: events}, threshold=threshold, threshold_source="stream",
+        ev.write_events_json(out / EVENTS_NAME, {name: events}, threshold=threshold, threshold_source=threshold_source,
                              min_gap=options.min_gap, min_duration=options.min_duration,
                              extra={"checkpoint": str(checkpoint), "head": loaded.name, "causal": causal})
     if not error and not scores.size:
