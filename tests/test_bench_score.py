@@ -5,40 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-import tests.tiny_backbone  # noqa: F401  (registers the "tiny" backbone)
-from tests import media
+from tests.tiny_heads import cli as _cli, train_tiny_sultani
 from vadpipe.bench_score import bench_checkpoint, run_score_bench
-from vadpipe.cli import main
 from vadpipe.errors import WeightsNotFoundError
 from vadpipe.pipeline.train import load_checkpoint
-
-
-def _cli(args: list) -> "object":
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def tiny_head(tmp_path_factory) -> Path:
     """A Sultani head trained with `vadpipe train` on tiny-backbone features (recipe recorded)."""
-    root = tmp_path_factory.mktemp("bench_score")
-    for i in range(6):
-        media.make_video(root / "vids" / f"v{i}.mp4", n_frames=48 + 16 * i, fps=25, seed=i)
-    res = _cli(["extract", root / "vids", "-o", root / "feats", "--backbone", "tiny", "--random-weights", "--crops", "1",
-                "--device", "cpu", "--workers", "0", "-q"])
-    assert res.exit_code == 0, res.output
-    m = pd.read_csv(root / "feats" / "features.csv")
-    m["label"] = ["anomalous" if i % 2 else "normal" for i in range(len(m))]
-    m["split"] = ["val" if i < 2 else "train" for i in range(len(m))]
-    m["class"] = ""
-    m[["video", "feature_path", "label", "split", "class"]].to_csv(root / "feats" / "ds.csv", index=False)
-    res = _cli(["train", "--train", root / "feats" / "ds.csv", "--head", "sultani", "--steps", 4, "--eval-every", 2,
-                "--device", "cpu", "-o", root / "run", "-q", "--set", "batch_size=2"])
-    assert res.exit_code == 0, res.output
-    return root / "run" / "best.pt"
+    return train_tiny_sultani(tmp_path_factory.mktemp("bench_score"), n_videos=6, steps=4)["ckpt"]
 
 
 def test_cold_start_and_throughput_on_the_tiny_backbone(tiny_head: Path, monkeypatch) -> None:

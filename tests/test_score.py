@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-import tests.tiny_backbone  # noqa: F401  (registers the "tiny" backbone)
 from tests import media
-from vadpipe.cli import main
+from tests.tiny_heads import FPS, train_tiny_sultani
+from tests.tiny_heads import cli as _cli
 from vadpipe.errors import ConfigError
 from vadpipe.manifests.datasets import DatasetRow
 from vadpipe.pipeline.score import ScoreOptions, checkpoint_recipe, score_videos
@@ -24,34 +24,16 @@ from vadpipe.pipeline.stream import stream_score
 from vadpipe.pipeline.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-FPS = 25
 SPEED = {"device": "cpu", "random_weights": True, "workers": 0, "batch_clips": 2}
 
 
-def _cli(args: list) -> "object":
-    return CliRunner().invoke(main, [str(a) for a in args])
+
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """Tiny-backbone features of 8 videos from `vadpipe extract`, and a Sultani head trained
-    on them with `vadpipe train` (so the checkpoint records the extraction recipe)."""
-    root = tmp_path_factory.mktemp("score")
-    vids = root / "vids"
-    for i in range(8):
-        media.make_video(vids / f"v{i}.mp4", n_frames=48 + 16 * i, fps=FPS, seed=i)
-    res = _cli(["extract", vids, "-o", root / "feats", "--backbone", "tiny", "--random-weights", "--crops", "1",
-                "--device", "cpu", "--workers", "0", "-q"])
-    assert res.exit_code == 0, res.output
-    m = pd.read_csv(root / "feats" / "features.csv")
-    m["label"] = ["anomalous" if i % 2 else "normal" for i in range(len(m))]
-    m["split"] = ["val" if i < 2 else "train" for i in range(len(m))]
-    m["class"] = ""
-    m[["video", "feature_path", "label", "split", "class"]].to_csv(root / "feats" / "ds.csv", index=False)
-    res = _cli(["train", "--train", root / "feats" / "ds.csv", "--head", "sultani", "--steps", 10, "--eval-every", 5,
-                "--device", "cpu", "-o", root / "run", "-q", "--set", "batch_size=2"])
-    assert res.exit_code == 0, res.output
-    return {"root": root, "vids": vids, "ckpt": root / "run" / "best.pt"}
+    """A Sultani head trained with `vadpipe train` on tiny-backbone features of 8 videos."""
+    return train_tiny_sultani(tmp_path_factory.mktemp("score"))
 
 
 def test_checkpoint_records_the_extraction_recipe_and_a_threshold(trained) -> None:
@@ -148,10 +130,7 @@ def test_stream_from_a_pipe(trained, tmp_path: Path) -> None:
     """MPEG-TS on standard input, clip by clip, through the CLI in a subprocess."""
     ts = tmp_path / "v.ts"
     media.make_video(ts, n_frames=64, fps=FPS, codec="mpeg2video", seed=3)
-    env = {"VADPIPE_PLUGINS": "tests.tiny_backbone", "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    import os
-
-    env = {**os.environ, **env}
+    env = {**os.environ, "VADPIPE_PLUGINS": "tests.tiny_backbone", "PYTHONPATH": str(REPO)}
     with open(ts, "rb") as stdin:
         proc = subprocess.run([sys.executable, "-m", "vadpipe.cli", "score", "--stream", "-", "--head",
                                str(trained["ckpt"]), "-o", str(tmp_path / "o"), "--device", "cpu", "--random-weights"],

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -338,13 +338,31 @@ def i3d_r50_kinetics400(
     """
     model = I3DResNet50()
     if pretrained:
-        path = Path(checkpoint) if checkpoint is not None else locate_i3d_r50_checkpoint()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{path} does not exist; {HOW_TO_GET}")
-        sd = load_i3d_r50_state_dict(path, model)
-        model.load_state_dict(sd, strict=False)  # keys checked above
-        model.weights_sha256 = sha256_file(path)
+        load_pretrained(model, checkpoint, locate_i3d_r50_checkpoint, load_i3d_r50_state_dict, HOW_TO_GET)
     return model.eval()
+
+
+def load_pretrained(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | None,
+    locate: Callable[[], Path],
+    read_state_dict: Callable[[Path, nn.Module], dict],
+    how_to_get: str,
+) -> nn.Module:
+    """Load a published weight file into ``model`` and set ``model.weights_sha256``.
+
+    ``checkpoint`` defaults to ``locate()``; ``read_state_dict(path, model)`` returns the
+    state dict with its keys and shapes already checked against ``model``.
+
+    Raises:
+        WeightsNotFoundError: the file does not exist (``how_to_get`` says how to get it).
+    """
+    path = Path(checkpoint) if checkpoint is not None else locate()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path} does not exist; {how_to_get}")
+    model.load_state_dict(read_state_dict(path, model), strict=False)  # keys checked by read_state_dict
+    model.weights_sha256 = sha256_file(path)
+    return model
 
 
 SPEC = register_backbone(

@@ -62,11 +62,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vadpipe.errors import WeightsNotFoundError
-from vadpipe.extractors.i3d_r50 import check_state_dict, locate_weight_file, read_torch_state_dict
+from vadpipe.extractors.i3d_r50 import check_state_dict, load_pretrained, locate_weight_file, read_torch_state_dict
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.pipeline.transforms import GOWTHAM_RTFM_PRESET, ClipPreset
-from vadpipe.weights import sha256_file
 
 __all__ = [
     "BLOCKS",
@@ -275,12 +273,8 @@ def i3d_r50_caffe2_kinetics400(
     """
     model = I3DResNet50Caffe2()
     if pretrained:
-        path = Path(checkpoint) if checkpoint is not None else locate_i3d_r50_caffe2_checkpoint()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{path} does not exist; {HOW_TO_GET}")
-        sd = load_i3d_r50_caffe2_state_dict(path, model)
-        model.load_state_dict(sd, strict=False)  # keys checked above
-        model.weights_sha256 = sha256_file(path)
+        load_pretrained(model, checkpoint, locate_i3d_r50_caffe2_checkpoint, load_i3d_r50_caffe2_state_dict,
+                        HOW_TO_GET)
     return model.eval()
 
 
