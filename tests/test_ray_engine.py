@@ -247,3 +247,10 @@ def test_cli_engine_ray(crash_file: Path, videos: Path, tmp_path: Path) -> None:
     assert "5 extracted, 0 already done, 0 failed" in res.output
     assert len(list(tmp_path.rglob("*_tiny.npy"))) == 5
     assert np.load(tmp_path / "a_tiny.npy").shape == (3, 1, tiny.TINY_DIM)
+
+
+def test_ray_runs_leave_the_callers_print_alone() -> None:
+    """Ray's progress-bar manager would replace builtins.print; the engine turns that off."""
+    import builtins
+
+    assert builtins.print.__module__ == "builtins"

@@ -115,6 +115,9 @@ _LOST = "RaySystemError: the decode stream of this video ended without its final
 
 
 def _import_ray() -> Any:
+    # Ray's progress-bar manager replaces builtins.print in the driver unless told not to; a
+    # library must not change its caller's print.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     try:
         import ray
     except ImportError as e:
