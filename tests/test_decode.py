@@ -18,7 +18,7 @@ import pytest
 
 from tests import media
 from vadpipe.errors import ConfigError, VideoDecodeError
-from vadpipe.pipeline.decode import BACKENDS, VideoInfo, VideoReader, open_video, probe
+from vadpipe.pipeline.decode import BACKENDS, MAX_CHUNK_BYTES, VideoInfo, VideoReader, open_video, probe
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "videos" / "carphone_pristine.mp4"
@@ -489,3 +489,13 @@ def test_frame_width_decord_rejects_is_decoded_by_auto(tmp_path: Path) -> None:
     with open_video(path) as reader:
         frames = reader.read_all()
     np.testing.assert_array_equal(frames, open_video(path, backend="pyav").read_all())
+
+
+def test_chunks_of_large_frames_are_capped_in_bytes(tmp_path) -> None:
+    big = media.make_video(tmp_path / "hd.mp4", n_frames=20, width=1280, height=720, seed=2)
+    with open_video(big, backend="pyav") as reader:
+        assert reader.chunk_size == MAX_CHUNK_BYTES // (1280 * 720 * 3) == 9
+        assert [len(c) for c in reader.iter_chunks()] == [9, 9, 2]
+    small = media.make_video(tmp_path / "sd.mp4", n_frames=20, seed=2)
+    with open_video(small, backend="pyav", chunk_size=16) as reader:
+        assert [len(c) for c in reader.iter_chunks()] == [16, 4]
