@@ -358,3 +358,25 @@ def make_corrupt(src: str | os.PathLike, dst: str | os.PathLike, start: float = 
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def make_bad_videos(root: Path) -> dict[str, Path]:
+    """The decoder error zoo under ``root``: a missing path, a directory, zero bytes, text,
+    audio only, and truncated / corrupted MP4, AVI and MKV files, by name."""
+    root = Path(root)
+    (root / "a_folder.mp4").mkdir()
+    avi = make_video(root / "ok.avi", 40, seed=31)
+    mkv = make_video(root / "ok.mkv", 40, seed=32)
+    mp4 = make_video(root / "ok.mp4", 40, seed=33)
+    return {
+        "missing": root / "nope.mp4",
+        "directory": root / "a_folder.mp4",
+        "zero": make_zero_byte(root / "zero.mp4"),
+        "text": make_text_as_video(root / "text.mp4"),
+        "audio": make_audio_only(root / "audio.m4a"),
+        "truncated_mp4": make_truncated(mp4, root / "trunc.mp4", 0.5),
+        "truncated_avi": make_truncated(avi, root / "trunc.avi", 0.5),
+        "truncated_mkv": make_truncated(mkv, root / "trunc.mkv", 0.5),
+        "corrupt_mp4": make_corrupt(mp4, root / "corrupt.mp4", 0.3, 0.7),
+        "corrupt_avi": make_corrupt(avi, root / "corrupt.avi", 0.0, 1.0),
+    }

@@ -353,22 +353,7 @@ def test_resample_edit_list_file_counts_from_the_cut(edit_list: dict) -> None:
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory, corpus: dict[str, Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad_videos")
-    (root / "a_folder.mp4").mkdir()
-    avi = media.make_video(root / "ok.avi", 40, seed=31)
-    mkv = media.make_video(root / "ok.mkv", 40, seed=32)
-    mp4 = media.make_video(root / "ok.mp4", 40, seed=33)
-    return {
-        "missing": root / "nope.mp4",
-        "directory": root / "a_folder.mp4",
-        "zero": media.make_zero_byte(root / "zero.mp4"),
-        "text": media.make_text_as_video(root / "text.mp4"),
-        "audio": media.make_audio_only(root / "audio.m4a"),
-        "truncated_mp4": media.make_truncated(mp4, root / "trunc.mp4", 0.5),
-        "truncated_avi": media.make_truncated(avi, root / "trunc.avi", 0.5),
-        "truncated_mkv": media.make_truncated(mkv, root / "trunc.mkv", 0.5),
-        "corrupt_mp4": media.make_corrupt(mp4, root / "corrupt.mp4", 0.3, 0.7),
-        "corrupt_avi": media.make_corrupt(avi, root / "corrupt.avi", 0.0, 1.0),
-    }
+    return media.make_bad_videos(root)
 
 
 ERRORS = {
