@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.random_weights import randomize
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors import i3d_r50 as m
 from vadpipe.weights import sha256_file
@@ -16,29 +17,10 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.delenv(m.CKPT_ENV, raising=False)
 
 
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial random weights and BatchNorm statistics (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith(("running_mean", ".bias")):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif t.dim() == 1:  # BN scale
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.5)
-            else:  # conv / linear: He-like scale
-                fan_in = t[0].numel()
-                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return _randomize(m.i3d_r50_kinetics400(pretrained=False))
+    return randomize(m.i3d_r50_kinetics400(pretrained=False))
 
 
 @pytest.fixture(scope="module")
