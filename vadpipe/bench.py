@@ -217,14 +217,21 @@ def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int 
 
     dev = resolve_device(device)
     spec = get_head(head)
-    model, cfg = build_head(spec, overrides or {}, dim)
+    overrides = dict(overrides or {})
+    defaults = spec.config_cls(**overrides)
+    if getattr(defaults, "max_steps", 0) is None:  # a schedule in epochs: UCF-Crime's 1,610 videos
+        overrides["max_steps"] = spec.sampling(defaults).steps_for(1610 * (crops if spec.sampling(defaults).instances == "crop" else 1))
+    model, cfg = build_head(spec, overrides, dim)
     model.to(dev).train()
     opt = spec.optimizer(model.parameters(), cfg)
+    sampling = spec.sampling(cfg)
     b = int(_setting(cfg, ("batch_size",), 32))
     schedule = int(_setting(cfg, ("max_steps", "max_epoch"), 1000))
+    if sampling.instances == "crop":  # random batches of single-crop instances: half of each class here
+        b, crops = max(1, sampling.batch_size // 2), 1
     gen = torch.Generator().manual_seed(0)
-    echo(f"head {head}: batch {b} normal + {b} abnormal videos × {crops} crops × {segments} segments × {dim}, "
-         f"device {dev}")
+    echo(f"head {head}: batch {b} normal + {b} abnormal {'crop instances' if crops == 1 and sampling.instances == 'crop' else 'videos'}"
+         f" × {crops} crops × {segments} segments × {dim}, device {dev}")
 
     def step() -> None:
         normal = torch.rand(b, crops, segments, dim, generator=gen).to(dev, non_blocking=True)

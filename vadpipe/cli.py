@@ -496,6 +496,15 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
               help="Wrap the head in a score-refinement module (MCR) and train them together.")
 @click.option("--refine-set", "refine_overrides", multiple=True, metavar="KEY=VALUE",
               help="Refinement setting, e.g. --refine-set windows=[1,3,5].")
+@click.option("--preset", "head_preset", default=None, metavar="NAME",
+              help="The paper's settings for a dataset, e.g. --head lanet --preset xd (see `vadpipe train --list-presets`); "
+                   "--set values apply on top. Implies --protocol paper unless --protocol is given.")
+@click.option("--protocol", type=click.Choice(["holdout", "paper"]), default=None,
+              help="holdout: validation videos held out of the training split, best.pt chosen on them (default "
+                   "for your own data); paper: train on the FULL training split as the papers do, keep the last "
+                   "step [default: paper with --preset, else holdout].")
+@click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _p, v: _list_presets(ctx, v),
+              help="List every head's presets and exit.")
 @click.option("--resume", default=None, type=click.Path(exists=True, dir_okay=False), help="Continue from last.pt.")
 @click.option("--cache", is_flag=True, help="Keep resampled training features in memory.")
 @click.option("--backbone", default=None, help="Backbone that made the features, e.g. i3d (recorded in the checkpoint's feature spec).")
@@ -506,17 +515,24 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 @click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for --select-on-test (see `vadpipe eval`).")
 @click.option("-q", "--quiet", is_flag=True)
 def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, device, overrides, refine,
-          refine_overrides, resume, cache, backbone, clip_len, test_csv, gt, quiet) -> None:
-    """Train an anomaly head; best.pt is chosen on the validation split."""
+          refine_overrides, head_preset, protocol, resume, cache, backbone, clip_len, test_csv, gt, quiet) -> None:
+    """Train an anomaly head; best.pt is chosen on the validation split (--protocol holdout) or is
+    the last step on the full training split (--protocol paper)."""
     from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
     from vadpipe.pipeline import scoring
     from vadpipe.pipeline.runner import resolve_device
     from vadpipe.pipeline.train import TEST_SELECTION_WARNING, TrainConfig, train as run_train
 
     try:
+        protocol = protocol or ("paper" if head_preset else "holdout")
         rows = read_dataset(train_csv)
         root = dataset_root(train_csv)
-        if val_csv:
+        if protocol == "paper":
+            if val_csv:
+                raise VadpipeError("--protocol paper trains on the full training split: drop --val "
+                                   "(or use --protocol holdout)")
+            train_rows, val_rows = rows, []
+        elif val_csv:
             train_rows, val_rows = [r for r in rows if r.split != "val"], read_dataset(val_csv)
             if dataset_root(val_csv) != root:
                 raise VadpipeError("--train and --val must sit in the same folder (feature paths are relative to it)")
@@ -531,22 +547,52 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
             click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
             test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
 
-        head_overrides = _parse_overrides(overrides)
+        head_overrides = {**_preset_overrides(head, head_preset), **_parse_overrides(overrides)}
         if refine:  # the refinement module is the trained head; the base head's settings go inside it
             head_overrides = {"base_head": head, "base_overrides": head_overrides, **_parse_overrides(refine_overrides)}
             head = refine
         config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
                              patience=patience, seed=seed, device=device,
-                             selection="test" if test_csv else "val", cache=cache)
+                             selection="test" if test_csv else "val", cache=cache,
+                             train_split="full" if protocol == "paper" else "holdout")
         meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
         result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
                            feature_meta=meta, progress=not quiet)
     except VadpipeError as e:
         _fail(e)
+    if not val_rows and not test_csv:
+        click.echo(f"protocol paper: trained on all {len(train_rows)} training videos for {result.best_step} steps "
+                   f"(training-set video-level AUC {result.best_metric:.4f}, optimistic); "
+                   f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}")
+        return
     metric = "TEST AUC (optimistic)" if test_csv else "validation video-level AUC"
     click.echo(f"best {metric} {result.best_metric:.4f} at step {result.best_step}; "
                f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}"
                + ("; stopped early" if result.stopped_early else ""))
+
+
+def _preset_overrides(head: str, preset: str | None) -> dict:
+    """The head's registered preset ``preset`` as config overrides (``{}`` without one)."""
+    if preset is None:
+        return {}
+    from vadpipe.heads.base import get_head
+
+    presets = get_head(head).presets
+    if preset not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        raise VadpipeError(f"head {head!r} has no preset {preset!r} (its presets: {known})")
+    return dict(presets[preset])
+
+
+def _list_presets(ctx, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from vadpipe.heads.base import get_head, list_heads
+
+    for name in list_heads():
+        for preset, values in sorted(get_head(name).presets.items()):
+            click.echo(f"{name} --preset {preset}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    ctx.exit()
 
 
 def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:

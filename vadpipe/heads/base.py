@@ -10,8 +10,9 @@ Tensor conventions (``B`` videos, ``N`` crops, ``T`` snippets, ``D`` feature siz
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -27,11 +28,16 @@ class AnomalyHead(nn.Module):
     config: Any
 
     def loss(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss on a balanced batch.
+        """Training loss on a batch.
 
         Args:
             normal: ``[B, N, T, D]`` features of normal videos.
-            abnormal: ``[B, N, T, D]`` features of anomalous videos.
+            abnormal: ``[B', N, T, D]`` features of anomalous videos (``B' = B`` for balanced
+                batches).
+
+        Heads whose :class:`TrainSampling` is masked (``temporal`` ``"uniform"`` or
+        ``"full"``) also take keyword arguments ``normal_mask`` ``[B, T]`` and
+        ``abnormal_mask`` ``[B', T]`` (bool, True on real snippets, False on padding).
 
         Returns:
             The scalar loss to minimise and its named parts (floats) for logging.
@@ -51,6 +57,74 @@ class AnomalyHead(nn.Module):
         return None
 
 
+Temporal = Literal["segments", "uniform", "full"]
+Instances = Literal["video", "crop"]
+Batching = Literal["balanced", "random"]
+
+
+@dataclass(frozen=True)
+class TrainSampling:
+    """How the training loop turns a head's training videos into batches.
+
+    Attributes:
+        temporal: what a training bag holds along time —
+            ``"segments"``: the video resampled to ``length`` segments (RTFM's
+            ``process_feat``: means of snippet ranges; every bag has ``length`` rows, no mask);
+            ``"uniform"``: ``length`` snippets picked by integer ``linspace`` indices
+            (Wu et al.'s ``uniform_extract``) when the video is longer, the video as it is
+            when shorter; bags are zero-padded to the longest in the batch and come with a
+            length mask;
+            ``"full"``: every snippet (``length`` ignored), zero-padded with a mask.
+        length: segments (``"segments"``) or the most snippets (``"uniform"``).
+        instances: ``"video"``: a bag holds all crops ``[N, T, D]``; ``"crop"``: each crop
+            of each video is its own instance ``[1, T, D]`` (Wu et al.'s lists: one line per crop).
+        batching: ``"balanced"``: ``batch_size`` normal + ``batch_size`` anomalous videos
+            (:class:`~vadpipe.heads.data.BalancedBatchSampler`); ``"random"``: ``batch_size``
+            instances drawn from one shuffled pass over all of them per epoch, the last
+            batch of an epoch smaller (``DataLoader(shuffle=True)``; see
+            :class:`~vadpipe.heads.data.EpochBatchSampler`).
+        batch_size: per class (``"balanced"``) or in all (``"random"``).
+        steps: optimisation steps of the head's schedule, or ``None`` when it is set in
+            epochs.
+        epochs: epochs of the schedule (``"random"`` batching): steps = ``epochs *
+            ceil(instances / batch_size)``.
+    """
+
+    temporal: Temporal = "segments"
+    length: int = 32
+    instances: Instances = "video"
+    batching: Batching = "balanced"
+    batch_size: int = 32
+    steps: int | None = 1000
+    epochs: int | None = None
+
+    @property
+    def masked(self) -> bool:
+        """Bags of unequal length, zero-padded: the loss takes ``normal_mask``/``abnormal_mask``."""
+        return self.temporal != "segments"
+
+    def steps_for(self, n_instances: int) -> int:
+        """Schedule length for a training set of ``n_instances`` (videos or crops)."""
+        if self.epochs is None:
+            return int(self.steps or 1000)
+        return int(self.epochs) * max(1, math.ceil(n_instances / self.batch_size))
+
+
+def default_sampling(config: Any) -> TrainSampling:
+    """RTFM-style sampling from a head config's official option names: ``segments`` /
+    ``seg_length`` (32), ``batch_size`` per class (32), ``max_steps`` / ``max_epoch`` (1000)."""
+
+    def setting(names: tuple[str, ...], default: Any) -> Any:
+        return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), default)
+
+    return TrainSampling(
+        temporal="segments",
+        length=int(setting(("segments", "seg_length"), 32)),
+        batch_size=int(setting(("batch_size",), 32)),
+        steps=int(setting(("max_steps", "max_epoch"), 1000)),
+    )
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """A registered head.
@@ -61,6 +135,9 @@ class HeadSpec:
         build: ``build(config) -> AnomalyHead``.
         optimizer: ``optimizer(params, config) -> torch.optim.Optimizer``, the official choice.
         description: one line for ``--help`` listings.
+        sampling: ``sampling(config) -> TrainSampling``, how its training batches are built
+            (default :func:`default_sampling`: 32 resampled segments, balanced batches).
+        presets: named paper settings (``vadpipe train --preset NAME``): config overrides.
     """
 
     name: str
@@ -68,6 +145,8 @@ class HeadSpec:
     build: Callable[[Any], AnomalyHead] = field(compare=False)
     optimizer: Callable[[Any, Any], torch.optim.Optimizer] = field(compare=False)
     description: str = ""
+    sampling: Callable[[Any], TrainSampling] = field(default=default_sampling, compare=False)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
 
 
 _HEADS: dict[str, HeadSpec] = {}

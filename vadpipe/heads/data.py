@@ -12,8 +12,11 @@ crops, ``T`` snippets, ``D`` feature size — the ``[B, N, T, D]`` convention of
 * Sultani's text files (``.txt``: 32 lines × 4096 floats, C3D fc6 already averaged into
   32 L2-normalised segments) → ``[1, 32, 4096]``.
 
-Training resamples every video to 32 segments (:func:`resample_segments`) lazily, item by
-item: a UCF-Crime training set held resampled in memory is 1610 × 10 × 32 × 2048 × 4 B
+Training bags are built lazily, item by item, the way the head's
+:class:`~vadpipe.heads.base.TrainSampling` says: resampled to 32 segments
+(:func:`resample_segments`, RTFM and most heads), uniformly index-sampled to at most
+``L`` snippets (:func:`uniform_extract`, Wu et al. / LA-Net) or at full length; the last
+two are zero-padded per batch with a length mask (:func:`pad_bags`). Resampled, a UCF-Crime training set held resampled in memory is 1610 × 10 × 32 × 2048 × 4 B
 ≈ 4.2 GB, so :class:`FeatureDataset` keeps nothing unless ``cache=True``.
 """
 
@@ -192,6 +195,44 @@ def l2_normalize_segments(feat, eps: float = 1e-12):
     return (feat / np.where(norm < eps, 1.0, norm)).astype(feat.dtype, copy=False)
 
 
+def uniform_extract_indices(t: int, length: int) -> np.ndarray:
+    """Snippet indices ``[min(t, length)]`` of Wu et al.'s ``uniform_extract`` (XDVioDet
+    ``utils.py``): for ``t > length``, ``linspace(0, t - 1, length)`` truncated to integers
+    (``dtype=np.uint16`` there, the same for ``t < 65536``), so the first and last snippets
+    are kept and no snippet is averaged or repeated; for ``t <= length`` every snippet, in order.
+    """
+    if t < 1 or length < 1:
+        raise ValueError(f"cannot sample {length} snippets from a video with {t}")
+    if t <= length:
+        return np.arange(t, dtype=np.int64)
+    return np.linspace(0, t - 1, length).astype(np.int64)
+
+
+def uniform_extract(feat: np.ndarray, length: int) -> np.ndarray:
+    """``feat [..., T, D] -> [..., min(T, length), D]`` at :func:`uniform_extract_indices`."""
+    return np.take(feat, uniform_extract_indices(int(feat.shape[-2]), length), axis=-2)
+
+
+def pad_bags(bags: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad bags ``[N, T_i, D]`` at the end of time to the longest.
+
+    Returns:
+        ``features [B, N, T_max, D]`` and ``mask [B, T_max]`` (True on real snippets).
+    """
+    if not bags:
+        raise ValueError("pad_bags needs at least one bag")
+    n, _, d = bags[0].shape
+    t_max = max(int(b.shape[1]) for b in bags)
+    out = bags[0].new_zeros((len(bags), n, t_max, d))
+    mask = torch.zeros((len(bags), t_max), dtype=torch.bool)
+    for i, b in enumerate(bags):
+        if b.shape[0] != n or b.shape[2] != d:
+            raise FeatureLoadError(f"bags in one batch have different crops/sizes: {tuple(bags[0].shape)} vs {tuple(b.shape)}")
+        out[i, :, : b.shape[1]] = b
+        mask[i, : b.shape[1]] = True
+    return out, mask
+
+
 # ----------------------------------------------------------------------------- dataset
 
 
@@ -200,17 +241,20 @@ class FeatureDataset(Dataset):
 
     Modes:
 
-    * ``"train"``: item ``i`` is ``(features [N, n_segments, D], label)`` — the video
-      resampled to ``n_segments`` (32) segments, label a float tensor (0. normal,
-      1. anomalous);
+    * ``"train"``: item ``i`` is ``(features [N, T', D], label)`` with the time axis made
+      by ``temporal``: ``"segments"`` — resampled to ``T' = n_segments`` (32) segments;
+      ``"uniform"`` — ``T' = min(T, n_segments)`` snippets at :func:`uniform_extract_indices`;
+      ``"full"`` — ``T' = T``. Label a float tensor (0. normal, 1. anomalous);
     * ``"eval"``: item ``i`` is ``(features [N, T, D], label)`` at full length.
 
     Args:
         rows: dataset rows (:func:`vadpipe.manifests.datasets.read_dataset`).
         root: folder relative feature paths are relative to (the dataset CSV's folder).
         mode: ``"train"`` or ``"eval"``.
-        n_segments: segments per training item.
+        n_segments: segments (``"segments"``) or the most snippets (``"uniform"``) per
+            training item.
         scheme: resampling scheme (:func:`segment_bounds`).
+        temporal: ``"segments"``, ``"uniform"`` or ``"full"`` (see above; train mode only).
         l2_normalize: L2-normalise every segment/snippet (Sultani) after resampling.
         cache: keep each item in memory after its first load (off by default: a full
             UCF-Crime training set is ~4.2 GB resampled).
@@ -228,9 +272,13 @@ class FeatureDataset(Dataset):
         l2_normalize: bool = False,
         cache: bool = False,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        temporal: str = "segments",
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if temporal not in ("segments", "uniform", "full"):
+            raise ValueError(f"temporal must be 'segments', 'uniform' or 'full', got {temporal!r}")
+        self.temporal = temporal
         self.rows = list(rows)
         self.root = root
         self.mode = mode
@@ -259,8 +307,10 @@ class FeatureDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         feat = load_features(self.rows[index], self.root)
-        if self.mode == "train":
+        if self.mode == "train" and self.temporal == "segments":
             feat = resample_segments(feat, self.n_segments, self.scheme)
+        elif self.mode == "train" and self.temporal == "uniform":
+            feat = uniform_extract(feat, self.n_segments)
         if self.l2_normalize:
             feat = l2_normalize_segments(feat)
         if self.transform is not None:
@@ -349,6 +399,39 @@ class BalancedBatchSampler(Sampler[list[int]]):
             normal = self._take(0)
             abnormal = self._take(1)
             yield normal + abnormal
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices out of ``range(n)``, one shuffled pass per epoch.
+
+    Mirrors ``DataLoader(dataset, batch_size, shuffle=True)`` (Wu et al.'s XD-Violence
+    loader, which LA-Net follows): each epoch is a fresh ``torch.randperm(n)`` cut into
+    batches; the last batch of an epoch holds the remainder (no ``drop_last``), so an
+    epoch is ``ceil(n / batch_size)`` batches. Batches mix the classes at random.
+    Iteration yields ``num_batches`` batches, continuing across epochs; the same ``n``,
+    ``batch_size`` and seed give the same batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int = 0, num_batches: int | None = None) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.per_epoch = -(-n // batch_size)
+        self.num_batches = self.per_epoch if num_batches is None else num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        done = 0
+        while done < self.num_batches:
+            perm = torch.randperm(self.n, generator=self.generator).tolist()
+            for start in range(0, self.n, self.batch_size):
+                if done == self.num_batches:
+                    return
+                yield perm[start : start + self.batch_size]
+                done += 1
 
 
 def collate_balanced(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

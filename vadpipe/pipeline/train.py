@@ -28,15 +28,20 @@ import torch
 
 from vadpipe import __version__
 from vadpipe.errors import ConfigError
-from vadpipe.heads.base import AnomalyHead, HeadSpec, get_head
-from vadpipe.heads.data import BalancedBatchSampler, FeatureDataset
+from vadpipe.heads.base import AnomalyHead, HeadSpec, TrainSampling, get_head
+from vadpipe.heads.data import BalancedBatchSampler, EpochBatchSampler, FeatureDataset, pad_bags
 from vadpipe.manifests.atomic import atomic_open
 from vadpipe.manifests.datasets import DatasetRow
 from vadpipe.pipeline.evaluate import roc_auc
 
 log = logging.getLogger(__name__)
 
-SELECTIONS = ("val", "test")
+SELECTIONS = ("val", "test", "last")
+TRAIN_SPLITS = ("holdout", "full")
+LAST_SELECTION = (
+    "last step, no held-out videos (the papers' protocol: trained on the full training split); "
+    "the threshold comes from the training videos"
+)
 TEST_SELECTION_WARNING = (
     "MODEL SELECTED ON THE TEST SET (as the published code does): the reported test metrics "
     "are optimistic and not comparable with a held-out protocol"
@@ -59,8 +64,13 @@ class TrainConfig:
             never stop early).
         seed: seeds python, numpy, torch and the batch sampler.
         device: ``auto``, ``cpu``, ``cuda``, ...
-        selection: ``"val"`` (default) or ``"test"`` (the published code's optimistic choice).
+        selection: ``"val"`` (default), ``"test"`` (the published code's optimistic choice) or
+            ``"last"`` (keep the last step; used when there are no validation videos).
         cache: keep resampled training features in memory (fast; needs the RAM).
+        train_split: ``"holdout"`` (default, for users' own data: validation videos are held
+            out of the training split) or ``"full"`` (the papers' protocol: every training
+            video is trained on, nothing is held out, the last step is kept). Recorded in the
+            checkpoint's ``protocol``; the caller decides which rows go where.
     """
 
     head: str = "rtfm"
@@ -72,8 +82,11 @@ class TrainConfig:
     device: str = "auto"
     selection: str = "val"
     cache: bool = False
+    train_split: str = "holdout"
 
     def __post_init__(self) -> None:
+        if self.train_split not in TRAIN_SPLITS:
+            raise ConfigError(f"train_split must be one of {TRAIN_SPLITS}, got {self.train_split!r}")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.eval_every < 1:
@@ -216,17 +229,27 @@ def train(
     spec = get_head(config.head)
     _check_overrides(spec, config.overrides)
     defaults = spec.config_cls(**config.overrides)
-    segments = int(_setting(defaults, ("segments", "seg_length"), 32))
+    sampling = spec.sampling(defaults)
     l2 = bool(_setting(defaults, ("l2_normalize",), False))
-    train_set = FeatureDataset(train_rows, root, mode="train", n_segments=segments, cache=config.cache, l2_normalize=l2)
+    train_set = FeatureDataset(train_rows, root, mode="train", n_segments=sampling.length, cache=config.cache,
+                               l2_normalize=l2, temporal=sampling.temporal)
     val_set = FeatureDataset(val_rows, root, mode="eval", l2_normalize=l2)
+    selection = config.selection if val_rows or config.selection == "test" else "last"
     fspec = feature_spec(train_set)
-    head, head_cfg = build_head(spec, config.overrides, fspec["dim"])
+    instances = _instances(train_set, sampling, fspec["crops"])
+    steps = config.steps or sampling.steps_for(len(instances))
+    overrides = dict(config.overrides)
+    if getattr(defaults, "max_steps", 0) is None:  # a schedule in epochs: its length follows from the data
+        overrides["max_steps"] = steps
+    head, head_cfg = build_head(spec, overrides, fspec["dim"])
     head.to(device)
     optimizer = spec.optimizer(head.parameters(), head_cfg)
-    steps = config.steps or int(_setting(head_cfg, ("max_steps", "max_epoch"), 1000))
-    batch = int(_setting(head_cfg, ("batch_size",), 32))
-    sampler = BalancedBatchSampler(train_set.labels, batch, seed=config.seed, num_batches=steps)
+    if sampling.batching == "balanced":
+        sampler = BalancedBatchSampler(train_set.labels, sampling.batch_size, seed=config.seed, num_batches=steps)
+    else:
+        sampler = EpochBatchSampler(len(instances), sampling.batch_size, seed=config.seed, num_batches=steps)
+    schedule = schedule_line(spec.name, sampling, len(instances), steps, len(train_rows))
+    log.info(schedule)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,8 +271,11 @@ def train(
         return {
             "format": "vadpipe-head/1", "kind": kind, "vadpipe_version": __version__,
             "head": spec.name, "head_config": _plain(head_cfg), "train_config": _plain(config),
-            "feature_spec": {**fspec, "segments": segments, **(feature_meta or {})},
-            "selection": "val" if config.selection == "val" else TEST_SELECTION_WARNING,
+            "feature_spec": {**fspec, "segments": sampling.length, **(feature_meta or {})},
+            "sampling": asdict(sampling),
+            "protocol": {"train_split": config.train_split, "train_videos": len(train_rows),
+                         "val_videos": len(val_rows), "selection": selection},
+            "selection": {"val": "val", "last": LAST_SELECTION, "test": TEST_SELECTION_WARNING}[selection],
             "threshold": threshold,
             "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
             "optimizer": optimizer.state_dict(), "step": step, "history": history,
@@ -263,13 +289,14 @@ def train(
     for _ in range(step):  # replay the sampler so a resumed run sees the same batches
         next(batches)
     bar = tqdm(total=steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
+    if progress:
+        bar.write(schedule)
     t0, start_step, stopped = time.perf_counter(), step, False
     for indices in batches:
         head.train()
-        items = [train_set[i] for i in indices]
-        normal = torch.stack([f for f, _ in items[:batch]]).to(device)
-        abnormal = torch.stack([f for f, _ in items[batch:]]).to(device)
-        loss, parts = head.loss(normal, abnormal)
+        normal, abnormal, masks = training_batch(train_set, [instances[i] for i in indices], sampling)
+        kwargs = {k: m.to(device) for k, m in masks.items()}
+        loss, parts = head.loss(normal.to(device), abnormal.to(device), **kwargs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -278,10 +305,19 @@ def train(
         loss_value = float(loss.detach())
         bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": loss_value, **parts}.items()})
         if step % config.eval_every == 0 or step == steps:
-            val_auc, val_threshold = video_level_validation(head, val_set, device)
-            metric = test_metric(head) if config.selection == "test" else val_auc
-            history.append({"step": step, "loss": loss_value, **parts, f"{config.selection}_auc": metric})
-            if metric > best_metric:
+            if selection == "last":  # the paper protocol: no held-out videos, the last step is kept
+                metric, val_threshold = math.nan, threshold
+                if step == steps:  # a threshold for `vadpipe score`, from the training videos (optimistic)
+                    metric, val_threshold = video_level_validation(head, _eval_view(train_set), device)
+                history.append({"step": step, "loss": loss_value, **parts})
+            else:
+                val_auc, val_threshold = video_level_validation(head, val_set, device)
+                metric = test_metric(head) if selection == "test" else val_auc
+                history.append({"step": step, "loss": loss_value, **parts, f"{selection}_auc": metric})
+            if selection == "last":
+                best_metric, best_step, threshold = metric, step, val_threshold
+                save_checkpoint(out / "best.pt", payload("best"))
+            elif metric > best_metric:
                 best_metric, best_step, bad_evals = metric, step, 0
                 threshold = val_threshold
                 save_checkpoint(out / "best.pt", payload("best"))
@@ -298,6 +334,70 @@ def train(
         history=history, steps_per_second=(step - start_step) / elapsed if elapsed > 0 else float("nan"),
         stopped_early=stopped,
     )
+
+
+Instance = tuple[int, "int | None"]
+
+
+def _instances(dataset: FeatureDataset, sampling: TrainSampling, n_crops: int) -> list[Instance]:
+    """The units the sampler draws: ``(video, None)`` (all crops) or ``(video, crop)``."""
+    if sampling.instances == "video":
+        return [(v, None) for v in range(len(dataset))]
+    if sampling.batching == "balanced":
+        raise ConfigError("crop instances are drawn with random batches (batching='random'), not balanced ones")
+    return [(v, c) for v in range(len(dataset)) for c in range(n_crops)]
+
+
+def training_batch(
+    dataset: FeatureDataset, items: list[Instance], sampling: TrainSampling
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Features of the drawn instances, split by label.
+
+    Returns:
+        ``normal [B, N, T, D]``, ``abnormal [B', N, T, D]`` (``N = 1`` for crop instances)
+        and, for masked sampling, ``{"normal_mask": [B, T], "abnormal_mask": [B', T]}``
+        (all bags zero-padded to the longest of the batch); ``{}`` otherwise.
+    """
+    bags, labels = [], []
+    for v, c in items:
+        feat, label = dataset[v]
+        if c is not None:
+            if c >= feat.shape[0]:
+                raise ConfigError(f"{dataset.rows[v].feature_path} has {feat.shape[0]} crops; crop {c} was "
+                                  "expected (all training videos must have the same number of crops)")
+            feat = feat[c : c + 1]
+        bags.append(feat)
+        labels.append(bool(label))
+    is_abn = torch.tensor(labels, dtype=torch.bool)
+    if sampling.masked:
+        feats, mask = pad_bags(bags)
+        return feats[~is_abn], feats[is_abn], {"normal_mask": mask[~is_abn], "abnormal_mask": mask[is_abn]}
+    shapes = {tuple(b.shape) for b in bags}
+    if len(shapes) != 1:
+        raise ConfigError(f"training videos of one batch have different feature shapes {sorted(shapes)}")
+    feats = torch.stack(bags)
+    return feats[~is_abn], feats[is_abn], {}
+
+
+def schedule_line(head: str, sampling: TrainSampling, n_instances: int, steps: int, n_videos: int) -> str:
+    """One line saying what a training step is and how many there are."""
+    unit = "crop instances" if sampling.instances == "crop" else "videos"
+    if sampling.batching == "random":
+        per_epoch = max(1, math.ceil(n_instances / sampling.batch_size))
+        how = (f"random batches of {sampling.batch_size} {unit} ({n_instances} {unit} of {n_videos} videos, "
+               f"{per_epoch} steps/epoch"
+               + (f", {sampling.epochs} epochs" if sampling.epochs is not None else "") + ")")
+    else:
+        how = f"balanced batches of {sampling.batch_size} normal + {sampling.batch_size} anomalous videos"
+    bag = {"segments": f"{sampling.length} resampled segments",
+           "uniform": f"up to {sampling.length} uniformly sampled snippets, zero-padded with a mask",
+           "full": "every snippet, zero-padded with a mask"}[sampling.temporal]
+    return f"{head}: {steps} steps; {how}; bags of {bag}"
+
+
+def _eval_view(dataset: FeatureDataset) -> FeatureDataset:
+    """The same videos at full length (eval mode)."""
+    return FeatureDataset(dataset.rows, dataset.root, mode="eval", l2_normalize=dataset.l2_normalize)
 
 
 def _setting(config: Any, names: tuple[str, ...], default: Any) -> Any:
