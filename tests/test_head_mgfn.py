@@ -444,21 +444,162 @@ def test_official_loss_crop_pairing_with_ten_crops():
     assert parts["con"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_paper_options_change_the_loss():
-    paper = MGFNConfig.paper()
-    assert (paper.con_norm_p, paper.contrastive_pairs, paper.sparsity, paper.smoothness) == (2.0, "videos", "paper", "paper")
-    out = _outputs(
-        abn_l1=[[2.0], [4.0]], nor_l1=[[1.0], [1.0]],
-        s_normal=[[0.1, 0.2, 0.4]], s_abnormal=[[0.9, 0.5, 0.5]],
-        score_n=[[0.2]], score_a=[[0.8]],
-    )
-    _, parts = official_loss(out, batch_size=1, config=paper)
-    assert parts["sparsity"] == pytest.approx(0.9 + 0.5 + 0.5, rel=1e-5)  # abnormal scores, summed
-    assert parts["smooth"] == pytest.approx(0.4**2, rel=1e-5)  # abnormal video only
-    # one video per class: no intra pairs; inter on crop-averaged magnitudes 3 vs 1
-    assert parts["con"] == pytest.approx((200 - 2) ** 2, rel=1e-4)
+def _random_outputs(b: int, ncrops: int, k: int, t: int, f: int, seed: int):
+    """Seeded forward outputs: selected features ``[N*B, k, F]`` (dense, so L1 != L2),
+    snippet scores ``[2B, T, 1]`` in (0.05, 0.95), video scores ``[B, 1]``."""
+    g = torch.Generator().manual_seed(seed)
+    abn = torch.randn(ncrops * b, k, f, generator=g, dtype=torch.float64) * 1.5
+    nor = torch.randn(ncrops * b, k, f, generator=g, dtype=torch.float64)
+    scores = 0.05 + 0.9 * torch.rand(2 * b, t, 1, generator=g, dtype=torch.float64)
+    score_n = 0.05 + 0.9 * torch.rand(b, 1, generator=g, dtype=torch.float64)
+    score_a = 0.05 + 0.9 * torch.rand(b, 1, generator=g, dtype=torch.float64)
+    return score_a, score_n, abn, nor, scores
+
+
+def _hand_magnitudes(selected: torch.Tensor, n_videos: int, ncrops: int) -> list[list[float]]:
+    """``M[v][t]``: L2 norm of selected snippet t of video v, averaged over crops (rows crop-major)."""
+    rows = selected.tolist()
+    k = len(rows[0])
+    def norm(row: list[float]) -> float:
+        return math.sqrt(sum(x * x for x in row))
+
+    return [
+        [sum(norm(rows[c * n_videos + v][t]) for c in range(ncrops)) / ncrops for t in range(k)]
+        for v in range(n_videos)
+    ]
+
+
+def _hand_mc(m_n, m_a, margin, hinge=False):
+    """Eq. (8)-(10) with loops: sums over ordered pairs, unsquared |gaps|, min (eq. 9) inside
+    a class, max (eq. 10) across classes, ``Margin - D`` (clamped only if ``hinge``)."""
+
+    def gaps(x, y):
+        return [abs(a - b) for a in x for b in y]
+
+    intra_n = sum(min(gaps(mp, mq)) for mp in m_n for mq in m_n)
+    intra_a = sum(min(gaps(mu, mv)) for mu in m_a for mv in m_a)
+    inter_terms = [margin - max(gaps(mp, mu)) for mp in m_n for mu in m_a]
+    if hinge:
+        inter_terms = [max(0.0, x) for x in inter_terms]
+    return sum(inter_terms), intra_a, intra_n, inter_terms
+
+
+@pytest.mark.parametrize("hinge", [False, True])
+def test_paper_mc_loss_follows_eqs_8_to_10_by_hand(hinge):
+    """``MGFNConfig.paper()`` MC terms against loops over the printed eq. (8)-(10).
+
+    The margin is the median of the inter-class max-gaps, so some ``Margin - D`` terms are
+    negative. Catches: squared distances (official), min and max swapped between eq. (9)
+    and (10), a signed difference instead of the gap, the Euclidean distance between whole
+    top-k vectors (the former ``"videos"`` form), means instead of the printed sums, a clamp
+    on ``Margin - D`` when not asked for (or none when ``mc_inter_hinge``), and L1 (code)
+    magnitudes in ``paper()`` instead of L2."""
+    b, ncrops, k = 3, 2, 3
+    out = _random_outputs(b, ncrops, k, t=5, f=4, seed=3)
+    m_a = _hand_magnitudes(out[2], b, ncrops)
+    m_n = _hand_magnitudes(out[3], b, ncrops)
+    d_max = sorted(max(abs(x - y) for x in mp for y in mu) for mp in m_n for mu in m_a)
+    margin = d_max[len(d_max) // 2]
+    inter, intra_a, intra_n, terms = _hand_mc(m_n, m_a, margin, hinge)
+    assert any(t_ < 0 for t_ in _hand_mc(m_n, m_a, margin)[3])  # the data exercises the margin
+    cfg = MGFNConfig.paper(margin=margin, mc_inter_hinge=hinge)
+    _, parts = official_loss(out, batch_size=b, config=cfg)
+    assert parts["con"] == pytest.approx(inter, rel=1e-9, abs=1e-12)
+    assert parts["con_a"] == pytest.approx(intra_a, rel=1e-9)
+    assert parts["con_n"] == pytest.approx(intra_n, rel=1e-9)
+    assert intra_a > 0 and intra_n > 0
+
+
+def test_paper_total_loss_with_per_clip_bce_by_hand():
+    """``MGFNConfig.paper()``: L = L_sce + 1 * L_sp + 1 * L_ts + 0.001 * L_mc, each by hand.
+
+    L_sce is the BCE of every clip score against its video's label, averaged over the 2B * T
+    clips; sparsity and smoothness are per abnormal video, averaged over videos. Catches:
+    the video-level (top-k mean) BCE of the code, clip labels taken from the wrong half,
+    the extra 0.001 on the inter-class MC term, the code's 8e-3 / 8e-4 weights, the
+    normal-half L2 sparsity or all-video smoothness of the code, and ``paper()`` missing
+    ``classification="paper_clip"``."""
+    b, ncrops, k, t = 2, 2, 3, 6
+    out = _random_outputs(b, ncrops, k, t=t, f=4, seed=8)
+    cfg = MGFNConfig.paper()
+    total, parts = official_loss(out, batch_size=b, config=cfg)
+    s = out[4][..., 0].tolist()  # [2B][T]
+    clip_terms = [-math.log(1 - p) for row in s[:b] for p in row] + [-math.log(p) for row in s[b:] for p in row]
+    bce = sum(clip_terms) / len(clip_terms)
+    sparsity = sum(sum(row) for row in s[b:]) / b
+    smooth = sum(sum((row[j] - row[j + 1]) ** 2 for j in range(t - 1)) for row in s[b:]) / b
+    m_n, m_a = _hand_magnitudes(out[3], b, ncrops), _hand_magnitudes(out[2], b, ncrops)
+    inter, intra_a, intra_n, _ = _hand_mc(m_n, m_a, 200.0)
+    expected = bce + sparsity + smooth + 1e-3 * (inter + intra_a + intra_n)
+    assert parts["bce"] == pytest.approx(bce, rel=1e-9)
+    assert parts["sparsity"] == pytest.approx(sparsity, rel=1e-9)
+    assert parts["smooth"] == pytest.approx(smooth, rel=1e-9)
+    assert total.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_paper_preset_is_registered_for_the_cli():
+    """``vadpipe train --head mgfn --preset paper`` (the registry's preset) builds the same
+    config as ``MGFNConfig.paper()``. Catches a missing or stale ``presets`` entry."""
+    assert MGFNConfig(**get_head("mgfn").presets["paper"]) == MGFNConfig.paper()
+    assert MGFNConfig.paper() != MGFNConfig()
+
+
+def test_paper_config_selects_the_exact_top_k_in_training():
+    """``MGFNConfig.paper()`` in training picks the k largest crop-averaged magnitudes (the
+    paper's "top-k-largest-feature-magnitude clips"); the official Dropout(0.7) eligibility
+    mask changes the choice under the same seed. Catches ``paper()`` keeping the mask."""
+    picked = {}
+    for name, cfg in (("paper", MGFNConfig.paper(**SMALL)), ("official", small_config())):
+        model = MGFN(cfg)
+        # random LayerNorm gains: with the default ones every final magnitude is about sqrt(C)
+        model.load_state_dict(random_state_dict(model, seed=12))
+        model = model.double().train()
+        b, n, t = cfg.batch_size, cfg.ncrops, 16
+        g = torch.Generator().manual_seed(2)
+        video = add_magnitude(torch.randn(2 * b, n, t, cfg.feature_dim, generator=g, dtype=torch.float64))
+        with torch.no_grad():
+            feats, _ = model.embed(video)  # training-mode BatchNorm: batch statistics, deterministic
+            torch.manual_seed(6)
+            _, _, abn_sel, nor_sel, _ = model(video)
+        mags = [[sum(feats[v * n + c, j].norm().item() for c in range(n)) / n for j in range(t)] for v in range(2 * b)]
+        exact = [sorted(range(t), key=lambda j, v=v: -mags[v][j])[: cfg.k] for v in range(2 * b)]
+        expected_nor = torch.stack([feats[v * n + c, exact[v]] for c in range(n) for v in range(b)])
+        expected_abn = torch.stack([feats[(b + v) * n + c, exact[b + v]] for c in range(n) for v in range(b)])
+        picked[name] = torch.allclose(nor_sel, expected_nor) and torch.allclose(abn_sel, expected_abn)
+    assert picked["paper"]
+    assert not picked["official"]  # the check can fail: the seeded mask does move the top-k
+
+
+def test_paper_config_head_loss_backpropagates():
+    """``MGFN.loss`` with ``MGFNConfig.paper()`` end to end: finite, gradients reach FAM's
+    ``to_mag`` and the classifier (the MC and per-clip BCE terms are wired to the model)."""
+    torch.manual_seed(0)
+    cfg = MGFNConfig.paper(**SMALL)
+    head = MGFN(cfg)
+    head.load_state_dict(random_state_dict(head, seed=9))  # final LN gains != 1: magnitudes differ
+    head.train()
+    g = torch.Generator().manual_seed(4)
+    normal = torch.randn(cfg.batch_size, cfg.ncrops, 8, cfg.feature_dim, generator=g)
+    abnormal = torch.randn(cfg.batch_size, cfg.ncrops, 8, cfg.feature_dim, generator=g) + 0.5
+    loss, parts = head.loss(normal, abnormal)
+    loss.backward()
+    assert math.isfinite(loss.item()) and parts["con_a"] > 0 and parts["con_n"] > 0
+    assert head.to_mag.weight.grad.abs().sum() > 0 and head.fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(sparsity="other"),
+        dict(classification="video"),
+        dict(contrastive_pairs="all"),
+        dict(mc_inter_hinge=True),  # the official "crops" loss has its own squared hinge
+        dict(contrastive_pairs="videos", mc_inter_hinge="yes"),
+    ],
+)
+def test_bad_paper_settings_raise(kwargs):
     with pytest.raises(ConfigError):
-        MGFNConfig(sparsity="other")
+        MGFNConfig(**kwargs)
 
 
 def test_head_loss_and_scores_interface():

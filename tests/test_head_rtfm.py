@@ -7,6 +7,7 @@ with functional ops on a plain state dict, so it shares no code with the head.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 
@@ -18,10 +19,12 @@ from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundEr
 from vadpipe.heads.base import get_head
 from vadpipe.heads.checkpoints import CheckpointMismatchError, load_official_state_dict, read_state_dict
 from vadpipe.heads.rtfm import (
+    RTFM_PAPER_SETTINGS,
     RTFMConfig,
     RTFMHead,
     rtfm_magnitude_loss,
     rtfm_smoothness,
+    rtfm_snippet_bce,
     rtfm_sparsity,
     rtfm_video_bce,
 )
@@ -267,7 +270,7 @@ def test_official_init_non_local_w_batchnorm_is_zero_and_biases_zero():
 def test_defaults_match_official_code():
     c = RTFMConfig()
     assert (c.feature_dim, c.batch_size, c.n_crops, c.segments, c.k) == (2048, 32, 10, 32, 3)
-    assert (c.dropout, c.margin, c.alpha, c.lambda_smooth, c.lambda_sparse) == (0.7, 100.0, 1e-4, 8e-4, 8e-3)
+    assert (c.dropout, c.margin, c.magnitude_weight, c.lambda_smooth, c.lambda_sparse) == (0.7, 100.0, 1e-4, 8e-4, 8e-3)
     assert (c.lr, c.weight_decay, c.max_steps) == (1e-3, 5e-3, 15000)
     spec = get_head("rtfm")
     assert spec.config_cls is RTFMConfig
@@ -277,7 +280,19 @@ def test_defaults_match_official_code():
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 5e-3
 
 
-@pytest.mark.parametrize("kwargs", [dict(feature_dim=60), dict(k=0), dict(dropout=1.0), dict(sparsity="l1")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(feature_dim=60),
+        dict(k=0),
+        dict(dropout=1.0),
+        dict(sparsity="l1"),
+        dict(magnitude_loss="hinge"),
+        dict(alpha=-1.0),
+        dict(alpha=float("nan")),
+        dict(eligibility_dropout="no"),
+    ],
+)
 def test_bad_config_raises(kwargs):
     with pytest.raises(ConfigError):
         RTFMConfig(**kwargs)
@@ -419,10 +434,49 @@ def test_magnitude_loss_by_hand():
     # absolute value, not a hinge: a magnitude above the margin is penalised too
     big = torch.tensor([[[120.0, 0.0]]])
     assert rtfm_magnitude_loss(big, torch.zeros(1, 1, 2), 100.0).item() == pytest.approx(400.0)
-    # paper eq. (6): mean of magnitudes, hinge, not squared
-    paper = rtfm_magnitude_loss(feat_abn, feat_nor, 100.0, "paper_hinge")
-    assert paper.item() == pytest.approx(((100 - 5 + 1) + (100 - 10 + 0)) / 2)
-    assert rtfm_magnitude_loss(big, torch.zeros(1, 1, 2), 100.0, "paper_hinge").item() == 0.0
+
+
+def _hand_g(row: torch.Tensor) -> float:
+    """Eq. (2) on one selected row ``[k, D]``: the mean of the k L2 norms, with plain loops."""
+    norms = [math.sqrt(sum(x * x for x in snippet)) for snippet in row.tolist()]
+    return sum(norms) / len(norms)
+
+
+def _hand_paper_hinge(feat_abn, feat_nor, margin, ncrops):
+    """Eq. (6) summed over every abnormal x normal pair of each crop (eq. 1), as a mean."""
+    n_a, n_n = feat_abn.shape[0] // ncrops, feat_nor.shape[0] // ncrops
+    terms = [
+        max(0.0, margin - (_hand_g(feat_abn[c * n_a + i]) - _hand_g(feat_nor[c * n_n + j])))
+        for c in range(ncrops)
+        for i in range(n_a)
+        for j in range(n_n)
+    ]
+    return sum(terms) / len(terms), terms
+
+
+def test_paper_hinge_pairs_every_abnormal_with_every_normal_video():
+    """Eq. (6) + eq. (1) against loops on seeded tensors, with a margin that clamps some pairs.
+
+    Catches: pairing abnormal row r with normal row r only (the official pairing), pairing
+    across crops, squaring the hinge or dropping its clamp, and the norm of the mean
+    feature (official) in place of eq. (2)'s mean of norms."""
+    g = torch.Generator().manual_seed(11)
+    ncrops, n_a, n_n, k, d = 2, 3, 2, 3, 4
+    feat_abn = torch.randn(ncrops * n_a, k, d, generator=g, dtype=torch.float64) * 2.0
+    feat_nor = torch.randn(ncrops * n_n, k, d, generator=g, dtype=torch.float64)
+    separabilities = sorted(
+        _hand_g(feat_abn[c * n_a + i]) - _hand_g(feat_nor[c * n_n + j])
+        for c in range(ncrops)
+        for i in range(n_a)
+        for j in range(n_n)
+    )
+    margin = separabilities[len(separabilities) // 2]  # about half the pairs are clamped to 0
+    expected, terms = _hand_paper_hinge(feat_abn, feat_nor, margin, ncrops)
+    assert 0 < sum(t == 0.0 for t in terms) < len(terms)  # the data exercises the clamp
+    got = rtfm_magnitude_loss(feat_abn, feat_nor, margin, "paper_hinge", ncrops=ncrops)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="ncrops=4"):
+        rtfm_magnitude_loss(feat_abn, feat_nor, margin, "paper_hinge", ncrops=4)
 
 
 def test_smoothness_and_sparsity_by_hand():
@@ -440,6 +494,18 @@ def test_video_bce_by_hand():
     sn, sa = torch.tensor([[0.2], [0.4]]), torch.tensor([[0.9], [0.5]])
     expected = -(math.log(0.8) + math.log(0.6) + math.log(0.9) + math.log(0.5)) / 4
     assert rtfm_video_bce(sn, sa).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_paper_snippet_bce_sums_over_the_top_k_snippets():
+    """Eq. (7): BCE summed over the k top snippets of a video, then averaged over videos.
+
+    Catches: a mean over the k snippets (the former ``paper_snippet``: k times smaller),
+    BCE of the video score (mean of the k scores) instead of per snippet, swapped labels."""
+    sn = torch.tensor([[0.2, 0.1, 0.3], [0.4, 0.05, 0.6]], dtype=torch.float64)  # normal, y = 0
+    sa = torch.tensor([[0.9, 0.7, 0.2], [0.5, 0.99, 0.8]], dtype=torch.float64)  # abnormal, y = 1
+    per_video = [sum(-math.log(1 - p) for p in row) for row in sn.tolist()]
+    per_video += [sum(-math.log(p) for p in row) for row in sa.tolist()]
+    assert rtfm_snippet_bce(sn, sa).item() == pytest.approx(sum(per_video) / 4, rel=1e-12)
 
 
 def test_loss_equals_terms_of_forward_outputs_eval():
@@ -467,6 +533,140 @@ def test_loss_with_one_video_per_class_keeps_the_abnormal_half():
     assert math.isfinite(parts["total"])
 
 
+def _hand_official_magnitude(feat_abn, feat_nor, margin):
+    """``RTFM_loss`` without its weight: row r vs row r, norm of the mean feature, squared."""
+    terms = []
+    for a, n in zip(feat_abn.tolist(), feat_nor.tolist()):
+        mean_a = [sum(col) / len(a) for col in zip(*a)]
+        mean_n = [sum(col) / len(n) for col in zip(*n)]
+        norm_a = math.sqrt(sum(x * x for x in mean_a))
+        norm_n = math.sqrt(sum(x * x for x in mean_n))
+        terms.append((abs(margin - norm_a) + norm_n) ** 2)
+    return sum(terms) / len(terms)
+
+
+def _eval_head_and_batch(config: RTFMConfig, b: int = 2, ncrops: int = 2, t: int = 8):
+    """An eval-mode float64 head and a ``[2B, N, T, D]`` batch. The margin is reset to the
+    median abnormal-minus-normal separability of the batch (hand-computed), so that about
+    half of the eq. (6) hinge terms are clamped: with every term active the hinge is
+    linear and any complete pairing of the videos would give the same mean."""
+    torch.manual_seed(0)
+    m = RTFMHead(config).double()
+    m.load_state_dict(_perturbed_state(m, seed=4))
+    m.eval()
+    x = _inputs(2 * b, ncrops=ncrops, t=t, dtype=torch.float64, seed=13)
+    with torch.no_grad():
+        out = m.forward_official(x, b)
+    separabilities = sorted(
+        _hand_g(out[2][c * b + i]) - _hand_g(out[3][c * b + j])
+        for c in range(ncrops)
+        for i in range(b)
+        for j in range(b)
+    )
+    m.config = dataclasses.replace(m.config, margin=separabilities[len(separabilities) // 2])
+    return m, x
+
+
+@pytest.mark.parametrize(
+    "config_kwargs,weight",
+    [
+        (dict(magnitude_loss="paper_hinge"), 1.0),  # eq. (1): l_s unweighted
+        (dict(), 1e-4),  # official RTFM_loss(0.0001, 100)
+        (dict(magnitude_loss="paper_hinge", alpha=0.25), 0.25),  # an explicit alpha wins
+        (dict(alpha=0.25), 0.25),
+    ],
+)
+def test_magnitude_weight_in_the_loss(config_kwargs, weight):
+    """The weighted magnitude part of :meth:`RTFMHead.loss` equals weight x the hand value.
+
+    Catches: the code's 1e-4 ``alpha`` applied to the paper hinge (eq. 1 has weight 1), the
+    official loss losing its 1e-4, an explicit ``alpha`` being ignored, and the head not
+    passing the crop count to the paper hinge (it would pair across crops)."""
+    b, ncrops = 2, 2
+    m, x = _eval_head_and_batch(RTFMConfig(batch_size=b, **SMALL, **config_kwargs), b, ncrops)
+    cfg = m.config
+    with torch.no_grad():
+        _, parts = m.loss(x[:b], x[b:])
+        out = m.forward_official(x, b)
+    if cfg.magnitude_loss == "paper_hinge":
+        raw, terms = _hand_paper_hinge(out[2], out[3], cfg.margin, ncrops)
+        assert 0 < sum(t == 0.0 for t in terms) < len(terms)  # some pairs clamped, some not
+    else:
+        raw = _hand_official_magnitude(out[2], out[3], cfg.margin)
+    assert raw > 0.0
+    assert parts["magnitude"] == pytest.approx(weight * raw, rel=1e-9)
+
+
+def test_paper_config_total_loss_matches_eqs_1_to_7_by_hand():
+    """``RTFMConfig.paper()``: the whole loss, term by term, from loops over the printed equations.
+
+    L = l_f (eq. 7: BCE summed over the top-k snippets, mean over videos) + 1 * l_s (eq. 6,
+    every abnormal x normal pair) + 8e-3 * mean_v sum_t |s| + 8e-4 * mean_v sum_t (s_t - s_{t-1})^2
+    on the abnormal videos. Catches: the 1e-4 weight on l_s, a mean instead of the sum over
+    the k snippets, video-level BCE, the official L2-norm sparsity or cross-video smoothness,
+    and ``paper()`` missing any of these choices; the margin clamps about half the pairs, so
+    the official row-r-with-row-r pairing or pairing across crops is caught too."""
+    b, ncrops, t, k = 2, 2, 8, 3
+    m, x = _eval_head_and_batch(RTFMConfig.paper(batch_size=b, **SMALL), b, ncrops, t)
+    cfg = m.config
+    with torch.no_grad():
+        loss, parts = m.loss(x[:b], x[b:])
+        out = m.forward_official(x, b)
+    scores = out[6][..., 0].tolist()  # [2B][T] crop-averaged snippet scores
+    mags = out[9].tolist()  # [2B][T] crop-averaged magnitudes
+    top = [sorted(range(t), key=lambda i, v=v: -mags[v][i])[:k] for v in range(2 * b)]
+
+    l_s, terms = _hand_paper_hinge(out[2], out[3], cfg.margin, ncrops)
+    assert 0 < sum(term == 0.0 for term in terms) < len(terms)  # the pairing matters
+    per_video = []
+    for v in range(2 * b):
+        y = 0.0 if v < b else 1.0
+        per_video.append(sum(-(y * math.log(scores[v][i]) + (1 - y) * math.log(1 - scores[v][i])) for i in top[v]))
+    l_f = sum(per_video) / (2 * b)
+    abnormal = scores[b:]
+    sparse = 8e-3 * sum(sum(abs(p) for p in row) for row in abnormal) / b
+    smooth = 8e-4 * sum(sum((row[i] - row[i - 1]) ** 2 for i in range(1, t)) for row in abnormal) / b
+
+    assert parts["cls"] == pytest.approx(l_f, rel=1e-9)
+    assert parts["magnitude"] == pytest.approx(l_s, rel=1e-9)
+    assert parts["sparse"] == pytest.approx(sparse, rel=1e-9)
+    assert parts["smooth"] == pytest.approx(smooth, rel=1e-9)
+    assert loss.item() == pytest.approx(l_f + l_s + sparse + smooth, rel=1e-9)
+    opt = get_head("rtfm").optimizer(m.parameters(), cfg)
+    assert opt.defaults["weight_decay"] == 5e-4  # Sec. 4.2 (code: 5e-3)
+
+
+def test_paper_preset_is_registered_for_the_cli():
+    """``vadpipe train --head rtfm --preset paper`` (the registry's preset) builds the same
+    config as ``RTFMConfig.paper()``. Catches a missing or stale ``presets`` entry."""
+    assert RTFMConfig(**get_head("rtfm").presets["paper"]) == RTFMConfig.paper()
+    assert RTFMConfig.paper() != RTFMConfig()
+
+
+def test_paper_config_takes_the_exact_top_k_in_training():
+    """Eq. (2): with ``eligibility_dropout=False`` (set by ``paper()``) the training forward
+    selects the k largest crop-averaged magnitudes; the official mask changes the choice.
+
+    Catches: the dropout mask of ones still multiplying the magnitudes in the paper
+    variant, and ``paper()`` leaving ``eligibility_dropout`` on."""
+    b, t, k = 2, 32, 3
+    x = _inputs(2 * b, ncrops=2, t=t, seed=21)
+    chosen = {}
+    configs = {"paper": RTFMConfig.paper(batch_size=b, **SMALL), "official": RTFMConfig(batch_size=b, **SMALL)}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        m = RTFMHead(cfg).train()
+        torch.manual_seed(5)
+        with torch.no_grad():
+            p = m._forward_parts(x, b, single_video_is_inference=False)
+        mags = p["feat_magnitudes"].tolist()
+        exact = [sorted(sorted(range(t), key=lambda i, v=v: -mags[v][i])[:k]) for v in range(2 * b)]
+        picked = [sorted(row) for row in torch.cat((p["idx_normal"], p["idx_abn"])).tolist()]
+        chosen[name] = picked == exact
+    assert chosen["paper"]
+    assert not chosen["official"]  # the seeded mask does change the selection: the check can fail
+
+
 @pytest.mark.parametrize(
     "option",
     [
@@ -474,6 +674,8 @@ def test_loss_with_one_video_per_class_keeps_the_abnormal_half():
         dict(sparsity="paper_l1"),
         dict(smoothness="per_video"),
         dict(classification="paper_snippet"),
+        dict(eligibility_dropout=False),
+        dict(RTFM_PAPER_SETTINGS),
     ],
 )
 def test_paper_options_run_and_backpropagate(option):

@@ -68,13 +68,65 @@ features must already be resampled to 32 segments when they reach :meth:`MGFN.lo
 Optimiser (official ``main.py``/``option.py``): Adam, lr 1e-3 (constant, ``[0.001]*15000``),
 weight decay 5e-4; 16 normal + 16 abnormal videos per step, 10 crops, 32 segments.
 
-Paper choices available as options (:meth:`MGFNConfig.paper` sets them all): sparsity and
-smoothness on the abnormal scores with lambda_1 = lambda_2 = 1 (code: 8e-3 on the normal
-half's L2 norm, 8e-4 on all videos); no extra 0.001 on the inter-class contrastive term;
-L2 magnitudes (code: L1); MC loss over all video pairs (Eq. 8-10, read as the Euclidean
-distance between crop-averaged top-k magnitude vectors); 8 + 8 videos per batch. Not
-offered: the paper's parameter-free "self-attentional convolution" (Eq. 6-7) and FAM in
-the input feature space, since the official checkpoints use the code's layers.
+Loss, paper → code. Notation: ``B`` normal + ``B`` abnormal videos (the paper's ``B/2`` +
+``B/2``), ``s [2B, T]`` crop-averaged snippet scores, ``m_{v,t}`` the crop-averaged feature
+magnitude of snippet ``t`` of video ``v`` (the quantity MSNSD ranks), ``Ω_k(v)`` its top-k
+snippets. Official = the default; paper = :meth:`MGFNConfig.paper` (the CLI's ``vadpipe
+train --head mgfn --preset paper``), which sets every option below at once
+(:data:`MGFN_PAPER_SETTINGS`; each can also be set alone)::
+
+    total    L = L_sce + λ1 L_ts + λ2 L_sp + λ3 L_mc,  λ1 = λ2 = 1, λ3 = 0.001
+             official: L_bce + 1e-3 (1e-3 L_con + L_con_a + L_con_n) + 8e-4 L_smooth
+             + 8e-3 L_sparsity; paper: ``con_inter_weight=1``, ``smooth_weight=1``,
+             ``sparsity_weight=1`` (``mc_weight`` = λ3 = 1e-3 in both)
+    L_sce    -y log s^{i,j} - (1 - y) log(1 - s^{i,j}) for clip j of video i, y the video
+             label: ``classification="official"``: BCE of each video's score (mean of s
+             over its top-k snippets), mean over 2B videos; ``"paper_clip"``: BCE of every
+             clip score s[v, t] against its video's label, mean over all 2B * T clips
+    Eq. (1)  M = ||f||_2 per snippet and crop (FAM): both append the L2 norm channel
+    Eq. (2)  f + α Conv1D(M), α = 0.1 (``mag_ratio``): both
+    Eq. (8)  L_mc = Σ_{p,q} D(M_n^p, M_n^q) + Σ_{u,v} D(M_a^u, M_a^v)
+                    + Σ_{p,u} (Margin - D(M_n^p, M_a^u))
+             ``contrastive_pairs="crops"`` (official ``ContrastiveLoss``): squared
+             distances, squared hinge ``max(0, 200 - d)^2``, d = Euclidean distance of the
+             L1 top-k magnitude vectors of abnormal row r vs normal row r (same crop, same
+             batch slot), intra-class terms between crops 5-9 and crops 0-4 of the same
+             video, all as means; ``"videos"`` (paper): the printed sums over every ordered
+             pair of normal videos (p, q), of abnormal videos (u, v) and every normal x
+             abnormal pair (p, u), unsquared, the inter term ``Margin - D`` not clamped
+             (``mc_inter_hinge=True`` clamps it at 0, which the paper does not print)
+    Eq. (9)  D(M_n^p, M_n^q) = min_{t in Ω_k(p), r in Ω_k(q)} |m_{p,t} - m_{q,r}|:
+             ``"videos"``: the smallest gap between any top-k magnitude of p and any of
+             q (0 for p = q, so the diagonal adds nothing)
+    Eq. (10) D(M_n^p, M_a^u) = max_{t in Ω_k(p), r in Ω_k(u)} |m_{p,t} - m_{u,r}|:
+             ``"videos"``: the largest such gap; magnitudes are L2 (``con_norm_p=2``;
+             official L1) of the final features, crop-averaged
+    L_ts, L_sp  Σ_t s_a^{i,t} and Σ_t (s_a^{i,t} - s_a^{i,t+1})^2 on abnormal videos
+             (the paper prints the two names swapped, and runs the difference sum to
+             t = T: read as t < T; with λ1 = λ2 the total is the same):
+             ``sparsity="official"``: ||s[:B]||_2, the L2 norm of the *normal* half;
+             ``"paper"``: mean over abnormal videos of Σ_t s_t. ``smoothness="official"``:
+             Σ over all 2B videos; ``"paper"``: mean over abnormal videos of the sum
+    top-k    "top-k-largest-feature-magnitude clips": official ``dropout_rate=0.7`` ranks
+             only the snippets surviving Dropout(0.7) on a mask of ones (training);
+             paper ``dropout_rate=0``: the exact top-k (the mask is that dropout's only use)
+    batch    16 videos = 8 normal + 8 abnormal (``batch_size=8``; code 16 + 16); lr 1e-3,
+             weight decay 5e-4, T = 32, P = 10, k = 3: code and paper agree
+
+Departures of the paper variant from the printed text, kept on purpose:
+
+* Eq. (9) and (10) print a signed difference ``1(.) - 1(.)``; with a min over the pairs
+  it would not be a distance (and would reward spreading each video's top-k apart), so
+  the absolute gap is used. The text after eq. (9) speaks of "the maximum-distance pair"
+  for the similarity terms; the equations (min for eq. 9, max for eq. 10) are followed.
+* Eq. (8)'s index ranges ``0..B/2`` and ``B/2..B`` are read as the B/2 normal and the B/2
+  abnormal videos; the sums are kept as sums (λ3 multiplies sums over ``B^2`` pairs).
+  Unclamped, the inter term ``Margin - D`` is unbounded below and ``Margin`` only shifts
+  the loss; the margin value is not printed, the code's 200 is kept.
+* The paper has no crops in the MC loss: magnitudes are averaged over crops per snippet.
+  How ``L_sce``, ``L_ts`` and ``L_sp`` aggregate over videos is not printed: means.
+* Not offered: the parameter-free "self-attentional convolution" (eq. 6-7) and FAM in
+  the input feature space, since the official checkpoints use the code's layers.
 
 Deviations from the official code, none of which changes its results where it runs:
 no ``.cuda()`` (device follows the input); crops are split by the actual ``N`` (the code
@@ -108,6 +160,8 @@ __all__ = [
     "add_magnitude",
     "select_top_magnitudes",
     "contrastive_loss",
+    "paper_mc_terms",
+    "MGFN_PAPER_SETTINGS",
     "official_forward",
     "official_loss",
     "load_official_checkpoint",
@@ -120,6 +174,24 @@ _CHOICES = {
     "contrastive_pairs": ("crops", "videos"),
     "sparsity": ("official", "paper"),
     "smoothness": ("official", "paper"),
+    "classification": ("official", "paper_clip"),
+}
+
+#: Every paper choice that differs from the code (:meth:`MGFNConfig.paper`): λ1 = λ2 = 1 on
+#: the abnormal scores, no extra 0.001 inside λ3 = 0.001, L2 magnitudes, eq. (8)-(10) over
+#: video pairs, per-clip BCE, exact top-k, 8 + 8 videos per batch.
+MGFN_PAPER_SETTINGS: dict[str, Any] = {
+    "batch_size": 8,
+    "mc_weight": 1e-3,
+    "con_inter_weight": 1.0,
+    "con_norm_p": 2.0,
+    "contrastive_pairs": "videos",
+    "classification": "paper_clip",
+    "dropout_rate": 0.0,
+    "sparsity_weight": 1.0,
+    "sparsity": "paper",
+    "smooth_weight": 1.0,
+    "smoothness": "paper",
 }
 
 
@@ -140,7 +212,8 @@ class MGFNConfig:
         ff_repe: expansion of the feed-forward 1x1 convs (4).
         ff_dropout: dropout inside the feed-forward (``mgfn(dropout=0.)``).
         attention_dropout: accepted by the glance block and never applied (0).
-        dropout_rate: dropout on the top-k eligibility mask (``--dropout_rate`` 0.7).
+        dropout_rate: dropout on the top-k eligibility mask (``--dropout_rate`` 0.7; the
+            paper's exact top-k is 0).
         mag_ratio: weight of the magnitude tokens (``--mag_ratio`` 0.1; the paper's alpha).
         k: snippets selected per video (hard-coded 3 in ``mgfn.forward``).
         margin: contrastive margin (``ContrastiveLoss(margin=200.0)``).
@@ -155,9 +228,15 @@ class MGFNConfig:
             (official 0.001; the paper has none: 1.0).
         con_norm_p: norm of a selected feature fed to the contrastive loss
             (official L1 = 1; the paper's magnitudes are L2 = 2).
-        contrastive_pairs: ``"crops"`` (official: crops 5-9 vs crops 0-4 of the same
-            videos, abnormal row i vs normal row i) or ``"videos"`` (paper Eq. 8: every pair
-            of videos, on crop-averaged top-k magnitudes).
+        contrastive_pairs: ``"crops"`` (official ``ContrastiveLoss``: squared distances
+            and squared hinge; crops 5-9 vs crops 0-4 of the same videos, abnormal row i vs
+            normal row i) or ``"videos"`` (paper eq. 8-10, :func:`paper_mc_terms`: sums over
+            every pair of videos of unsquared min / max gaps between crop-averaged top-k
+            magnitudes).
+        mc_inter_hinge: ``"videos"`` only: clamp the inter-class term ``Margin - D`` at 0
+            (not printed in eq. 8; default False = as printed).
+        classification: ``"official"``: BCE of the video scores (top-k mean); ``"paper_clip"``:
+            the paper's ``L_sce`` on every clip score with its video's label, mean over clips.
         sparsity_weight: official 8e-3 (paper lambda_1 = 1).
         sparsity: ``"official"``: L2 norm of the normal half's scores; ``"paper"``:
             sum over snippets of the abnormal videos' scores, averaged over videos.
@@ -193,6 +272,8 @@ class MGFNConfig:
     sparsity: str = "official"
     smooth_weight: float = 8e-4
     smoothness: str = "official"
+    classification: str = "official"
+    mc_inter_hinge: bool = False
 
     def __post_init__(self) -> None:
         self.dims = tuple(int(d) for d in self.dims)
@@ -219,6 +300,13 @@ class MGFNConfig:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MGFN {name}={getattr(self, name)!r}; choose one of {allowed}")
+        if not isinstance(self.mc_inter_hinge, bool):
+            raise ConfigError(f"MGFN mc_inter_hinge must be True or False, got {self.mc_inter_hinge!r}")
+        if self.mc_inter_hinge and self.contrastive_pairs != "videos":
+            raise ConfigError(
+                "MGFN mc_inter_hinge applies to contrastive_pairs='videos' (eq. 8-10); the official "
+                "'crops' loss always uses its squared hinge"
+            )
 
     @property
     def heads(self) -> tuple[int, ...]:
@@ -227,25 +315,14 @@ class MGFNConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "MGFNConfig":
-        """The paper's stated choices where they differ from the code.
+        """The paper's stated choices where they differ from the code (:data:`MGFN_PAPER_SETTINGS`).
 
-        lambda_1 = lambda_2 = 1 on sparsity/smoothness of the abnormal scores, lambda_3 =
-        0.001 on the whole MC loss (no extra 0.001 on the inter-class term), L2 feature
-        magnitudes, all video pairs in the MC loss, 8 + 8 videos per batch.
+        λ1 = λ2 = 1 on sparsity/smoothness of the abnormal scores, λ3 = 0.001 on the whole
+        MC loss (no extra 0.001 on the inter-class term), the MC loss of eq. (8)-(10) on L2
+        magnitudes over all video pairs, the per-clip BCE ``L_sce``, the exact top-k (no
+        eligibility dropout), 8 + 8 videos per batch. ``overrides`` change any field.
         """
-        values = dict(
-            batch_size=8,
-            mc_weight=1e-3,
-            con_inter_weight=1.0,
-            con_norm_p=2.0,
-            contrastive_pairs="videos",
-            sparsity_weight=1.0,
-            sparsity="paper",
-            smooth_weight=1.0,
-            smoothness="paper",
-        )
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**MGFN_PAPER_SETTINGS, **overrides})
 
     def replace(self, **changes: Any) -> "MGFNConfig":
         """A copy with ``changes`` applied (validated)."""
@@ -479,9 +556,35 @@ def contrastive_loss(x1: torch.Tensor, x2: torch.Tensor, label: float, margin: f
     return torch.mean((1 - label) * d.pow(2) + label * torch.clamp(margin - d, min=0.0).pow(2))
 
 
-def _pair_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``[len(a), len(b)]`` between rows, with pairwise_distance's eps."""
-    return (a[:, None, :] - b[None, :, :] + 1e-6).pow(2).sum(-1).sqrt()
+def _topk_gaps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``|x[p, t] - y[q, r]|`` for every pair: ``x [P, k], y [Q, k] -> [P, Q, k, k]``."""
+    return (x[:, None, :, None] - y[None, :, None, :]).abs()
+
+
+def paper_mc_terms(
+    mag_normal: torch.Tensor, mag_abnormal: torch.Tensor, margin: float, inter_hinge: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three sums of the paper's Magnitude Contrastive loss, eq. (8)-(10).
+
+    Args:
+        mag_normal: ``[P, k]`` top-k feature magnitudes of each normal video (``M_n``).
+        mag_abnormal: ``[U, k]`` the same for the abnormal videos (``M_a``).
+        margin: ``Margin`` of eq. (8).
+        inter_hinge: clamp ``Margin - D`` at 0 (not printed; False = as printed).
+
+    Returns:
+        ``(inter, intra_abnormal, intra_normal)`` scalars:
+        ``inter = Σ_{p,u} (Margin - max_{t,r} |M_n[p,t] - M_a[u,r]|)`` (eq. 10),
+        ``intra_abnormal = Σ_{u,v} min_{t,r} |M_a[u,t] - M_a[v,r]|`` and
+        ``intra_normal = Σ_{p,q} min_{t,r} |M_n[p,t] - M_n[q,r]|`` (eq. 9), sums over
+        ordered pairs (the ``p = q`` terms are 0). Distances are not squared.
+    """
+    intra_normal = _topk_gaps(mag_normal, mag_normal).amin(dim=(2, 3)).sum()
+    intra_abnormal = _topk_gaps(mag_abnormal, mag_abnormal).amin(dim=(2, 3)).sum()
+    inter_terms = margin - _topk_gaps(mag_normal, mag_abnormal).amax(dim=(2, 3))  # [P, U]
+    if inter_hinge:
+        inter_terms = torch.clamp(inter_terms, min=0.0)
+    return inter_terms.sum(), intra_abnormal, intra_normal
 
 
 def _split_crops(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -495,23 +598,31 @@ def official_loss(
     batch_size: int,
     config: MGFNConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Training loss of official ``train.py`` (formulas in the module docstring).
+    """Training loss of official ``train.py``, or the paper's terms where ``config`` says so
+    (formulas in the module docstring).
 
     Args:
-        outputs: the tuple of :func:`official_forward` on ``[normal B; abnormal B]``.
+        outputs: the tuple of :func:`official_forward` on ``[normal B; abnormal B]``:
+            video scores ``[B, 1]`` x2, selected features ``[N*B, k, F]`` x2 (crop-major),
+            crop-averaged snippet scores ``[2B, T, 1]``.
         batch_size: ``B``, videos per class.
 
     Returns:
         The scalar loss and its parts ``bce, con, con_a, con_n, smooth, sparsity, total``
-        (``con``, ``con_a``, ``con_n`` unweighted).
+        (``con``, ``con_a``, ``con_n`` unweighted; ``bce`` is ``L_sce`` per clip with
+        ``classification="paper_clip"``).
     """
     score_abnormal, score_normal, abn_sel, nor_sel, scores = outputs
     cfg = config
     s = scores.squeeze(2)  # [2B, T] crop-averaged snippet scores
 
-    video_scores = torch.cat([score_normal, score_abnormal], 0).reshape(-1)
-    labels = torch.cat([torch.zeros_like(score_normal), torch.ones_like(score_abnormal)], 0).reshape(-1)
-    bce = F.binary_cross_entropy(video_scores, labels)
+    if cfg.classification == "official":
+        video_scores = torch.cat([score_normal, score_abnormal], 0).reshape(-1)
+        labels = torch.cat([torch.zeros_like(score_normal), torch.ones_like(score_abnormal)], 0).reshape(-1)
+        bce = F.binary_cross_entropy(video_scores, labels)
+    else:  # "paper_clip": L_sce on every clip, labelled with its video's label
+        clip_labels = torch.cat([torch.zeros_like(s[:batch_size]), torch.ones_like(s[batch_size:])], 0)
+        bce = F.binary_cross_entropy(s, clip_labels)
 
     abn_norm = torch.linalg.vector_norm(abn_sel, ord=cfg.con_norm_p, dim=2)  # [N*B, k]
     nor_norm = torch.linalg.vector_norm(nor_sel, ord=cfg.con_norm_p, dim=2)
@@ -522,14 +633,11 @@ def official_loss(
         n_hi, n_lo = _split_crops(nor_norm)
         con_a = contrastive_loss(a_hi, a_lo, 0, cfg.margin) if a_lo.shape[0] else zero
         con_n = contrastive_loss(n_hi, n_lo, 0, cfg.margin) if n_lo.shape[0] else zero
-    else:  # "videos": paper Eq. 8 on crop-averaged top-k magnitudes, all pairs of videos
+    else:  # "videos": paper eq. (8)-(10) on crop-averaged top-k magnitudes, all video pairs
         n = score_normal.shape[0]
         m_a = abn_norm.reshape(-1, n, abn_norm.shape[1]).mean(0)  # [B, k]
         m_n = nor_norm.reshape(-1, n, nor_norm.shape[1]).mean(0)
-        con = torch.clamp(cfg.margin - _pair_distances(m_n, m_a), min=0.0).pow(2).mean()
-        upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=s.device), diagonal=1)
-        con_a = _pair_distances(m_a, m_a)[upper].pow(2).mean() if n > 1 else zero
-        con_n = _pair_distances(m_n, m_n)[upper].pow(2).mean() if n > 1 else zero
+        con, con_a, con_n = paper_mc_terms(m_n, m_a, cfg.margin, cfg.mc_inter_hinge)
 
     if cfg.sparsity == "official":
         sparsity = torch.linalg.vector_norm(s[:batch_size].reshape(-1), ord=2)
@@ -725,5 +833,6 @@ register_head(
         build=MGFN,
         optimizer=build_optimizer,
         description="MGFN (Chen et al. 2023): glance/focus blocks, feature amplification, magnitude-contrastive loss",
+        presets={"paper": dict(MGFN_PAPER_SETTINGS)},  # vadpipe train --head mgfn --preset paper
     )
 )

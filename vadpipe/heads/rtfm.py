@@ -30,12 +30,76 @@ Tensor layout: the official forward takes ``[bs, ncrops, T, D]`` where the first
 ``batch_size`` videos are normal and the rest abnormal, folds crops into the batch
 video-major (row ``b * ncrops + c``), and averages *sigmoid scores* over crops inside the
 forward. :meth:`RTFMHead.forward_official` reproduces its 10-tuple output.
+
+Loss, paper → code. Notation: ``B`` normal + ``B`` abnormal videos, ``N`` crops, ``T``
+snippets; ``s [2B, T]`` crop-averaged sigmoid snippet scores; ``Ω_k(v)`` the top-k snippets
+of video ``v`` by crop-averaged feature magnitude (one index set for all crops); ``a_{c,i}``
+/ ``n_{c,j}`` the ``[k, D]`` selected MTN features of crop ``c`` of abnormal video ``i`` /
+normal video ``j``. Official = the default; paper = :meth:`RTFMConfig.paper` (the CLI's
+``vadpipe train --head rtfm --preset paper``), which sets every option below at once
+(:data:`RTFM_PAPER_SETTINGS`; each can also be set alone, e.g. ``--set
+magnitude_loss=paper_hinge``)::
+
+    eq. (1)  L = l_s + l_f (+ smoothness, sparsity; weights not printed)
+             official: L = BCE + 1e-4 * l_s' + 8e-3 * sparse' + 8e-4 * smooth'
+             paper:    L = l_f + 1 * l_s + 8e-3 * sparse + 8e-4 * smooth
+             (primes: the code's forms of each term, listed below)
+             (``alpha=None``: each magnitude variant's own weight, 1e-4 official / 1 paper;
+             a number overrides both)
+    eq. (2)  g(X) = max over k-subsets of the mean ||x_t||_2 = mean of the k largest norms
+             official: selection among snippets surviving a Dropout(0.7) mask of ones
+             (training only), ``eligibility_dropout=True``;
+             paper: the exact top-k, ``eligibility_dropout=False``
+    eq. (3)  d(X+, X-) = g(X+) - g(X-)
+    eq. (6)  l_s = max(0, m - d(X_i, X_j)) for abnormal i, normal j (m = 100), summed over
+             all such pairs in eq. (1)
+             official ``magnitude_loss="official"``: mean_{c,i} (|m - ||mean_k a_{c,i}||_2|
+             + ||mean_k n_{c,i}||_2)^2 -- squared, absolute value instead of the hinge, norm
+             of the *mean* feature instead of the mean of norms, abnormal video i paired
+             with normal video i only;
+             paper ``"paper_hinge"``: mean_{c,i,j} max(0, m - mean_k ||a_{c,i,k}|| +
+             mean_k ||n_{c,j,k}||), every abnormal x normal pair (within a crop)
+    eq. (7)  l_f = sum_{x in Ω_k(X)} BCE(f(x), y)
+             official ``classification="official"``: BCE(mean_{t in Ω_k} s_t, y), mean over
+             the 2B videos; paper ``"paper_snippet"``: sum over the k snippets of
+             BCE(s_t, y), mean over the 2B videos
+    Sec. 3.4 smoothness (f(x_t) - f(x_{t-1}))^2 (summed over t, as in [51]):
+             official ``smoothness="official"``: 8e-4 * sum over the B*T abnormal scores
+             flattened, pairs crossing video boundaries; paper ``"per_video"``: 8e-4 *
+             mean over abnormal videos of sum_t (s_t - s_{t-1})^2
+    Sec. 3.4 sparsity sum_t |f(x_t)| in each abnormal video:
+             official ``sparsity="official"``: 8e-3 * ||s_abn||_2 (L2 norm of all B*T
+             abnormal scores); paper ``"paper_l1"``: 8e-3 * mean over abnormal videos of
+             sum_t |s_t|
+    Sec. 4.2 m = 100, k = 3, T = 32, 32 + 32 videos per batch, lr 1e-3: code and paper
+             agree. Adam weight decay: code 5e-3, paper 5e-4 (``weight_decay``, set by
+             :meth:`RTFMConfig.paper`).
+
+Departures of the paper variant from the printed text, kept on purpose:
+
+* eq. (1) writes dataset-level sums; a mini-batch takes means (``l_s`` over the
+  abnormal x normal pairs, ``l_f`` and the regularisers over videos). Read literally,
+  the double sum over ``i, j`` would also count each ``l_f`` term ``|D|`` times; that is
+  taken as notation, not as a weight.
+* The smoothness and sparsity weights are not printed (the paper only says "following
+  [51]"); the paper variant keeps the code's 8e-4 and 8e-3 (``lambda_smooth``,
+  ``lambda_sparse``), now applied to the per-video forms.
+* The paper has no crops: every selected crop is treated as a view of its video, ``g``
+  is taken per crop, and pairs are formed between videos within the same crop; the
+  top-k set is chosen on crop-averaged magnitudes and scores are crop-averaged, as in
+  the code.
+* "50 epochs" (Sec. 4.2) is not converted: ``max_steps`` stays the code's 15000.
+* Not offered (architecture, fixed by the official checkpoints): the code's dropout on
+  the MTN output before the magnitudes are taken (the paper puts dropout after the FC
+  layers only), and its TSA details: affinity ``theta phi^T`` divided by T, D/8-wide
+  inner convolutions (the paper: D/4), BatchNorm after the output convolution.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,17 +114,40 @@ __all__ = [
     "MultiScaleTemporalNetwork",
     "TemporalNonLocal",
     "rtfm_video_bce",
+    "rtfm_snippet_bce",
     "rtfm_smoothness",
     "rtfm_sparsity",
     "rtfm_magnitude_loss",
     "rtfm_optimizer",
     "official_weight_init",
+    "OFFICIAL_MAGNITUDE_WEIGHT",
+    "PAPER_MAGNITUDE_WEIGHT",
+    "RTFM_PAPER_SETTINGS",
 ]
 
 MagnitudeLoss = Literal["official", "paper_hinge"]
 SparsityLoss = Literal["official", "paper_l1"]
 SmoothnessLoss = Literal["official", "per_video"]
 ClassificationLoss = Literal["official", "paper_snippet"]
+
+#: Weight of the official magnitude loss: ``RTFM_loss(0.0001, 100)`` in ``train.py``.
+OFFICIAL_MAGNITUDE_WEIGHT = 1e-4
+#: Weight of ``l_s`` in the paper's eq. (1): ``L = l_s + l_f``, i.e. 1.
+PAPER_MAGNITUDE_WEIGHT = 1.0
+_MAGNITUDE_WEIGHTS: dict[str, float] = {
+    "official": OFFICIAL_MAGNITUDE_WEIGHT,
+    "paper_hinge": PAPER_MAGNITUDE_WEIGHT,
+}
+#: Every paper choice that differs from the code (:meth:`RTFMConfig.paper`); ``alpha`` stays
+#: ``None`` so that the paper hinge gets its own weight 1.
+RTFM_PAPER_SETTINGS: dict[str, Any] = {
+    "magnitude_loss": "paper_hinge",
+    "classification": "paper_snippet",
+    "smoothness": "per_video",
+    "sparsity": "paper_l1",
+    "eligibility_dropout": False,
+    "weight_decay": 5e-4,
+}
 
 
 @dataclass
@@ -83,24 +170,31 @@ class RTFMConfig:
         dropout: rate of the single ``nn.Dropout`` the official model reuses everywhere
             (aggregated features, after fc1, after fc2, and the top-k eligibility masks).
         margin: magnitude margin m (100).
-        alpha: weight of the magnitude loss (``RTFM_loss(0.0001, 100)``).
+        alpha: weight of the magnitude loss; ``None`` (default): the weight that goes with
+            ``magnitude_loss`` -- 1e-4 for ``"official"`` (``RTFM_loss(0.0001, 100)``), 1 for
+            ``"paper_hinge"`` (eq. 1 adds ``l_s`` unweighted). A number is used as given for
+            either variant. :attr:`magnitude_weight` is the weight in effect.
         lambda_smooth: smoothness weight (``smooth(abn_scores, 8e-4)``).
         lambda_sparse: sparsity weight (``sparsity(abn_scores, batch_size, 8e-3)``).
         lr: Adam learning rate (``--lr '[0.001]*15000'``; the paper uses 1e-4 for XD-Violence).
         weight_decay: Adam weight decay. Code (``main.py``): 0.005; the paper says 0.0005.
         max_steps: training iterations (``--max-epoch 15000``: one batch per "epoch").
         magnitude_loss: ``"official"``: ``mean_r (|m - ||mean_k a_r||| + ||mean_k n_r||)^2``
-            (absolute value, norm of the mean top-k feature); ``"paper_hinge"``: eq. (6),
-            ``mean_r max(0, m - g(a_r) + g(n_r))`` with ``g`` the mean of the top-k
-            snippet magnitudes (eq. 2), not squared.
+            (absolute value, norm of the mean top-k feature, abnormal row r vs normal row
+            r); ``"paper_hinge"``: eq. (6), ``mean_{c,i,j} max(0, m - g(a_{c,i}) +
+            g(n_{c,j}))`` over every abnormal x normal video pair of each crop, with ``g``
+            the mean of the top-k snippet magnitudes (eq. 2), not squared.
         sparsity: ``"official"``: ``lambda * ||s_abn||_2`` over all abnormal snippet
             scores of the batch flattened; ``"paper_l1"``: ``lambda * mean_videos sum_t |s_t|``.
         smoothness: ``"official"``: ``lambda * sum (s_{i+1} - s_i)^2`` over the flattened
             abnormal scores (pairs cross video boundaries); ``"per_video"``: the same sum
             restricted to pairs inside each video, averaged over videos.
         classification: ``"official"``: BCE on each video's score (mean of the top-k
-            snippet scores); ``"paper_snippet"``: eq. (7), BCE on every top-k snippet score
-            (mean over snippets and videos).
+            snippet scores), mean over videos; ``"paper_snippet"``: eq. (7), BCE on every
+            top-k snippet score, summed over the k snippets, mean over videos.
+        eligibility_dropout: ``True`` (official): in training the top-k is taken among
+            the snippets that survive the model's dropout applied to a mask of ones;
+            ``False`` (paper eq. 2): the exact top-k magnitudes. No effect in eval mode.
     """
 
     feature_dim: int = 2048
@@ -111,7 +205,7 @@ class RTFMConfig:
     k: int = 3
     dropout: float = 0.7
     margin: float = 100.0
-    alpha: float = 1e-4
+    alpha: float | None = None
     lambda_smooth: float = 8e-4
     lambda_sparse: float = 8e-3
     lr: float = 1e-3
@@ -121,6 +215,7 @@ class RTFMConfig:
     sparsity: SparsityLoss = "official"
     smoothness: SmoothnessLoss = "official"
     classification: ClassificationLoss = "official"
+    eligibility_dropout: bool = True
 
     def __post_init__(self) -> None:
         self.fc_dims = tuple(int(d) for d in self.fc_dims)  # type: ignore[assignment]
@@ -132,6 +227,10 @@ class RTFMConfig:
             raise ConfigError(f"RTFM k must be positive, got {self.k}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"RTFM dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha >= 0.0):
+            raise ConfigError(f"RTFM alpha must be None or a finite weight >= 0, got {self.alpha}")
+        if not isinstance(self.eligibility_dropout, bool):
+            raise ConfigError(f"RTFM eligibility_dropout must be True or False, got {self.eligibility_dropout!r}")
         choices = {
             "magnitude_loss": ("official", "paper_hinge"),
             "sparsity": ("official", "paper_l1"),
@@ -141,6 +240,23 @@ class RTFMConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"RTFM {name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def magnitude_weight(self) -> float:
+        """Weight of the magnitude loss in effect: ``alpha``, or the variant's own weight
+        (``OFFICIAL_MAGNITUDE_WEIGHT`` / ``PAPER_MAGNITUDE_WEIGHT``) when ``alpha`` is None."""
+        return _MAGNITUDE_WEIGHTS[self.magnitude_loss] if self.alpha is None else float(self.alpha)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "RTFMConfig":
+        """Every choice of the paper that differs from the code (:data:`RTFM_PAPER_SETTINGS`).
+
+        Eq. (6) hinge over all abnormal x normal pairs with weight 1 (eq. 1), eq. (7) BCE
+        summed over the top-k snippets, per-video smoothness and L1 sparsity (Sec. 3.4),
+        exact top-k (eq. 2, no eligibility dropout), weight decay 5e-4 (Sec. 4.2).
+        ``overrides`` change any field afterwards.
+        """
+        return cls(**{**RTFM_PAPER_SETTINGS, **overrides})
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,7 +382,8 @@ class RTFMHead(AnomalyHead):
     def _select_topk(
         self, features: torch.Tensor, scores: torch.Tensor, magnitudes: torch.Tensor, ncrops: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-k by crop-averaged magnitude (after a dropout mask of ones).
+        """Top-k by crop-averaged magnitude (after a dropout mask of ones when
+        ``config.eligibility_dropout``; the exact top-k otherwise).
 
         Args:
             features: ``[n * ncrops, T, D]`` (video-major), scores ``[n, T, 1]``,
@@ -277,7 +394,9 @@ class RTFMHead(AnomalyHead):
             indices [n, k])``.
         """
         n, t = magnitudes.shape
-        eligible = self.drop_out(torch.ones_like(magnitudes))
+        eligible = torch.ones_like(magnitudes)
+        if self.config.eligibility_dropout:
+            eligible = self.drop_out(eligible)
         idx = torch.topk(magnitudes * eligible, self.config.k, dim=1)[1]  # [n, k]
         per_crop = features.reshape(n, ncrops, t, -1).transpose(0, 1)  # [ncrops, n, T, D]
         gather_idx = idx.unsqueeze(2).expand(-1, -1, features.shape[-1])
@@ -349,6 +468,7 @@ class RTFMHead(AnomalyHead):
 
         Random draws happen in the official order (feature dropout, fc1 and fc2 dropout,
         the abnormal then the normal eligibility mask), so a seeded training step matches.
+        With ``config.eligibility_dropout=False`` (paper) the two masks are not drawn.
         """
         p = self._forward_parts(inputs, batch_size, single_video_is_inference)
         fa = p["feat_select_abn"]
@@ -386,7 +506,12 @@ class RTFMHead(AnomalyHead):
                                                            pairs cross video boundaries)
 
         (``train.py::sparsity`` is ``lambda * mean(norm(arr, dim=0))`` of a 1-D tensor, i.e.
-        its L2 norm.) Options of :class:`RTFMConfig` switch each term to the paper's form.
+        its L2 norm.) Options of :class:`RTFMConfig` switch each term to the paper's form
+        (module docstring); ``alpha`` above is :attr:`RTFMConfig.magnitude_weight`.
+
+        Args:
+            normal, abnormal: ``[B, N, T, D]`` features, the same shape.
+
         Returns the loss and the parts ``cls``, ``magnitude``, ``smooth``, ``sparse``
         (weighted) and ``total``.
         """
@@ -394,18 +519,18 @@ class RTFMHead(AnomalyHead):
         self._check_input(abnormal, "abnormal")
         if normal.shape != abnormal.shape:
             raise ValueError(f"normal {tuple(normal.shape)} and abnormal {tuple(abnormal.shape)} must match")
-        b, _, t, _ = normal.shape
+        b, ncrops, t, _ = normal.shape
         p = self._forward_parts(torch.cat((normal, abnormal), 0), b, single_video_is_inference=False)
         cfg = self.config
         if cfg.classification == "official":
             loss_cls = rtfm_video_bce(p["score_normal"], p["score_abnormal"])
         else:
-            sel_n = torch.gather(p["scores_normal"][..., 0], 1, p["idx_normal"]).reshape(-1)
-            sel_a = torch.gather(p["scores_abn"][..., 0], 1, p["idx_abn"]).reshape(-1)
-            loss_cls = rtfm_video_bce(sel_n, sel_a)
+            sel_n = torch.gather(p["scores_normal"][..., 0], 1, p["idx_normal"])  # [B, k]
+            sel_a = torch.gather(p["scores_abn"][..., 0], 1, p["idx_abn"])  # [B, k]
+            loss_cls = rtfm_snippet_bce(sel_n, sel_a)
         abn_scores = p["scores"][b:].reshape(b * t)
-        magnitude = cfg.alpha * rtfm_magnitude_loss(
-            p["feat_select_abn"], p["feat_select_normal"], cfg.margin, cfg.magnitude_loss
+        magnitude = cfg.magnitude_weight * rtfm_magnitude_loss(
+            p["feat_select_abn"], p["feat_select_normal"], cfg.margin, cfg.magnitude_loss, ncrops=ncrops
         )
         sparse = rtfm_sparsity(abn_scores, cfg.lambda_sparse, cfg.sparsity, t)
         smooth = rtfm_smoothness(abn_scores, cfg.lambda_smooth, cfg.smoothness, t)
@@ -472,20 +597,43 @@ def rtfm_smoothness(
 
 
 def rtfm_magnitude_loss(
-    feat_abn: torch.Tensor, feat_nor: torch.Tensor, margin: float, mode: MagnitudeLoss = "official"
+    feat_abn: torch.Tensor,
+    feat_nor: torch.Tensor,
+    margin: float,
+    mode: MagnitudeLoss = "official",
+    *,
+    ncrops: int = 1,
 ) -> torch.Tensor:
-    """Feature-magnitude separation on the selected top-k features ``[R, k, D]``.
+    """Feature-magnitude separation (unweighted) on the selected top-k features.
 
-    ``"official"`` (``RTFM_loss``): ``mean_r (|m - ||mean_k a_r||| + ||mean_k n_r||)^2``.
-    ``"paper_hinge"`` (eq. 6): ``mean_r max(0, m - mean_k ||a_r,k|| + mean_k ||n_r,k||)``.
+    Args:
+        feat_abn, feat_nor: ``[R, k, D]`` selected features, ``R = ncrops * n`` rows
+            crop-major (row ``c * n + v``), as :meth:`RTFMHead.forward_official` returns them.
+        margin: ``m``.
+        mode: ``"official"`` (``RTFM_loss``): ``mean_r (|m - ||mean_k a_r||| +
+            ||mean_k n_r||)^2``, row ``r`` of both halves paired. ``"paper_hinge"`` (eq. 6
+            summed over pairs as in eq. 1): ``mean_{c,i,j} max(0, m - g(a_{c,i}) +
+            g(n_{c,j}))``, ``g`` = mean over k of the L2 norms (eq. 2), every abnormal
+            video ``i`` against every normal video ``j`` within each crop ``c``.
+        ncrops: crops ``N`` in the row layout (``"paper_hinge"`` only; 1 pairs every
+            abnormal row with every normal row).
+
+    Returns:
+        A scalar.
     """
     if mode == "official":
         loss_abn = torch.abs(margin - torch.linalg.vector_norm(feat_abn.mean(dim=1), ord=2, dim=1))
         loss_nor = torch.linalg.vector_norm(feat_nor.mean(dim=1), ord=2, dim=1)
         return ((loss_abn + loss_nor) ** 2).mean()
-    g_abn = torch.linalg.vector_norm(feat_abn, ord=2, dim=2).mean(dim=1)
-    g_nor = torch.linalg.vector_norm(feat_nor, ord=2, dim=2).mean(dim=1)
-    return torch.clamp(margin - g_abn + g_nor, min=0).mean()
+    if ncrops < 1 or feat_abn.shape[0] % ncrops or feat_nor.shape[0] % ncrops:
+        raise ValueError(
+            f"RTFM paper_hinge: {feat_abn.shape[0]} abnormal and {feat_nor.shape[0]} normal rows "
+            f"are not whole videos of ncrops={ncrops} crops"
+        )
+    g_abn = torch.linalg.vector_norm(feat_abn, ord=2, dim=2).mean(dim=1).reshape(ncrops, -1)  # [N, B_a]
+    g_nor = torch.linalg.vector_norm(feat_nor, ord=2, dim=2).mean(dim=1).reshape(ncrops, -1)  # [N, B_n]
+    separability = g_abn[:, :, None] - g_nor[:, None, :]  # d(X_i, X_j), eq. (3): [N, B_a, B_n]
+    return torch.clamp(margin - separability, min=0).mean()
 
 
 def rtfm_video_bce(score_normal: torch.Tensor, score_abnormal: torch.Tensor) -> torch.Tensor:
@@ -493,6 +641,22 @@ def rtfm_video_bce(score_normal: torch.Tensor, score_abnormal: torch.Tensor) -> 
     score = torch.cat((score_normal.reshape(-1), score_abnormal.reshape(-1)))
     label = torch.cat((torch.zeros(score_normal.numel()), torch.ones(score_abnormal.numel()))).to(score)
     return F.binary_cross_entropy(score, label)
+
+
+def rtfm_snippet_bce(score_normal: torch.Tensor, score_abnormal: torch.Tensor) -> torch.Tensor:
+    """Eq. (7): ``sum_{x in Ω_k} BCE(f(x), y)`` per video, averaged over all videos.
+
+    Args:
+        score_normal: ``[B, k]`` scores of the top-k snippets of each normal video (y = 0).
+        score_abnormal: ``[B', k]`` the same for the abnormal videos (y = 1).
+
+    Returns:
+        A scalar: ``(sum_v sum_k BCE) / (B + B')``.
+    """
+    score = torch.cat((score_normal, score_abnormal), 0)  # [B + B', k]
+    label = torch.cat((torch.zeros_like(score_normal), torch.ones_like(score_abnormal)), 0)
+    per_snippet = F.binary_cross_entropy(score, label, reduction="none")
+    return per_snippet.sum(dim=1).mean()
 
 
 def rtfm_optimizer(params, config: RTFMConfig) -> torch.optim.Optimizer:
@@ -507,5 +671,6 @@ register_head(
         build=RTFMHead,
         optimizer=rtfm_optimizer,
         description="RTFM (Tian et al. 2021): MTN + top-k feature-magnitude MIL, 10-crop I3D features",
+        presets={"paper": dict(RTFM_PAPER_SETTINGS)},  # vadpipe train --head rtfm --preset paper
     )
 )
