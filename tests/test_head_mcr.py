@@ -19,13 +19,19 @@ from vadpipe.heads.mcr import (
     dmil_loss,
     moving_average,
     multiscale_moving_averages,
+    mcr_sampling,
     squeeze_features,
+    unpad,
 )
+from tests.synthetic import rank_auc
+from vadpipe.heads.data import FeatureDataset, pad_bags, resample_segments
+from vadpipe.manifests.datasets import DatasetRow
 from vadpipe.pipeline.scoring import load_head
 from vadpipe.pipeline.train import TrainConfig, build_head, load_checkpoint, train
 
 SMALL_BASE = {
     "rtfm": {"fc_dims": (32, 16), "dropout": 0.3},
+    "rtfm0": {"fc_dims": (32, 16), "dropout": 0.0},  # deterministic RTFM (no dropout anywhere)
     "sultani": {"hidden_dims": (32, 16), "dropout": 0.3},
 }
 
@@ -33,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only
 
 
 def _head(base: str = "sultani", **kw) -> MCRHead:
-    cfg = MCRConfig(base_head=base, base_overrides=SMALL_BASE[base], feature_dim=16, **kw)
+    cfg = MCRConfig(base_head=base.rstrip("0"), base_overrides=SMALL_BASE[base], feature_dim=16, **kw)
     return MCRHead(cfg)
 
 
@@ -149,14 +155,28 @@ def test_dmil_and_center_loss_by_hand() -> None:
 
 
 def test_loss_combines_terms_and_freeze_base() -> None:
+    """The default loss is DMIL + lambda * center + the base head's own loss on its own view
+    (Sultani: 32 segments of each video). Catches: the base term dropped or its weight
+    ignored (``base_loss_weight`` default 0, the earlier default), the base loss computed on
+    the MCR bags instead of the base's view."""
     torch.manual_seed(4)
     head = _head(lambda_center=2.0)
     head.eval()  # deterministic: no dropout
     n, a = torch.rand(2, 1, 8, 16), torch.rand(2, 1, 8, 16) + 0.5
     loss, parts = head.loss(n, a)
     s = head.snippet_scores(torch.cat((n, a)))
-    want = dmil_loss(s, torch.tensor([0.0, 0, 1, 1])) + 2.0 * center_loss(s[:2])
-    assert torch.allclose(loss, want) and math.isclose(parts["total"], float(want.detach()), rel_tol=1e-6)
+    base_loss, _ = head.base.loss(resample_segments(n, 32), resample_segments(a, 32))
+    mcr = dmil_loss(s, torch.tensor([0.0, 0, 1, 1])) + 2.0 * center_loss(s[:2])
+    assert torch.allclose(loss, mcr + base_loss)
+    assert math.isclose(parts["base"], float(base_loss.detach()), rel_tol=1e-6)
+    assert math.isclose(parts["total"], float((mcr + base_loss).detach()), rel_tol=1e-6)
+    half = _head(lambda_center=2.0, base_loss_weight=0.5)
+    half.load_state_dict(head.state_dict())
+    assert torch.allclose(half.eval().loss(n, a)[0], mcr + 0.5 * base_loss)
+    alone = _head(lambda_center=2.0, base_loss_weight=0.0)
+    alone.load_state_dict(head.state_dict())
+    loss0, parts0 = alone.eval().loss(n, a)
+    assert torch.allclose(loss0, mcr) and "base" not in parts0
 
     frozen = _head(freeze_base=True)
     frozen.train()
@@ -165,12 +185,173 @@ def test_loss_combines_terms_and_freeze_base() -> None:
     opt = get_head("mcr").optimizer(frozen.parameters(), frozen.config)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in frozen.attention.parameters()}
     for _ in range(3):
-        loss, _ = frozen.loss(n, a)
+        loss, parts = frozen.loss(n, a)
+        assert "base" not in parts
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert all(torch.equal(before[k], v) for k, v in frozen.base.state_dict().items())
     assert frozen.attention.weight.abs().sum() > 0
+
+
+def test_masked_dmil_and_center_by_hand() -> None:
+    """k_i from the true length; padded clips are never selected and never enter a center.
+    Catches: k from the padded length, padding selected by the top-k (it holds the highest
+    values here), padding inside the center or the mean, the pooled/per-video reductions
+    swapped."""
+    s = torch.tensor([[0.1, 0.2, 0.4, 0.3, 0.1, 0.9, 0.9, 0.9],   # normal, T=5 + 3 padded
+                      [0.9, 0.5, 0.2, 0.8, 0.7, 0.6, 0.3, 0.1]])  # abnormal, T=8
+    mask = torch.tensor([[True] * 5 + [False] * 3, [True] * 8])
+    y = torch.tensor([0.0, 1.0])
+    # k = ceil(5/4) = 2 -> {0.4, 0.3};  k = ceil(8/4) = 2 -> {0.9, 0.8}
+    normal = -(math.log(0.6) + math.log(0.7)) / 2
+    abnormal = -(math.log(0.9) + math.log(0.8)) / 2
+    assert math.isclose(float(dmil_loss(s, y, 4, mask)), (normal + abnormal) / 2, rel_tol=1e-6)
+    # divisor 3: k = 2 and 3 -> video means differ from the pooled mean
+    abn3 = -(math.log(0.9) + math.log(0.8) + math.log(0.7)) / 3
+    assert math.isclose(float(dmil_loss(s, y, 3, mask)), (normal + abn3) / 2, rel_tol=1e-6)
+    pooled = -(math.log(0.6) + math.log(0.7) + math.log(0.9) + math.log(0.8) + math.log(0.7)) / 5
+    assert math.isclose(float(dmil_loss(s, y, 3, mask, "pooled")), pooled, rel_tol=1e-6)
+    # center of the 5 real clips = 0.22 -> 0.52 / 5, the padding's 0.9s ignored
+    assert math.isclose(float(center_loss(s[:1], mask[:1])), 0.52 / 5, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="real clip"):
+        dmil_loss(s, y, 4, torch.zeros_like(mask))
+
+
+def test_padding_never_reaches_a_score_or_a_loss() -> None:
+    """A zero-padded batch trains exactly like its videos one by one: the refined training
+    scores of each video equal its test-time scores on the unpadded video, and the loss
+    equals the losses built from those. Catches: base/refinement run on the padded bag
+    (RTFM's temporal convolutions and non-local block see the zeros, the forward window and
+    the squeeze average them in), the mask ignored by DMIL or the center loss."""
+    torch.manual_seed(5)
+    head = _head("rtfm0").eval()
+    torch.nn.init.normal_(head.attention.weight, std=0.5)
+    lengths_n, lengths_a = [7, 12], [12, 9]
+    videos = [torch.rand(2, t, 16) for t in lengths_n + lengths_a]
+    feats, mask = pad_bags(videos)
+    n, a, mn, ma = feats[:2], feats[2:], mask[:2], mask[2:]
+    assert [v.shape[1] for v in unpad(n, mn)] == lengths_n
+    loss, parts = head.loss(n, a, normal_mask=mn, abnormal_mask=ma)
+    one_by_one = [head.snippet_scores(v[None])[0] for v in videos]
+    for got, want in zip(head.refine_videos(videos), one_by_one):
+        assert torch.allclose(got, want, atol=1e-6)
+    scores, real = pad_bags([s[None, :, None] for s in one_by_one])
+    scores = scores[:, 0, :, 0]
+    y = torch.tensor([0.0, 0, 1, 1])
+    want_mcr = dmil_loss(scores, y, 4, real) + center_loss(scores[:2], real[:2])
+    assert math.isclose(parts["dmil"] + parts["center"], float(want_mcr.detach()), rel_tol=1e-5)
+    # the same videos padded to a longer T give the same loss
+    longer = [torch.cat((feats, torch.zeros(4, 2, 5, 16)), 2), torch.cat((mask, torch.zeros(4, 5, dtype=torch.bool)), 1)]
+    loss2, _ = head.loss(longer[0][:2], longer[0][2:], normal_mask=longer[1][:2], abnormal_mask=longer[1][2:])
+    assert torch.allclose(loss, loss2, atol=1e-6)
+
+
+def test_base_loss_on_the_base_view_of_the_real_snippets() -> None:
+    """RTFM + MCR trains RTFM on RTFM's own view: 32 ``process_feat`` segments of each
+    video's real snippets. Catches: the base loss fed the padded bags (or their resampling,
+    which averages padding into the last segments), or left out."""
+    torch.manual_seed(6)
+    head = _head("rtfm0").eval()
+    videos = [torch.rand(2, t, 16) for t in (40, 20, 33, 50)]
+    feats, mask = pad_bags(videos)
+    _, parts = head.loss(feats[:2], feats[2:], normal_mask=mask[:2], abnormal_mask=mask[2:])
+    view = torch.stack([resample_segments(v, 32) for v in videos])
+    want, _ = head.base.loss(view[:2], view[2:])
+    assert math.isclose(parts["base"], float(want.detach()), rel_tol=1e-5)
+    padded_view = resample_segments(feats, 32)
+    wrong, _ = head.base.loss(padded_view[:2], padded_view[2:])
+    assert not math.isclose(float(wrong.detach()), float(want.detach()), rel_tol=1e-3)  # the check can tell them apart
+
+
+def test_window_spans_the_same_snippets_in_training_and_scoring(tmp_path: Path) -> None:
+    """The training loop's bags for MCR hold every snippet, so a window of w is w snippets
+    in both phases: the scores the loss trains on equal the scores ``vadpipe eval`` gives
+    the same video. Catches: training videos resampled to 32 segments first (the earlier
+    ``temporal="segments"``: a window of 5 spanned 5 T / 32 snippets in training)."""
+    from vadpipe.pipeline.train import _eval_view, training_batch
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for i, (t, label) in enumerate([(45, "normal"), (70, "anomalous"), (58, "normal"), (64, "anomalous")]):
+        np.save(tmp_path / f"v{i}.npy", rng.random((t, 2, 16), dtype=np.float32))
+        rows.append(DatasetRow(video=f"v{i}", feature_path=f"v{i}.npy", label=label))
+    torch.manual_seed(8)
+    head = _head("rtfm0").eval()
+    torch.nn.init.normal_(head.attention.weight, std=0.5)
+    sampling = mcr_sampling(head.config)
+    dataset = FeatureDataset(rows, tmp_path, n_segments=sampling.length, temporal=sampling.temporal)
+    normal, abnormal, masks = training_batch(dataset, [(i, None) for i in range(4)], sampling)
+    trained = head.refine_videos(unpad(normal, masks.get("normal_mask")) + unpad(abnormal, masks.get("abnormal_mask")))
+    evaluation = _eval_view(dataset)
+    for got, i in zip(trained, (0, 2, 1, 3)):
+        feat, _ = evaluation[i]
+        want = head.snippet_scores(feat[None])[0]
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+
+
+def _probe_head(**kw) -> MCRHead:
+    """MCR over a frozen Sultani base wired by hand to read feature 0: base score =
+    sigmoid(relu(6 x_0 - 3) - 1.5), i.e. 0.82 on a "hit" snippet (x_0 = 1), 0.18 otherwise."""
+    cfg = MCRConfig(base_head="sultani", base_overrides={"hidden_dims": (1, 1), "dropout": 0.0},
+                    feature_dim=4, freeze_base=True, lr=0.05, **kw)
+    head = MCRHead(cfg)
+    with torch.no_grad():
+        b = head.base
+        b.fc1.weight.zero_()
+        b.fc1.weight[0, 0] = 6.0
+        b.fc1.bias.fill_(-3.0)
+        b.fc2.weight.fill_(1.0)
+        b.fc2.bias.zero_()
+        b.fc3.weight.fill_(1.0)
+        b.fc3.bias.fill_(-1.5)
+    return head
+
+
+def _continuity_videos(n: int, abnormal: bool, g: torch.Generator, t: int = 40):
+    """Feature 0 marks base "hits": normal videos have isolated hits (every third snippet,
+    random phase), abnormal videos one contiguous event of 10 hits and no others."""
+    x = torch.rand(n, 1, t, 4, generator=g) * 0.1
+    labels = torch.zeros(n, t)
+    for i in range(n):
+        if abnormal:
+            start = int(torch.randint(0, t - 10, (1,), generator=g))
+            x[i, 0, start : start + 10, 0] = 1.0
+            labels[i, start : start + 10] = 1
+        else:
+            phase = int(torch.randint(0, 3, (1,), generator=g))
+            x[i, 0, phase::3, 0] = 1.0
+    return x, labels
+
+
+def test_multiscale_refinement_separates_events_from_isolated_hits() -> None:
+    """Where continuity matters -- base hits that are isolated in normal videos and
+    contiguous in anomalous ones -- training the refinement moves the attention off the
+    identity window (here to w = 3, which makes the period-3 normal videos flat) and lifts
+    snippet AUC well above the base's. Catches: refinement switched
+    off (fused = base scores), windows that do not smooth (all 1), attention not trained
+    or its softmax taken over the wrong axis (weights not per scale)."""
+    torch.manual_seed(9)
+    g = torch.Generator().manual_seed(9)
+    head = _probe_head()
+    opt = get_head("mcr").optimizer(head.parameters(), head.config)
+    head.train()
+    for _ in range(60):
+        n, _ = _continuity_videos(8, False, g)
+        a, _ = _continuity_videos(8, True, g)
+        loss, _ = head.loss(n, a)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    tn, ln = _continuity_videos(16, False, g)
+    ta, la = _continuity_videos(16, True, g)
+    x, labels = torch.cat((tn, ta)), torch.cat((ln, la))
+    with torch.no_grad():
+        parts = head.refined_parts(x)
+    base_auc, refined_auc = rank_auc(parts["base"], labels), rank_auc(parts["scores"], labels)
+    assert refined_auc > base_auc + 0.04, (base_auc, refined_auc)  # measured: 0.904 -> 0.970
+    assert float(parts["attention"][:, 0].max()) < 0.1  # the identity window loses, in every video
 
 
 def test_config_validation() -> None:
@@ -196,9 +377,15 @@ def data(tmp_path_factory) -> dict:
     return make_split(tmp_path_factory.mktemp("mcr_feats"))
 
 
-@pytest.mark.parametrize("base", ["sultani", "rtfm"])
-def test_mcr_learns_planted_anomaly_and_round_trips(base: str, data: dict, tmp_path: Path) -> None:
-    overrides = {"base_head": base, "base_overrides": SMALL_BASE[base], "batch_size": 4}
+@pytest.mark.parametrize("base,extra", [
+    ("rtfm", {}),                          # the default: full-length bags + RTFM's own loss
+    ("rtfm", {"temporal": "segments"}),    # the earlier 32-segment bags, still an option
+    # Sultani's own objective (Adagrad-tuned, 20k steps) learns too slowly on this toy in 150
+    # Adam steps for a pass/fail bound; its loss term is checked by hand above
+    ("sultani", {"base_loss_weight": 0.0}),
+])
+def test_mcr_learns_planted_anomaly_and_round_trips(base: str, extra: dict, data: dict, tmp_path: Path) -> None:
+    overrides = {"base_head": base, "base_overrides": SMALL_BASE[base], "batch_size": 4, **extra}
     cfg = TrainConfig(head="mcr", overrides=overrides, steps=150, eval_every=50, device="cpu", seed=0)
     result = train(data["train"], data["val"], tmp_path, cfg, root=data["train_root"], progress=False)
     assert [h["step"] for h in result.history] == [50, 100, 150]
