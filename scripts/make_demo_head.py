@@ -3,14 +3,14 @@
 
     python scripts/make_demo_head.py [--work DIR] [--device cpu] [--seed 0] [--steps 300]
 
-What it does (all in :mod:`vadpipe.demo`, which ``vadpipe demo --retrain`` runs too):
+What it does (all in :mod:`vadpipe.pipeline.demo`, which ``vadpipe demo --retrain`` runs too):
 
 1. builds the training and validation videos with PyAV from the two bundled real videos
    (``vadpipe/data/bikes.mp4``, ``vadpipe/data/carphone_pristine.mp4``), planting the one
-   anomaly kind (a shaken camera) at seeded, recorded frames (:func:`vadpipe.demo.training_plan`);
+   anomaly kind (a shaken camera) at seeded, recorded frames (:func:`vadpipe.pipeline.demo.training_plan`);
 2. extracts real Kinetics-400 Inception-I3D features, 1 centre crop per 16-frame clip, with
-   :func:`vadpipe.pipeline.runner.extract` (so the checkpoint records the recipe);
-3. trains a Sultani MIL head with :func:`vadpipe.pipeline.train.train` (seeded; validation
+   :func:`vadpipe.pipeline.extract.runner.extract` (so the checkpoint records the recipe);
+3. trains a Sultani MIL head with :func:`vadpipe.pipeline.train.loop.train` (seeded; validation
    on held-out footage measures the video-level AUC and sets the event threshold);
 4. writes the checkpoint without its optimiser/RNG state (scoring needs neither; it halves
    the file) and a JSON record: data, planted intervals, settings, validation AUC, timings,
@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vadpipe import demo  # noqa: E402
+from vadpipe.pipeline import demo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.media import make_video  # noqa: E402
-from vadpipe.pipeline.events import find_events, uniform_clip_times  # noqa: E402
-from vadpipe.pipeline.report import (  # noqa: E402
+from vadpipe.pipeline.score.events import find_events, uniform_clip_times  # noqa: E402
+from vadpipe.pipeline.score.report import (  # noqa: E402
     VideoReport,
     chromium_screenshot,
     find_chromium,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vadpipe.manifests.datasets import DatasetRow, write_dataset
-from vadpipe.pipeline.evaluate import roc_auc
+from vadpipe.pipeline.train.metrics import roc_auc
 
 
 def rank_auc(scores, labels) -> float:
@@ -73,7 +73,7 @@ def heldout_frame_auc(checkpoint: Path, split: dict) -> float:
     restored the way ``vadpipe eval`` restores it."""
     import torch
 
-    from vadpipe.pipeline.scoring import load_head, score_rows
+    from vadpipe.pipeline.train.apply import load_head, score_rows
 
     cpu = torch.device("cpu")
     scores = score_rows(load_head(checkpoint, cpu), split["test"], split["test_root"], cpu)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 import tests.tiny_backbone  # noqa: F401  (registers "tiny")
-from vadpipe.bench import make_synthetic_video
+from vadpipe.pipeline.benchmark import make_synthetic_video
 from vadpipe.cli import main
-from vadpipe.pipeline.decode import open_video
+from vadpipe.pipeline.extract.decode import open_video
 
 
 def test_synthetic_video_is_what_it_claims(tmp_path) -> None:

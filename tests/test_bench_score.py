@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_heads import cli as _cli, train_tiny_sultani
-from vadpipe.bench_score import bench_checkpoint, run_score_bench
+from vadpipe.pipeline.score.bench import bench_checkpoint, run_score_bench
 from vadpipe.errors import WeightsNotFoundError
-from vadpipe.pipeline.train import load_checkpoint
+from vadpipe.pipeline.train.loop import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,13 @@ from vadpipe.extractors.c3d import (
 )
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.manifests.features import FeatureRow, write_manifest
-from vadpipe.pipeline.segments import (
+from vadpipe.pipeline.train.segments import (
     format_sultani_txt,
     segments_for_manifest,
     sultani_segments,
     write_sultani_txt,
 )
-from vadpipe.weights import sha256_file
+from vadpipe.extractors.weights import sha256_file
 
 
 @pytest.fixture

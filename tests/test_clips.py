@@ -1,4 +1,4 @@
-"""Tests of vadpipe.pipeline.clips: clip geometry, tail policies, streaming cutter."""
+"""Tests of vadpipe.pipeline.extract.clips: clip geometry, tail policies, streaming cutter."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vadpipe.errors import ConfigError, VideoDecodeError
-from vadpipe.pipeline.clips import (
+from vadpipe.pipeline.extract.clips import (
     TAIL_POLICIES,
     ClipSpec,
     clip_frame_ranges,

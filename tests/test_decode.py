@@ -1,4 +1,4 @@
-"""vadpipe.pipeline.decode: frames agree with PyAV (the FFmpeg reference), safely fast.
+"""vadpipe.pipeline.extract.decode: frames agree with PyAV (the FFmpeg reference), safely fast.
 
 The reference in every comparison is computed here, independently of the module under
 test: iterate ``container.decode(stream)`` with PyAV and convert each frame with
@@ -18,7 +18,7 @@ import pytest
 
 from tests import media
 from vadpipe.errors import ConfigError, VideoDecodeError
-from vadpipe.pipeline.decode import BACKENDS, MAX_CHUNK_BYTES, VideoInfo, VideoReader, open_video, probe
+from vadpipe.pipeline.extract.decode import BACKENDS, MAX_CHUNK_BYTES, VideoInfo, VideoReader, open_video, probe
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "videos" / "carphone_pristine.mp4"
@@ -443,7 +443,7 @@ def test_media_helpers_are_deterministic(tmp_path: Path) -> None:
 
 
 def test_auto_switches_to_pyav_when_decord_breaks_mid_stream(corpus: dict[str, Path], monkeypatch) -> None:
-    import vadpipe.pipeline.decode as decode
+    import vadpipe.pipeline.extract.decode as decode
 
     path = next(p for p in corpus.values() if p.suffix == ".mp4")
     reference = open_video(path, backend="pyav").read_all()
@@ -468,7 +468,7 @@ def test_auto_switches_to_pyav_when_decord_breaks_mid_stream(corpus: dict[str, P
 
 def test_frame_width_decord_rejects_is_decoded_by_auto(tmp_path: Path) -> None:
     # decord 3.4 raises "DECORDArrayCopyFromTo: The size must exactly match" on 96x64 H.264
-    from vadpipe.bench import make_synthetic_video
+    from vadpipe.pipeline.benchmark import make_synthetic_video
 
     path = make_synthetic_video(tmp_path / "w96.mp4", seconds=0.5, width=96, height=64)
     with open_video(path) as reader:

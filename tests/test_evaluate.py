@@ -12,7 +12,7 @@ import pytest
 from vadpipe.errors import ManifestError
 from vadpipe.manifests.atomic import TMP_MARKER
 from vadpipe.manifests.datasets import import_rtfm_list
-from vadpipe.pipeline.evaluate import (
+from vadpipe.pipeline.train.metrics import (
     EvaluationError,
     average_precision,
     evaluate,

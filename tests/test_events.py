@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from vadpipe.errors import ConfigError
-from vadpipe.pipeline.events import (
+from vadpipe.pipeline.score.events import (
     Event,
     find_events,
     format_events_table,
     format_time,
     uniform_clip_times,
-    validation_threshold,
     write_events_json,
 )
+from vadpipe.pipeline.train.metrics import validation_threshold
 
 FPS = 30.0
 CLIP = 16 / FPS  # 16-frame clips at 30 fps: 0.5333 s

@@ -20,12 +20,12 @@ from tests import media
 from vadpipe.cli import main
 from vadpipe.errors import ConfigError
 from vadpipe.manifests.features import read_manifest
-from vadpipe.pipeline.clips import ClipSpec
-from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.decode import open_video
-from vadpipe.pipeline.runner import extract
-from vadpipe.pipeline.sources import discover
-from vadpipe.pipeline.transforms import normalize_clips, preprocess_clips
+from vadpipe.pipeline.extract.clips import ClipSpec
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.decode import open_video
+from vadpipe.pipeline.extract.runner import extract
+from vadpipe.pipeline.extract.sources import discover
+from vadpipe.pipeline.extract.transforms import normalize_clips, preprocess_clips
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = ExtractConfig(backbone="tiny", crops=5, random_weights=True, device="cpu", batch_clips=3)

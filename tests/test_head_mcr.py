@@ -26,8 +26,8 @@ from vadpipe.heads.mcr import (
 from tests.synthetic import rank_auc
 from vadpipe.heads.data import FeatureDataset, pad_bags, resample_segments
 from vadpipe.manifests.datasets import DatasetRow
-from vadpipe.pipeline.scoring import load_head
-from vadpipe.pipeline.train import TrainConfig, build_head, load_checkpoint, train
+from vadpipe.pipeline.train.apply import load_head
+from vadpipe.pipeline.train.loop import TrainConfig, build_head, load_checkpoint, train
 
 SMALL_BASE = {
     "rtfm": {"fc_dims": (32, 16), "dropout": 0.3},
@@ -269,7 +269,7 @@ def test_window_spans_the_same_snippets_in_training_and_scoring(tmp_path: Path) 
     in both phases: the scores the loss trains on equal the scores ``vadpipe eval`` gives
     the same video. Catches: training videos resampled to 32 segments first (the earlier
     ``temporal="segments"``: a window of 5 spanned 5 T / 32 snippets in training)."""
-    from vadpipe.pipeline.train import _eval_view, training_batch
+    from vadpipe.pipeline.train.loop import _eval_view, training_batch
 
     rng = np.random.default_rng(7)
     rows = []

@@ -30,7 +30,7 @@ from vadpipe.heads.sacrf import (
     sacrf_smoothness,
     sacrf_sparsity,
 )
-from vadpipe.pipeline.train import TrainConfig, load_checkpoint, train
+from vadpipe.pipeline.train.loop import TrainConfig, load_checkpoint, train
 
 SMALL = {"feature_dim": 32, "attn_dim": 16, "embed_dim": 16}
 MODES = [(w, e) for w in ("centred", "past", "future") for e in ("shift", "truncate")]

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vadpipe import weights as W
+from vadpipe.extractors import weights as W
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors.i3d import (
     InceptionI3d,

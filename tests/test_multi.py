@@ -24,10 +24,11 @@ from tests import media
 from vadpipe.errors import ConfigError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.manifests.features import FeatureRow, read_manifest
-from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.multi import LOOKAHEAD, shard_order
-from vadpipe.pipeline.runner import RunContext, WriteContext, extract
-from vadpipe.pipeline.sources import VideoJob, discover
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.engines.multi import LOOKAHEAD, shard_order
+from vadpipe.pipeline.extract.runner import extract
+from vadpipe.pipeline.extract.writer import RunContext, WriteContext
+from vadpipe.pipeline.extract.sources import VideoJob, discover
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = ExtractConfig(backbone="tiny", crops=5, random_weights=True, device="cpu", batch_clips=2, workers=0)

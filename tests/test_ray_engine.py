@@ -22,11 +22,12 @@ from tests import media  # noqa: E402
 from vadpipe.cli import main  # noqa: E402
 from vadpipe.errors import ConfigError  # noqa: E402
 from vadpipe.manifests.features import COLUMNS, FeatureRow, read_manifest  # noqa: E402
-from vadpipe.pipeline import ray_engine  # noqa: E402
-from vadpipe.pipeline.config import ExtractConfig  # noqa: E402
-from vadpipe.pipeline.ray_engine import ActorPlan, _Video, plan_actors  # noqa: E402
-from vadpipe.pipeline.runner import ExtractSummary, RunContext, extract, finish_video  # noqa: E402
-from vadpipe.pipeline.sources import VideoJob, discover  # noqa: E402
+from vadpipe.pipeline.extract.engines import ray as ray_engine  # noqa: E402
+from vadpipe.pipeline.extract.config import ExtractConfig  # noqa: E402
+from vadpipe.pipeline.extract.engines.ray import ActorPlan, _Video, plan_actors  # noqa: E402
+from vadpipe.pipeline.extract.runner import extract  # noqa: E402
+from vadpipe.pipeline.extract.writer import ExtractSummary, finish_video, RunContext
+from vadpipe.pipeline.extract.sources import VideoJob, discover  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = ExtractConfig(backbone="tiny", crops=5, random_weights=True, device="cpu", batch_clips=2)

@@ -15,8 +15,8 @@ from PIL import Image
 
 from tests.media import make_audio_only, make_text_as_video, make_truncated, make_video, make_zero_byte, read_index
 from vadpipe.manifests.atomic import TMP_MARKER
-from vadpipe.pipeline.events import find_events, uniform_clip_times
-from vadpipe.pipeline.report import (
+from vadpipe.pipeline.score.events import find_events, uniform_clip_times
+from vadpipe.pipeline.score.report import (
     VideoReport,
     chromium_dump_dom,
     chromium_screenshot,

@@ -11,7 +11,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors import resnet_trn as rt
-from vadpipe.weights import sha256_file
+from vadpipe.extractors.weights import sha256_file
 
 SMALL = dict(num_frames=4, out_dim=32)
 
@@ -126,7 +126,7 @@ def test_trunk_loads_via_env_and_cache(tv_file, monkeypatch, tmp_path):
     monkeypatch.delenv(rt.RESNET50_ENV)
     with pytest.raises(WeightsNotFoundError):
         rt.locate_resnet50_checkpoint()
-    from vadpipe.weights import weights_dir
+    from vadpipe.extractors.weights import weights_dir
 
     weights_dir().mkdir(parents=True)
     (weights_dir() / rt.RESNET50_V1_CKPT_NAME).write_bytes(b"x")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vadpipe.errors import ConfigError
-from vadpipe.pipeline.sources import discover
+from vadpipe.pipeline.extract.sources import discover
 
 
 def _touch(p: Path) -> Path:

@@ -45,7 +45,7 @@ def trained(tmp_path_factory) -> dict:
 
 
 def test_train_reports_validation_selection(trained: dict) -> None:
-    from vadpipe.pipeline.train import load_checkpoint
+    from vadpipe.pipeline.train.loop import load_checkpoint
 
     assert "best validation video-level AUC" in trained["out"]
     spec = load_checkpoint(trained["ckpt"])["feature_spec"]
@@ -142,7 +142,7 @@ def test_select_on_test_is_loudly_labelled(trained: dict, tmp_path: Path) -> Non
 
 
 def test_refine_mcr_wraps_the_base_head(trained: dict, tmp_path: Path) -> None:
-    from vadpipe.pipeline.train import load_checkpoint
+    from vadpipe.pipeline.train.loop import load_checkpoint
 
     res = _run(["train", "--train", trained["root"] / "train" / "dataset.csv", "--head", "sultani", "--refine", "mcr",
                 "--refine-set", "batch_size=4", "--refine-set", "windows=[1,3]", "--steps", 20, "--eval-every", 10,

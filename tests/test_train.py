@@ -11,7 +11,7 @@ import torch
 from tests.synthetic import heldout_frame_auc, make_dataset, make_split
 from vadpipe.errors import ConfigError
 from vadpipe.manifests.datasets import read_dataset, split_train_val
-from vadpipe.pipeline.train import TrainConfig, load_checkpoint, train
+from vadpipe.pipeline.train.loop import TrainConfig, load_checkpoint, train
 
 SMALL = {
     "sultani": {"batch_size": 4},

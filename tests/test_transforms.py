@@ -1,4 +1,4 @@
-"""Tests of vadpipe.pipeline.transforms: presets, resize, multi-crop, normalisation."""
+"""Tests of vadpipe.pipeline.extract.transforms: presets, resize, multi-crop, normalisation."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from vadpipe.errors import ConfigError
-from vadpipe.pipeline.transforms import (
-    CROP_ORDERS,
-    GOWTHAM_RTFM_PRESET,
-    KINETICS_I3D_PRESET,
-    ClipPreset,
+from vadpipe.extractors.presets import CROP_ORDERS, GOWTHAM_RTFM_PRESET, KINETICS_I3D_PRESET, ClipPreset, crop_names
+from vadpipe.pipeline.extract.transforms import (
     crop_boxes,
     crop_frames,
-    crop_names,
     normalize_clips,
     preprocess_clips,
     resize_frames,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from vadpipe import weights as W
+from vadpipe.extractors import weights as W
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 
 

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from tests.test_weights import _fake_variables, _write_pickle
-from vadpipe import weights as W
+from vadpipe.extractors import weights as W
 from vadpipe.cli import main
 from vadpipe.errors import WeightsIntegrityError
 from vadpipe.extractors import i3d_r50_caffe2 as caffe2

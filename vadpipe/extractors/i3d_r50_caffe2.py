@@ -46,7 +46,7 @@ released under the CC-BY-NC 4.0 LICENSE": **non-commercial use only**. Neither
 
 Preprocessing: the backbone's preset is the RTFM feature recipe (Gowtham's
 ``extract_features.py``): 340x256 Lanczos resize ignoring aspect, RGB scaled to ``[-1, 1]``,
-10 crops of 224 in the ``gowtham`` order (:data:`~vadpipe.pipeline.transforms.GOWTHAM_RTFM_PRESET`).
+10 crops of 224 in the ``gowtham`` order (:data:`~vadpipe.extractors.presets.GOWTHAM_RTFM_PRESET`).
 That is what the published features were made with, although it is *not* the normalisation
 the weights were trained and evaluated with: ``Tushar-N/pytorch-resnet3d`` ``utils/util.py``
 uses RGB ``(x - 114.75) / 57.375`` on ``[0, 255]`` values (mean 0.45, std 0.225 in ``[0, 1]``
@@ -64,7 +64,7 @@ from torch import nn
 
 from vadpipe.extractors.i3d_r50 import check_state_dict, load_pretrained, locate_weight_file, read_torch_state_dict
 from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.pipeline.transforms import GOWTHAM_RTFM_PRESET, ClipPreset
+from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET, ClipPreset
 
 __all__ = [
     "BLOCKS",

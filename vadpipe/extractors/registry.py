@@ -1,7 +1,7 @@
 """Registry of stage-one backbones.
 
 Each backbone module registers one :class:`BackboneSpec`: its builder, its feature size,
-the clip length and the :class:`~vadpipe.pipeline.transforms.ClipPreset` its weights
+the clip length and the :class:`~vadpipe.pipeline.extract.transforms.ClipPreset` its weights
 expect, and where its weights come from. The CLI and the runner only look names up here.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable
 from torch import nn
 
 from vadpipe.errors import ConfigError
-from vadpipe.pipeline.transforms import ClipPreset
+from vadpipe.extractors.presets import ClipPreset
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,6 @@ Choices the paper leaves open (each one is a field of :class:`MCRConfig` where i
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

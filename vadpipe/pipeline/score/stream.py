@@ -38,19 +38,20 @@ import torch
 from vadpipe.errors import VadpipeError, VideoDecodeError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.heads.data import l2_normalize_segments
-from vadpipe.pipeline import events as ev
-from vadpipe.pipeline.clips import iter_clips
-from vadpipe.pipeline.decode import open_video
-from vadpipe.pipeline.runner import FeatureModel, resolve_device
-from vadpipe.pipeline.score import (
+from vadpipe.pipeline.score import events as ev
+from vadpipe.pipeline.extract.clips import iter_clips
+from vadpipe.pipeline.extract.decode import open_video
+from vadpipe.pipeline.device import resolve_device
+from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.score.batch import (
     EVENTS_NAME,
     ScoreOptions,
     checkpoint_recipe,
     resolve_threshold,
     write_clip_scores,
 )
-from vadpipe.pipeline.scoring import load_head
-from vadpipe.pipeline.transforms import resize_clips
+from vadpipe.pipeline.train.apply import load_head
+from vadpipe.pipeline.extract.transforms import resize_clips
 
 #: Frames decoded per chunk when streaming (small: a clip is scored as soon as it is complete).
 STREAM_CHUNK = 8

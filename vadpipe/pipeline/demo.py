@@ -3,7 +3,7 @@ offline, in about 15 seconds on a 2-core CPU.
 
 **What the demo model is.** A Sultani MIL head (:mod:`vadpipe.heads.sultani`, official
 architecture and loss) trained by vadpipe's own training code
-(:func:`vadpipe.pipeline.train.train`, seeded) on real Kinetics-400 Inception-I3D features
+(:func:`vadpipe.pipeline.train.loop.train`, seeded) on real Kinetics-400 Inception-I3D features
 (real weights, 1 centre crop per 16-frame clip) of two short real videos shipped with the
 package (``vadpipe/data/README.md``): ``bikes.mp4`` (street scene, 640×272, 250 frames at
 25 fps) and ``carphone_pristine.mp4`` (a man talking in a car, 176×144, 120 frames at
@@ -139,7 +139,7 @@ def data_path(name: str) -> Iterator[Path]:
 def check_installed() -> None:
     """Raise :class:`ConfigError` unless the demo head, its record and the source videos are
     installed and the head loads (used by the Docker build)."""
-    from vadpipe.pipeline.train import load_checkpoint
+    from vadpipe.pipeline.train.loop import load_checkpoint
 
     for name in (DEMO_HEAD, DEMO_META, *SOURCES.values()):
         data_file(name)
@@ -264,7 +264,7 @@ def make_demo_video(out_dir: str | os.PathLike, source: str | os.PathLike | None
 
 def write_gt_csv(path: str | os.PathLike, intervals: dict[str, list[tuple[int, int]]]) -> Path:
     """Ground truth for ``--gt csv:PATH``: ``video,start,end`` rows (frames, 0-based, end
-    exclusive; see :func:`vadpipe.pipeline.evaluate.intervals_csv_gt`); a video without
+    exclusive; see :func:`vadpipe.pipeline.train.metrics.intervals_csv_gt`); a video without
     intervals gets one row with empty start/end (normal)."""
     lines = ["video,start,end"]
     for video, spans in intervals.items():
@@ -345,8 +345,8 @@ class DemoTraining:
 def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: int = SEED, steps: int = STEPS,
                     progress: bool = True, echo: Callable[[str], None] | None = print) -> DemoTraining:
     """Build the demo training set in ``work_dir``, extract real I3D features (1 crop) with
-    :func:`vadpipe.pipeline.runner.extract`, and train the Sultani head with
-    :func:`vadpipe.pipeline.train.train` (validated on held-out footage). Writes
+    :func:`vadpipe.pipeline.extract.runner.extract`, and train the Sultani head with
+    :func:`vadpipe.pipeline.train.loop.train` (validated on held-out footage). Writes
     ``work_dir/videos``, ``work_dir/features`` (features.csv, run record, dataset.csv) and
     ``work_dir/run/best.pt``.
 
@@ -356,12 +356,13 @@ def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: 
     from vadpipe import __version__
     from vadpipe.manifests.datasets import DatasetRow, write_dataset
     from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
-    from vadpipe.pipeline.config import ExtractConfig
-    from vadpipe.pipeline.provenance import extraction_of
-    from vadpipe.pipeline.runner import default_batch_clips, default_workers, extract, resolve_device
-    from vadpipe.pipeline.scoring import load_head, score_rows
-    from vadpipe.pipeline.sources import discover
-    from vadpipe.pipeline.train import TrainConfig, load_checkpoint, train
+    from vadpipe.pipeline.extract.config import ExtractConfig
+    from vadpipe.manifests.provenance import extraction_of
+    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
+    from vadpipe.pipeline.extract.runner import extract
+    from vadpipe.pipeline.train.apply import load_head, score_rows
+    from vadpipe.pipeline.extract.sources import discover
+    from vadpipe.pipeline.train.loop import TrainConfig, load_checkpoint, train
 
     say = echo or (lambda _: None)
     work = Path(work_dir)
@@ -406,7 +407,7 @@ def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: 
     n_clips = {r.video: r.n_clips for r in read_manifest(feats / MANIFEST_NAME)}
     val_scores = score_rows(load_head(result.best_path, dev), val_rows, feats, dev)
     record = {
-        "what": ("Sultani MIL head (vadpipe.heads.sultani) trained by vadpipe.pipeline.train on real Kinetics-400 "
+        "what": ("Sultani MIL head (vadpipe.heads.sultani) trained by vadpipe.pipeline.train.loop on real Kinetics-400 "
                  "Inception-I3D features (1 centre crop per 16-frame clip) of two short real videos with one planted "
                  "kind of anomaly. " + DISCLAIMER),
         "anomaly": {"kind": ANOMALY_KIND, "description": ANOMALY_DESCRIPTION,
@@ -443,7 +444,7 @@ def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: 
 def export_checkpoint(best: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy a ``best.pt`` for scoring only: the optimiser and RNG state (needed only to
     resume training, and as large as the weights) are dropped; everything else is kept."""
-    from vadpipe.pipeline.train import load_checkpoint, save_checkpoint
+    from vadpipe.pipeline.train.loop import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(best)
     for key in ("optimizer", "torch_rng"):
@@ -466,7 +467,7 @@ class DemoResult:
     video: DemoVideo
     checkpoint: Path
     gt_csv: Path
-    summary: Any  # vadpipe.pipeline.score.ScoreSummary
+    summary: Any  # vadpipe.pipeline.score.batch.ScoreSummary
     seconds: float
     trained: DemoTraining | None = None
 
@@ -501,10 +502,10 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, retrain: bool = False,
         WeightsNotFoundError: the Kinetics-400 I3D weights are not installed (the message
             says how to install them).
     """
-    from vadpipe.pipeline import events as ev
-    from vadpipe.pipeline.runner import default_batch_clips, default_workers, resolve_device
-    from vadpipe.pipeline.score import ScoreOptions, score_videos
-    from vadpipe.pipeline.sources import discover
+    from vadpipe.pipeline.score import events as ev
+    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
+    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
+    from vadpipe.pipeline.extract.sources import discover
 
     say = echo or (lambda _: None)
     t0 = time.perf_counter()
@@ -549,7 +550,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, retrain: bool = False,
         f"try: vadpipe score --stream {video.path} --head {checkpoint})")
     say(DISCLAIMER)
     if stream:
-        from vadpipe.pipeline.stream import stream_score
+        from vadpipe.pipeline.score.stream import stream_score
 
         stream_score(str(video.path), checkpoint, out / "stream", speed={**speed, "workers": 0, "batch_clips": 1},
                      echo=echo)

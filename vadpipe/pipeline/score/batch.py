@@ -1,7 +1,7 @@
 """``vadpipe score``: raw videos → features → clip scores → events, plots and a report.
 
 The head's checkpoint decides stage one: it records the extraction recipe of the features
-it was trained on (:mod:`vadpipe.pipeline.provenance`), and scoring re-creates exactly those
+it was trained on (:mod:`vadpipe.manifests.provenance`), and scoring re-creates exactly those
 features (backbone, weights, clip length and stride, resize, crops, normalisation). When the
 checkpoint does not record a recipe (trained on features from elsewhere, or an imported
 official head) the user names the backbone, and the backbone's own preset is used; a
@@ -37,11 +37,12 @@ from vadpipe.extractors.registry import get_backbone
 from vadpipe.manifests.atomic import atomic_write_text
 from vadpipe.manifests.datasets import DatasetRow, video_key
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
-from vadpipe.pipeline import events as ev
-from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.runner import ExtractSummary, extract
-from vadpipe.pipeline.scoring import LoadedHead, build_gt, evaluate_scores, load_head, score_rows
-from vadpipe.pipeline.sources import VideoJob
+from vadpipe.pipeline.score import events as ev
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.runner import extract
+from vadpipe.pipeline.extract.writer import ExtractSummary
+from vadpipe.pipeline.train.apply import LoadedHead, build_gt, evaluate_scores, load_head, score_rows
+from vadpipe.pipeline.extract.sources import VideoJob
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def checkpoint_recipe(
         bb = get_backbone(name)
         crops = max(1, int(spec.get("crops", 1))) if bb.nodes == 1 else 1
         clip_len = int(spec.get("clip_len", bb.clip_len))
-        from vadpipe.pipeline.clips import ClipSpec
+        from vadpipe.pipeline.extract.clips import ClipSpec
 
         config = ExtractConfig(backbone=name, crops=crops, clip=ClipSpec(length=clip_len, stride=clip_len))
         config = config.with_preset(bb.preset)
@@ -194,7 +195,7 @@ def _registered(name: Any) -> str | None:
 
 def checkpoint_threshold(checkpoint: str | os.PathLike) -> float | None:
     """The validation-optimal threshold a training run stored, if any."""
-    from vadpipe.pipeline.train import load_checkpoint
+    from vadpipe.pipeline.train.loop import load_checkpoint
 
     value = load_checkpoint(checkpoint).get("threshold")
     return None if value is None or not math.isfinite(float(value)) else float(value)
@@ -240,7 +241,7 @@ def score_videos(
     out.mkdir(parents=True, exist_ok=True)
     feats_dir = Path(features_dir) if features_dir else out / "features"
     speed = dict(speed or {})
-    from vadpipe.pipeline.runner import resolve_device
+    from vadpipe.pipeline.device import resolve_device
 
     device = resolve_device(speed.get("device", "auto"))
     loaded = load_head(checkpoint, device)
@@ -271,7 +272,7 @@ def score_videos(
         summary.metrics, gt_intervals = _ground_truth(ok, options, config)
     for v in ok:
         if options.plots:
-            from vadpipe.pipeline.report import plot_scores
+            from vadpipe.pipeline.score.report import plot_scores
 
             png = out / v.name / "scores.png"
             plot_scores(png, v.times, v.scores, threshold, v.events, gt_intervals.get(v.video), title=v.name)
@@ -330,7 +331,7 @@ def _write_manifest(path: Path, results: list[ScoredVideo], threshold: float, ch
 def _ground_truth(ok: list[ScoredVideo], options: ScoreOptions, config: ExtractConfig
                   ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
     """Overall frame-level metrics and each video's true intervals in seconds."""
-    from vadpipe.pipeline.scoring import parse_gt
+    from vadpipe.pipeline.train.apply import parse_gt
 
     kind, source = parse_gt(options.gt)
     n_frames = {video_key(v.video): v.n_frames for v in ok}
@@ -351,7 +352,7 @@ def _ground_truth(ok: list[ScoredVideo], options: ScoreOptions, config: ExtractC
 
 def _report(path: Path, ok: list[ScoredVideo], gt_intervals: dict, summary: ScoreSummary, loaded: LoadedHead,
             checkpoint: str, config: ExtractConfig, options: ScoreOptions) -> Path:
-    from vadpipe.pipeline.report import VideoReport, write_html_report
+    from vadpipe.pipeline.score.report import VideoReport, write_html_report
 
     videos = []
     for v in ok:

@@ -4,7 +4,7 @@
 end_frame, score``. Frames are 0-based and ``end_frame`` is exclusive; snippet ``i`` covers
 ``[i * clip_len, (i + 1) * clip_len)``, the clips stage one cut with its default stride.
 With the default ``drop`` tail policy, frames after the last complete clip have no snippet:
-:func:`vadpipe.pipeline.evaluate.expand_scores` gives them the last snippet's score when
+:func:`vadpipe.pipeline.train.metrics.expand_scores` gives them the last snippet's score when
 the GT is longer.
 """
 
@@ -23,8 +23,8 @@ from vadpipe.heads.base import AnomalyHead, get_head
 from vadpipe.heads.data import FeatureDataset
 from vadpipe.manifests.atomic import atomic_write_text
 from vadpipe.manifests.datasets import DatasetRow, video_key
-from vadpipe.pipeline import evaluate as ev
-from vadpipe.pipeline.train import build_head, load_checkpoint, video_scores
+from vadpipe.pipeline.train import metrics as ev
+from vadpipe.pipeline.train.loop import build_head, load_checkpoint, video_scores
 
 GT_KINDS = ("ucf", "xd", "sh-masks", "csv")
 SCORE_COLUMNS = ("video", "feature_path", "clip", "start_frame", "end_frame", "score")
@@ -41,7 +41,7 @@ class LoadedHead:
 
 
 def load_head(checkpoint: str | os.PathLike, device: torch.device) -> LoadedHead:
-    """Rebuild a head from a checkpoint written by :func:`vadpipe.pipeline.train.train`
+    """Rebuild a head from a checkpoint written by :func:`vadpipe.pipeline.train.loop.train`
     (or ``vadpipe weights import rtfm|mgfn``), in eval mode on ``device``."""
     ckpt = load_checkpoint(checkpoint)
     spec = get_head(ckpt["head"])

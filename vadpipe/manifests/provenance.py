@@ -2,7 +2,7 @@
 
 ``vadpipe extract`` writes, beside its feature files, ``features.csv`` (one row per video
 with the run's ``config_hash``) and one ``extract-<time>.json`` per run with the full
-:class:`~vadpipe.pipeline.config.ExtractConfig`. Training records what it finds here in the
+:class:`~vadpipe.pipeline.extract.config.ExtractConfig`. Training records what it finds here in the
 head's checkpoint, so that ``vadpipe score`` can re-create exactly the same features from raw
 video, and refuses to guess when it cannot.
 """

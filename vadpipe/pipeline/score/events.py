@@ -2,7 +2,7 @@
 
 An **event** is a maximal run of clips whose score is ``>= threshold`` (a clip whose score
 equals the threshold is anomalous — the convention of scikit-learn's ``roc_curve`` and of
-:func:`vadpipe.pipeline.evaluate.false_alarm_rate`). Runs separated by a gap of at most
+:func:`vadpipe.pipeline.train.metrics.false_alarm_rate`). Runs separated by a gap of at most
 ``min_gap`` seconds are merged into one event; the gap between two runs is the next run's
 first clip start minus the previous run's last clip end, so with contiguous clips a single
 below-threshold clip of 16 frames at 30 fps is a gap of 0.533 s. Clips that overlap or touch
@@ -15,7 +15,8 @@ included, so it describes the interval the event reports. ``peak_score`` is the 
 over the same clips (always in an above-threshold clip); on ties the earliest clip is the
 peak. ``peak_time`` is the centre of the peak clip.
 
-:func:`validation_threshold` picks a threshold from labelled validation videos (Youden's J).
+:func:`~vadpipe.pipeline.train.metrics.validation_threshold` picks the threshold a checkpoint
+carries from labelled validation videos (Youden's J).
 """
 
 from __future__ import annotations
@@ -189,42 +190,6 @@ def find_events(
             mean_score=float(seg.mean()),
         ))
     return events
-
-
-# ----------------------------------------------------------------------------- threshold
-
-
-def validation_threshold(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
-    """Threshold maximising Youden's J = TPR − FPR on labelled validation scores.
-
-    Args:
-        scores: ``[N]`` video-level scores (e.g. the max clip score of each video).
-        labels: ``[N]`` 0 (normal) / 1 (anomalous).
-
-    The candidates are the distinct scores, with the rule ``score >= threshold``; of
-    thresholds with the same (maximal) J the **highest** is returned (fewer alarms for
-    the same separation).
-
-    Raises:
-        ValueError: lengths differ, NaN scores, labels not 0/1, or not both classes.
-    """
-    x = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1)
-    if x.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {x.size} vs {y.size}")
-    if not np.isfinite(x).all():
-        raise ValueError("validation scores contain NaN or inf")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("validation labels must be 0/1")
-    pos, neg = np.sort(x[y == 1]), np.sort(x[y == 0])
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError("choosing a threshold needs both normal and anomalous validation videos")
-    cand = np.unique(x)[::-1]  # descending: argmax takes the first, i.e. highest, on ties
-    tp = pos.size - np.searchsorted(pos, cand, side="left")
-    fp = neg.size - np.searchsorted(neg, cand, side="left")
-    # J · P · N in integers, so that equal J values tie exactly (no float rounding)
-    j = tp.astype(np.int64) * neg.size - fp.astype(np.int64) * pos.size
-    return float(cand[int(np.argmax(j))])
 
 
 # ----------------------------------------------------------------------------- output

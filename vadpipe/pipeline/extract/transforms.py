@@ -1,7 +1,8 @@
 """Spatial preprocessing of clips: resize, multi-crop, value normalisation.
 
-A :class:`ClipPreset` is bound to a backbone's weights (see ``vadpipe.extractors``), so
-features are never made with the wrong normalisation.
+The :class:`~vadpipe.extractors.presets.ClipPreset` that drives them is bound to a backbone's
+weights (:mod:`vadpipe.extractors.presets`), so features are never made with the wrong
+normalisation.
 
 Data path and layouts
 ---------------------
@@ -105,216 +106,13 @@ functions ``load_frame``, ``oversample_data`` and ``run``; ``main.py`` drives it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from numbers import Real
 from typing import Callable
 
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from vadpipe.errors import ConfigError
-
-#: Crop orders. Names of the five base crops: TL, TR, BL, BR, C (top-left, ..., centre).
-#: ``torchvision``: ``torchvision.transforms.TenCrop`` order: the five crops of the frame
-#: (TL, TR, BL, BR, C) followed by the five crops of the horizontally flipped frame.
-#: ``gowtham``: the order of the widely used I3D feature extractor behind the RTFM
-#: features: TL, TR, C, BL, BR, then the same five crops taken from the horizontally
-#: flipped frame. See the module docstring for offsets and names.
-CROP_ORDERS = ("torchvision", "gowtham")
-
-#: Resize interpolations (torchvision ``InterpolationMode`` names, lower case).
-INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
-
-#: Supported numbers of crops per clip.
-N_CROPS = (1, 5, 10)
-
-_BASE_ORDER = {
-    "torchvision": ("TL", "TR", "BL", "BR", "C"),
-    "gowtham": ("TL", "TR", "C", "BL", "BR"),
-}
-# Crop X of the flipped frame is the mirror image of this region of the original frame.
-_MIRROR_OF = {"TL": "TR", "TR": "TL", "BL": "BR", "BR": "BL", "C": "C"}
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class ClipPreset:
-    """Preprocessing that a backbone's weights expect.
-
-    Attributes:
-        resize: ``int``: resize so the short side has this many pixels, keeping the
-            aspect ratio (long side ``int(resize * long / short)``, as torchvision);
-            ``(height, width)``: resize to exactly this size, ignoring aspect.
-        crop_size: side ``S`` of the square crops.
-        crop_order: one of :data:`CROP_ORDERS`.
-        value_range: uint8 ``[0, 255]`` is mapped linearly onto ``[lo, hi]``
-            (I3D: ``(-1.0, 1.0)``). Mutually exclusive with ``mean``/``std``: to use
-            those, pass ``value_range=None``.
-        mean, std: per-channel statistics in ``[0, 1]`` units, applied after ``x / 255``,
-            listed in the channel order the network receives (BGR order if ``bgr``).
-        bgr: feed channels as BGR instead of RGB.
-        antialias: antialiased resize (torchvision's ``antialias=True``).
-        interpolation: one of :data:`INTERPOLATIONS`; ``"lanczos"`` needs ``antialias``.
-
-    Raises:
-        ConfigError: on any invalid value or combination (see the messages).
-    """
-
-    resize: int | tuple[int, int] = 256
-    crop_size: int = 224
-    crop_order: str = "torchvision"
-    value_range: tuple[float, float] | None = (-1.0, 1.0)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    bgr: bool = False
-    antialias: bool = True
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        resize = self.resize
-        if isinstance(resize, (tuple, list)):
-            if len(resize) != 2 or not all(_is_int(v) and v >= 1 for v in resize):
-                raise ConfigError(
-                    "ClipPreset.resize must be an int >= 1 (short side) or a (height, width) "
-                    f"pair of ints >= 1, got {resize!r}"
-                )
-            object.__setattr__(self, "resize", (int(resize[0]), int(resize[1])))
-        elif not _is_int(resize) or resize < 1:
-            raise ConfigError(
-                "ClipPreset.resize must be an int >= 1 (short side) or a (height, width) "
-                f"pair of ints >= 1, got {resize!r}"
-            )
-        if not _is_int(self.crop_size) or self.crop_size < 1:
-            raise ConfigError(f"ClipPreset.crop_size must be an int >= 1, got {self.crop_size!r}")
-        smallest = min(self.resize) if isinstance(self.resize, tuple) else self.resize
-        if self.crop_size > smallest:
-            raise ConfigError(
-                f"ClipPreset.crop_size {self.crop_size} is larger than the resized frame "
-                f"(resize={self.resize!r}); crop_size must be <= {smallest}"
-            )
-        if self.crop_order not in CROP_ORDERS:
-            allowed = ", ".join(repr(o) for o in CROP_ORDERS)
-            raise ConfigError(
-                f"ClipPreset.crop_order must be one of {allowed}, got {self.crop_order!r}"
-            )
-        if self.interpolation not in INTERPOLATIONS:
-            allowed = ", ".join(repr(o) for o in INTERPOLATIONS)
-            raise ConfigError(
-                f"ClipPreset.interpolation must be one of {allowed}, got {self.interpolation!r}"
-            )
-        if not isinstance(self.antialias, bool) or not isinstance(self.bgr, bool):
-            raise ConfigError("ClipPreset.antialias and ClipPreset.bgr must be True or False")
-        if self.interpolation == "lanczos" and not self.antialias:
-            raise ConfigError("ClipPreset.interpolation='lanczos' requires antialias=True")
-        self._check_values()
-
-    def _check_values(self) -> None:
-        has_stats = self.mean is not None or self.std is not None
-        if self.value_range is not None and has_stats:
-            raise ConfigError(
-                "ClipPreset: value_range and mean/std are mutually exclusive; pass either "
-                "value_range=(lo, hi) or value_range=None with mean=(m0, m1, m2) and "
-                "std=(s0, s1, s2)"
-            )
-        if self.value_range is None and not has_stats:
-            raise ConfigError(
-                "ClipPreset needs a value mapping: value_range=(lo, hi) or mean and std"
-            )
-        if self.value_range is not None:
-            vr = self.value_range
-            if (
-                not isinstance(vr, (tuple, list))
-                or len(vr) != 2
-                or not all(_is_real(v) for v in vr)
-                or not float(vr[0]) < float(vr[1])
-            ):
-                raise ConfigError(
-                    f"ClipPreset.value_range must be a pair (lo, hi) of numbers with lo < hi, "
-                    f"got {vr!r}"
-                )
-            object.__setattr__(self, "value_range", (float(vr[0]), float(vr[1])))
-            return
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, (tuple, list))
-                or len(value) != 3
-                or not all(_is_real(v) for v in value)
-            ):
-                raise ConfigError(
-                    f"ClipPreset.{name} must be 3 numbers (one per channel) when mean/std are "
-                    f"used, got {value!r}; set both mean and std"
-                )
-            object.__setattr__(self, name, tuple(float(v) for v in value))
-        if not all(s > 0 for s in self.std):  # type: ignore[union-attr]
-            raise ConfigError(f"ClipPreset.std must be > 0 per channel, got {self.std!r}")
-
-    def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` that a ``height x width`` frame has after :func:`resize_frames`."""
-        if isinstance(self.resize, tuple):
-            return self.resize
-        short, long = (height, width) if height <= width else (width, height)
-        new_long = int(self.resize * long / short)
-        return (self.resize, new_long) if height <= width else (new_long, self.resize)
-
-    def crop_names(self, n_crops: int) -> list[str]:
-        """Names of the crops :func:`crop_frames` produces with this preset."""
-        return crop_names(self.crop_order, n_crops)
-
-
-#: The I3D (Kinetics-400) convention: short side 256, torchvision ten-crop, ``[-1, 1]``.
-KINETICS_I3D_PRESET = ClipPreset(
-    resize=256, crop_size=224, crop_order="torchvision", value_range=(-1.0, 1.0)
-)
-
-#: Reproduces ``GowthamGottimukkala/I3D_Feature_Extraction_resnet`` (RTFM features): PIL
-#: Lanczos resize to 340x256 ignoring aspect, its crop order, ``[-1, 1]``, RGB.
-GOWTHAM_RTFM_PRESET = ClipPreset(
-    resize=(256, 340),
-    crop_size=224,
-    crop_order="gowtham",
-    value_range=(-1.0, 1.0),
-    antialias=True,
-    interpolation="lanczos",
-)
-
-#: Named presets, as ``vadpipe extract --preset NAME`` offers them.
-PRESETS: dict[str, ClipPreset] = {"kinetics": KINETICS_I3D_PRESET, "gowtham-rtfm": GOWTHAM_RTFM_PRESET}
-
-
-def _check_n_crops(n_crops: int) -> None:
-    if not _is_int(n_crops) or n_crops not in N_CROPS:
-        raise ConfigError(f"n_crops must be one of {N_CROPS}, got {n_crops!r}")
-
-
-def _check_order(order: str) -> None:
-    if order not in CROP_ORDERS:
-        allowed = ", ".join(repr(o) for o in CROP_ORDERS)
-        raise ConfigError(f"crop order must be one of {allowed}, got {order!r}")
-
-
-def crop_names(order: str, n_crops: int) -> list[str]:
-    """Name of each crop index for ``order`` and ``n_crops``.
-
-    ``TL, TR, BL, BR, C`` are crops of the frame; ``flip(X)`` is the mirror image of the
-    original frame's region ``X`` (see the module docstring for ``flip(C)``), e.g.
-    ``crop_names("torchvision", 10)[5] == "flip(TR)"``.
-    """
-    _check_order(order)
-    _check_n_crops(n_crops)
-    if n_crops == 1:
-        return ["C"]
-    base = list(_BASE_ORDER[order])
-    if n_crops == 5:
-        return base
-    return base + [f"flip({_MIRROR_OF[name]})" for name in base]
+from vadpipe.extractors.presets import BASE_ORDER, ClipPreset, check_n_crops, check_order
 
 
 def _centre_offset(diff: int, order: str) -> int:
@@ -332,8 +130,8 @@ def crop_boxes(
     Raises:
         ConfigError: if the crop is larger than the frame, or on a bad order/n_crops.
     """
-    _check_order(order)
-    _check_n_crops(n_crops)
+    check_order(order)
+    check_n_crops(n_crops)
     s = crop_size
     if s > height or s > width:
         raise ConfigError(
@@ -346,7 +144,7 @@ def crop_boxes(
     pos = {"TL": (0, 0), "TR": (0, dw), "BL": (dh, 0), "BR": (dh, dw), "C": (ct, cl)}
     if n_crops == 1:
         return [(ct, cl, False)]
-    base = _BASE_ORDER[order]
+    base = BASE_ORDER[order]
     boxes = [(*pos[name], False) for name in base]
     if n_crops == 10:
         # Crop of the flipped frame at left L is the mirror of columns [dw - L, dw - L + S).
@@ -429,7 +227,7 @@ def resize_clips(clips: torch.Tensor, preset: ClipPreset) -> torch.Tensor:
     """Resize a batch of clips, staying uint8 (the CPU-worker half of preprocessing).
 
     Args:
-        clips: uint8 ``[N, T, H, W, 3]`` (e.g. stacked :func:`~vadpipe.pipeline.clips.iter_clips`
+        clips: uint8 ``[N, T, H, W, 3]`` (e.g. stacked :func:`~vadpipe.pipeline.extract.clips.iter_clips`
             output via ``torch.from_numpy``).
         preset: the backbone's preset (resize, interpolation, antialias).
 

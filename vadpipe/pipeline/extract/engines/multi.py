@@ -6,7 +6,7 @@ Data flow::
     ─────────────────────                              ─────────────────────────────────
     todo, longest file first ─ (index, job) ─► task queue[d] ─► decode processes of d
       at most LOOKAHEAD × decoders assigned                     (DataLoader over a queue-fed
-      to a device at a time; refilled as each                    _ClipStream) → resized clips
+      to a device at a time; refilled as each                    ClipStream) → resized clips
       of its videos finishes                                  → batches across videos → model
                                                                → .npy written atomically
     ctx.record(row) → features.csv ◄── result pipe[d] ◄────── ("row", index, row, clips)
@@ -21,12 +21,12 @@ Data flow::
 * **Decoding**: each worker's ``config.workers`` DataLoader processes (or the worker itself
   with ``workers=0``) pull videos from that worker's task queue; their clips are batched
   across videos exactly as in the single-process engine
-  (:func:`~vadpipe.pipeline.runner.finished_videos`). A decoder with nothing to do yields
+  (:func:`~vadpipe.pipeline.extract.model.finished_videos`). A decoder with nothing to do yields
   an ``idle`` heartbeat rather than block, so the DataLoader's in-order delivery never waits
   on it while another decoder's finished video is queued behind it.
 * **Writing**: workers write their feature files atomically
-  (:func:`~vadpipe.pipeline.runner.finish_video` with the picklable
-  :class:`~vadpipe.pipeline.runner.WriteContext`) and send each finished row on their own
+  (:func:`~vadpipe.pipeline.extract.writer.finish_video` with the picklable
+  :class:`~vadpipe.pipeline.extract.writer.WriteContext`) and send each finished row on their own
   pipe (synchronous sends of small messages: whole or not at all, even if the worker is
   killed). Only the driver calls :meth:`RunContext.record`: ``features.csv`` has a single
   writer and is rewritten atomically.
@@ -59,18 +59,12 @@ from torch.utils.data import DataLoader
 
 from vadpipe.errors import ConfigError, WeightsIntegrityError, WorkerError
 from vadpipe.manifests.features import FeatureRow
-from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.runner import (
-    FeatureModel,
-    RunContext,
-    WriteContext,
-    _ClipStream,
-    _worker_init,
-    finish_video,
-    finished_videos,
-    resolve_device,
-)
-from vadpipe.pipeline.sources import VideoJob
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.device import resolve_device
+from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
+from vadpipe.pipeline.extract.stream import ClipStream, worker_init
+from vadpipe.pipeline.extract.writer import finish_video, RunContext, WriteContext
+from vadpipe.pipeline.extract.sources import VideoJob
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +81,8 @@ IDLE = "idle"
 # ----------------------------------------------------------------------------- worker side
 
 
-class _QueueClipStream(_ClipStream):
-    """A :class:`_ClipStream` over ``(index, job)`` tasks taken from a shared queue until a
+class _QueueClipStream(ClipStream):
+    """A :class:`ClipStream` over ``(index, job)`` tasks taken from a shared queue until a
     ``None`` sentinel: every decoding process of a worker pulls from the same queue.
 
     Yields ``{"kind": "idle"}`` whenever the queue stays empty for ``poll_s`` seconds.
@@ -224,7 +218,7 @@ def _worker_body(args: _WorkerArgs, tasks: Any, conn: Connection) -> None:
         batch_size=None,
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if config.workers else None,
+        worker_init_fn=worker_init if config.workers else None,
         prefetch_factor=4 if config.workers else None,
         multiprocessing_context=_decoder_start_method(device) if config.workers else None,
     )

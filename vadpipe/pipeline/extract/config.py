@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from vadpipe.errors import ConfigError
 from vadpipe.manifests.features import LAYOUTS
-from vadpipe.pipeline.clips import ClipSpec
-from vadpipe.pipeline.transforms import ClipPreset
+from vadpipe.pipeline.extract.clips import ClipSpec
+from vadpipe.extractors.presets import ClipPreset
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 CROP_COUNTS = (1, 5, 10)
@@ -33,7 +33,7 @@ class ExtractConfig:
         batch_clips: clips per forward pass (times ``crops`` samples).
         workers: decoding/preprocessing worker processes (0: in the main process).
         decoder: ``auto``, ``decord``, ``pyav``, ``torchcodec`` or ``torchcodec-cuda`` (see
-            :mod:`vadpipe.pipeline.decode`).
+            :mod:`vadpipe.pipeline.extract.decode`).
         channels_last: use ``torch.channels_last_3d`` memory format on CUDA.
         random_weights: run the backbone with random weights (tests and benchmarks only).
         devices: one worker process per device (``("cuda:0", "cuda:1")``; ``("cpu", "cpu")``
@@ -116,11 +116,3 @@ class ExtractConfig:
         if "devices" in values:
             values["devices"] = tuple(values["devices"])
         return cls(**values)
-
-    def shaping_dict(self) -> dict:
-        """The settings that decide the numbers in the feature files (see :meth:`feature_hash`)."""
-        return {k: v for k, v in self.to_dict().items() if k in SHAPING_FIELDS}
-
-
-#: Fields of :class:`ExtractConfig` that change the numbers a run writes.
-SHAPING_FIELDS = ("backbone", "clip", "preset", "crops", "fps", "layout", "precision")

@@ -14,7 +14,7 @@ Data flow::
   generators): a chunk holds at most ``config.batch_clips`` clips, so memory stays bounded
   whatever a video's length. The last item of each stream is the video's ``done`` record
   (frames, fps, decoder, error, number of chunks) — the same record, with the same error
-  messages, as the local engine's (:class:`vadpipe.pipeline.runner._ClipStream` makes both).
+  messages, as the local engine's (:class:`vadpipe.pipeline.extract.stream.ClipStream` makes both).
 * **Backpressure**: a decode task runs at most :data:`DECODE_AHEAD` chunks ahead of the
   driver taking them (``_generator_backpressure_num_objects``); the driver takes a chunk
   only when a model actor has room (at most :data:`ACTOR_QUEUE` calls queued per actor),
@@ -25,7 +25,7 @@ Data flow::
 * **The driver writes everything**: it assembles each video's feature chunks (they may
   arrive out of order, from several actors: each carries its first clip index, and the
   ``done`` record says how many there are), writes the ``.npy`` with
-  :func:`~vadpipe.pipeline.runner.finish_video` and records the row. So nothing assumes a
+  :func:`~vadpipe.pipeline.extract.writer.finish_video` and records the row. So nothing assumes a
   filesystem shared by the nodes: the output folder only has to exist where the driver
   runs, and ``features.csv`` has a single writer. (The *inputs* must be readable at the same
   path on every node that runs decode tasks.)
@@ -65,7 +65,7 @@ Failures:
 Manifest rows equal the local engine's except ``seconds``, which here is the driver's wall
 time from the video's submission to its row (queueing included; nodes' clocks may differ).
 With ``random_weights`` every actor builds the model from the seed
-:data:`vadpipe.pipeline.runner.RANDOM_WEIGHTS_SEED`, so all actors of a run compute the same function.
+:data:`vadpipe.pipeline.extract.model.RANDOM_WEIGHTS_SEED`, so all actors of a run compute the same function.
 
 Cluster requirements: vadpipe (and any module that registers the backbone, e.g. one named
 in ``VADPIPE_PLUGINS``) importable on every node, the backbone's weights installed on the
@@ -93,9 +93,11 @@ import torch
 
 from vadpipe.errors import ConfigError, WeightsIntegrityError
 from vadpipe.extractors.registry import get_backbone
-from vadpipe.pipeline.config import ExtractConfig
-from vadpipe.pipeline.runner import FeatureModel, RunContext, _ClipStream, finish_video
-from vadpipe.pipeline.sources import VideoJob
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.extract.stream import ClipStream
+from vadpipe.pipeline.extract.writer import finish_video, RunContext
+from vadpipe.pipeline.extract.sources import VideoJob
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +246,7 @@ def _decode_chunks(job: VideoJob, config: ExtractConfig) -> Iterator[dict]:
     """
     torch.set_num_threads(1)
     n_chunks = 0
-    for item in _ClipStream([job], config):
+    for item in ClipStream([job], config):
         if item["kind"] == "clips":
             n_chunks += 1
             yield {"kind": "clips", "start": item["start"], "data": item["data"].numpy()}
@@ -352,7 +354,7 @@ def run_ray(ctx: RunContext, todo: list[VideoJob], *, progress: bool, max_retrie
     """The Ray engine: decode tasks feed model actors; this process writes every output.
 
     Args:
-        ctx: the run planned by :func:`~vadpipe.pipeline.runner.extract` (its rows hold a
+        ctx: the run planned by :func:`~vadpipe.pipeline.extract.runner.extract` (its rows hold a
             ``skipped`` row for each video of ``todo``).
         todo: videos to process.
         progress: show a progress bar on stderr.

@@ -36,8 +36,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vadpipe.manifests.atomic import atomic_write_bytes, atomic_write_text
-from vadpipe.pipeline import evaluate as ev
-from vadpipe.pipeline.events import Event, check_scores_times, format_time
+from vadpipe.pipeline.train import metrics as ev
+from vadpipe.pipeline.score.events import Event, check_scores_times, format_time
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def frame_labels_scores(
     Frame ``f`` is judged at its centre ``(f + 0.5) / fps``: it is anomalous when a GT
     interval ``[a, b)`` contains that time, and takes the score of the last clip starting
     at or before it (frames after the last clip keep its score, as
-    :func:`vadpipe.pipeline.evaluate.expand_scores` does).
+    :func:`vadpipe.pipeline.train.metrics.expand_scores` does).
     """
     s, t = check_scores_times(scores, times)
     if s.size == 0:

@@ -14,72 +14,19 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vadpipe.errors import VideoDecodeError
-from vadpipe.pipeline.config import ExtractConfig
-
-
-@dataclass
-class StageResult:
-    stage: str
-    amount: float
-    unit: str
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.amount / self.seconds if self.seconds > 0 else float("nan")
-
-    def line(self) -> str:
-        rate = f"{self.rate:.1f}" if self.rate >= 10 else f"{self.rate:.3g}"
-        return f"{self.stage:<22} {rate:>10} {self.unit}/s   ({self.amount:g} {self.unit} in {self.seconds:.2f} s)"
-
-
-def make_synthetic_video(path: str | Path, seconds: float = 10.0, width: int = 320, height: int = 240,
-                         fps: int = 30, seed: int = 0) -> Path:
-    """Write an H.264 MP4 with moving textured content (deterministic for ``seed``)."""
-    import av
-
-    rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, size=(height * 2, width * 2, 3), dtype=np.uint8)
-    n = int(round(seconds * fps))
-    path = Path(path)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
-        for i in range(n):
-            y, x = (i * 3) % height, (i * 5) % width
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[y:y + height, x:x + width]), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
-#: Short stages are repeated until they have run at least this long.
-MIN_STAGE_SECONDS = 1.0
-
-
-def _repeat(one_pass, min_seconds: float = MIN_STAGE_SECONDS) -> tuple[int, float]:
-    """Run ``one_pass() -> amount`` until ``min_seconds`` have passed; total amount and time."""
-    amount, t = 0, time.perf_counter()
-    while True:
-        amount += one_pass()
-        elapsed = time.perf_counter() - t
-        if elapsed >= min_seconds:
-            return amount, elapsed
+from vadpipe.pipeline.benchmark import StageResult, make_synthetic_video, repeat_until
+from vadpipe.pipeline.extract.config import ExtractConfig
 
 
 def bench_decode(video: str, backend: str) -> StageResult:
     """Frames/s of whole-video decoding passes with ``backend`` (opening included)."""
-    from vadpipe.pipeline.decode import open_video
+    from vadpipe.pipeline.extract.decode import open_video
 
     used = backend
 
@@ -90,15 +37,15 @@ def bench_decode(video: str, backend: str) -> StageResult:
             used = reader.info.backend
         return n
 
-    frames, seconds = _repeat(one_pass)
+    frames, seconds = repeat_until(one_pass)
     return StageResult(f"decode ({used})", frames, "frames", seconds)
 
 
 def bench_preprocess(video: str, config: ExtractConfig, n_clips: int = 32) -> StageResult:
     """Clips/s of the workers' uint8 resize, in batches of ``config.batch_clips``."""
-    from vadpipe.pipeline.clips import iter_clips
-    from vadpipe.pipeline.decode import open_video
-    from vadpipe.pipeline.transforms import resize_clips
+    from vadpipe.pipeline.extract.clips import iter_clips
+    from vadpipe.pipeline.extract.decode import open_video
+    from vadpipe.pipeline.extract.transforms import resize_clips
 
     clips = []
     with open_video(video) as reader:
@@ -114,13 +61,14 @@ def bench_preprocess(video: str, config: ExtractConfig, n_clips: int = 32) -> St
             resize_clips(batch, config.preset)
         return len(clips)
 
-    n, seconds = _repeat(one_pass)
+    n, seconds = repeat_until(one_pass)
     return StageResult("preprocess (resize)", n, "clips", seconds)
 
 
 def bench_model(config: ExtractConfig, iters: int = 5, warmup: int = 2) -> StageResult:
     from vadpipe.extractors import get_backbone
-    from vadpipe.pipeline.runner import FeatureModel, resolve_device
+    from vadpipe.pipeline.device import resolve_device
+    from vadpipe.pipeline.extract.model import FeatureModel
 
     spec = get_backbone(config.backbone)
     config = config.with_preset(spec.preset)
@@ -147,8 +95,8 @@ def bench_model(config: ExtractConfig, iters: int = 5, warmup: int = 2) -> Stage
 
 
 def bench_end_to_end(video: str, config: ExtractConfig) -> StageResult:
-    from vadpipe.pipeline.runner import extract
-    from vadpipe.pipeline.sources import discover
+    from vadpipe.pipeline.extract.runner import extract
+    from vadpipe.pipeline.extract.sources import discover
 
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
@@ -192,77 +140,6 @@ def run_extract_bench(video: str | None, config: ExtractConfig, *, seconds: floa
                 results.append(bench_end_to_end(video, config))
             echo(results[-1].line())
     return results
-
-
-def replace_config(config: ExtractConfig, **kw) -> ExtractConfig:
-    return replace(config, **kw)
-
-
-def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int = 2048,
-                    steps: int = 5, warmup: int = 1, device: str = "auto", overrides: dict | None = None,
-                    echo=print) -> StageResult:
-    """Training steps/s of ``head`` at a dataset's size, on synthetic features.
-
-    The features have UCF-Crime's training shape (32 segments × 10 crops × 2048 per video;
-    1,610 videos). The step cost does not depend on the number of videos, so batches are
-    generated per step instead of holding 4.2 GB of features: the figure is the
-    optimisation step (forward, loss, backward, optimizer) plus the host→device copy.
-    Prints steps/s, peak memory and the time of the head's full official schedule.
-    """
-    import resource
-
-    from vadpipe.heads.base import get_head
-    from vadpipe.pipeline.runner import resolve_device
-    from vadpipe.pipeline.train import _setting, build_head
-
-    dev = resolve_device(device)
-    spec = get_head(head)
-    overrides = dict(overrides or {})
-    defaults = spec.config_cls(**overrides)
-    if getattr(defaults, "max_steps", 0) is None:  # a schedule in epochs: UCF-Crime's 1,610 videos
-        overrides["max_steps"] = spec.sampling(defaults).steps_for(1610 * (crops if spec.sampling(defaults).instances == "crop" else 1))
-    model, cfg = build_head(spec, overrides, dim)
-    model.to(dev).train()
-    opt = spec.optimizer(model.parameters(), cfg)
-    sampling = spec.sampling(cfg)
-    b = int(_setting(cfg, ("batch_size",), 32))
-    schedule = int(_setting(cfg, ("max_steps", "max_epoch"), 1000))
-    if sampling.instances == "crop":  # random batches of single-crop instances: half of each class here
-        b, crops = max(1, sampling.batch_size // 2), 1
-    gen = torch.Generator().manual_seed(0)
-    echo(f"head {head}: batch {b} normal + {b} abnormal {'crop instances' if crops == 1 and sampling.instances == 'crop' else 'videos'}"
-         f" × {crops} crops × {segments} segments × {dim}, device {dev}")
-
-    def step() -> None:
-        normal = torch.rand(b, crops, segments, dim, generator=gen).to(dev, non_blocking=True)
-        abnormal = torch.rand(b, crops, segments, dim, generator=gen).to(dev, non_blocking=True)
-        loss, _ = model.loss(normal, abnormal)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    result = StageResult(f"train step ({head})", steps, "steps", time.perf_counter() - t)
-    echo(result.line())
-    if dev.type == "cuda":
-        echo(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
-    else:
-        echo(f"peak process memory (max RSS) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    echo(f"full official schedule: {schedule} steps ≈ {schedule / result.rate / 60:.1f} min at this rate "
-        )
-    return result
 
 
 # ----------------------------------------------------------------------------- multi-device scaling
@@ -369,7 +246,7 @@ class _GpuSampler:
 def _scaling_inputs(video_or_folder: str | None, tmp: Path, seconds: float, n_videos: int, echo) -> list:
     """The bench's videos: a folder's videos; ``n_videos`` links to one video; or
     ``n_videos`` generated 320x240 videos from 0.5× to 1.5× ``seconds`` long."""
-    from vadpipe.pipeline.sources import discover
+    from vadpipe.pipeline.extract.sources import discover
 
     folder = tmp / "videos"
     folder.mkdir()
@@ -409,7 +286,7 @@ def run_scaling_bench(video_or_folder: str | None, config: ExtractConfig, device
     """
     from vadpipe.errors import ConfigError
     from vadpipe.extractors import get_backbone
-    from vadpipe.pipeline.runner import extract
+    from vadpipe.pipeline.extract.runner import extract
 
     devices = tuple(devices)
     if len(devices) < 2:

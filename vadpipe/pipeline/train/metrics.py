@@ -617,3 +617,36 @@ def write_frame_scores_csv(
                 }
             )
             df.to_csv(fh, header=False, index=False, lineterminator="\n")
+
+
+def validation_threshold(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Threshold maximising Youden's J = TPR − FPR on labelled validation scores.
+
+    Args:
+        scores: ``[N]`` video-level scores (e.g. the max clip score of each video).
+        labels: ``[N]`` 0 (normal) / 1 (anomalous).
+
+    The candidates are the distinct scores, with the rule ``score >= threshold``; of
+    thresholds with the same (maximal) J the **highest** is returned (fewer alarms for
+    the same separation).
+
+    Raises:
+        ValueError: lengths differ, NaN scores, labels not 0/1, or not both classes.
+    """
+    x = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {x.size} vs {y.size}")
+    if not np.isfinite(x).all():
+        raise ValueError("validation scores contain NaN or inf")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("validation labels must be 0/1")
+    pos, neg = np.sort(x[y == 1]), np.sort(x[y == 0])
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("choosing a threshold needs both normal and anomalous validation videos")
+    cand = np.unique(x)[::-1]  # descending: argmax takes the first, i.e. highest, on ties
+    tp = pos.size - np.searchsorted(pos, cand, side="left")
+    fp = neg.size - np.searchsorted(neg, cand, side="left")
+    # J · P · N in integers, so that equal J values tie exactly (no float rounding)
+    j = tp.astype(np.int64) * neg.size - fp.astype(np.int64) * pos.size
+    return float(cand[int(np.argmax(j))])

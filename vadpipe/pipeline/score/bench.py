@@ -8,7 +8,7 @@ Two numbers, both on a generated 320×240, 30 fps H.264 video (the same generato
   already converted in ``$VADPIPE_HOME`` (this process builds the backbone once first, so
   conversion never counts). The time at which the process printed its ``streaming ...``
   line (imports done, head and backbone loaded, video opened) is reported too.
-* **throughput**: :func:`vadpipe.pipeline.score.score_videos` on the whole video (stage one,
+* **throughput**: :func:`vadpipe.pipeline.score.batch.score_videos` on the whole video (stage one,
   head, events, plot, outputs), split into stage one (decode + backbone, including building
   the model) and the rest; the head alone is timed again on the written features. Reported as
   seconds per minute of video. Each run recomputes the features (``force``); the first run
@@ -92,11 +92,11 @@ def describe_device(device: torch.device) -> str:
 def bench_checkpoint(head: str | os.PathLike | None, precision: str | None, tmp: Path) -> Iterator[Path]:
     """The checkpoint to benchmark: ``head`` or the bundled demo head, with the recipe's
     precision replaced by ``precision`` (in a copy under ``tmp``) when given."""
-    from vadpipe.pipeline.train import load_checkpoint, save_checkpoint
+    from vadpipe.pipeline.train.loop import load_checkpoint, save_checkpoint
 
     with contextlib.ExitStack() as stack:
         if head is None:
-            from vadpipe.demo import DEMO_HEAD, data_path
+            from vadpipe.pipeline.demo import DEMO_HEAD, data_path
 
             path = stack.enter_context(data_path(DEMO_HEAD))
         else:
@@ -116,8 +116,8 @@ def warm_weights(checkpoint: Path, speed: dict) -> str:
     """Build the checkpoint's backbone once (weights located, hash-checked, converted if
     needed) so that the cold start measures a run with cached weights; returns its name."""
     from vadpipe.extractors.registry import get_backbone
-    from vadpipe.pipeline.score import checkpoint_recipe
-    from vadpipe.pipeline.scoring import load_head
+    from vadpipe.pipeline.score.batch import checkpoint_recipe
+    from vadpipe.pipeline.train.apply import load_head
 
     loaded = load_head(checkpoint, torch.device("cpu"))
     config = checkpoint_recipe(loaded, speed=speed)
@@ -169,10 +169,10 @@ def measure_throughput(video: str, checkpoint: Path, out: Path, *, speed: dict, 
     """One :func:`score_videos` run on ``video`` (features recomputed), and the head alone."""
     from vadpipe.manifests.datasets import DatasetRow
     from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
-    from vadpipe.pipeline.runner import resolve_device
-    from vadpipe.pipeline.score import ScoreOptions, score_videos
-    from vadpipe.pipeline.scoring import load_head, score_rows
-    from vadpipe.pipeline.sources import discover
+    from vadpipe.pipeline.device import resolve_device
+    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
+    from vadpipe.pipeline.train.apply import load_head, score_rows
+    from vadpipe.pipeline.extract.sources import discover
 
     t = time.perf_counter()
     summary = score_videos(discover([video]), checkpoint, out, options=ScoreOptions(plots=plots), speed=speed,
@@ -212,9 +212,9 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
         cold_start, throughput: which measurements to make.
         random_weights: backbone with random weights (same speed; no weights needed).
     """
-    from vadpipe.bench import make_synthetic_video
-    from vadpipe.pipeline.decode import open_video
-    from vadpipe.pipeline.runner import default_batch_clips, default_workers, resolve_device
+    from vadpipe.pipeline.benchmark import make_synthetic_video
+    from vadpipe.pipeline.extract.decode import open_video
+    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
 
     if seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")
@@ -235,8 +235,8 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
                 video_seconds = n / reader.info.fps
             result = ScoreBench(device=describe_device(dev), video=label, video_seconds=video_seconds)
             backbone = warm_weights(checkpoint, speed)
-            from vadpipe.pipeline.score import checkpoint_recipe
-            from vadpipe.pipeline.scoring import load_head
+            from vadpipe.pipeline.score.batch import checkpoint_recipe
+            from vadpipe.pipeline.train.apply import load_head
 
             recipe = checkpoint_recipe(load_head(checkpoint, torch.device("cpu")), speed=speed)
             echo(f"video: {label} ({video_seconds:.1f} s)")

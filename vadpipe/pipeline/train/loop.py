@@ -32,7 +32,7 @@ from vadpipe.heads.base import AnomalyHead, HeadSpec, TrainSampling, get_head
 from vadpipe.heads.data import BalancedBatchSampler, EpochBatchSampler, FeatureDataset, pad_bags
 from vadpipe.manifests.atomic import atomic_open
 from vadpipe.manifests.datasets import DatasetRow
-from vadpipe.pipeline.evaluate import roc_auc
+from vadpipe.pipeline.train.metrics import roc_auc
 
 log = logging.getLogger(__name__)
 
@@ -157,19 +157,14 @@ def video_scores(head: AnomalyHead, dataset: FeatureDataset, device: torch.devic
 def video_level_validation(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> tuple[float, float]:
     """ROC-AUC of each video's maximum snippet score against its video label, and the
     score threshold that best separates them (Youden's J; see
-    :func:`vadpipe.pipeline.events.validation_threshold`)."""
-    from vadpipe.pipeline.events import validation_threshold
+    :func:`vadpipe.pipeline.train.metrics.validation_threshold`)."""
+    from vadpipe.pipeline.train.metrics import validation_threshold
 
     scores = np.array([s.max() for s in video_scores(head, dataset, device)])
     labels = np.array(dataset.labels)
     if labels.min() == labels.max():
         raise ConfigError("the validation set needs both normal and anomalous videos")
     return float(roc_auc(labels, scores)), float(validation_threshold(scores, labels))
-
-
-def video_level_auc(head: AnomalyHead, dataset: FeatureDataset, device: torch.device) -> float:
-    """ROC-AUC of each video's maximum snippet score against its video label."""
-    return video_level_validation(head, dataset, device)[0]
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -223,7 +218,7 @@ def train(
     if config.selection == "test":
         log.warning(TEST_SELECTION_WARNING)
     seed_everything(config.seed)
-    from vadpipe.pipeline.runner import resolve_device
+    from vadpipe.pipeline.device import resolve_device
 
     device = resolve_device(config.device)
     spec = get_head(config.head)

@@ -1,0 +1,76 @@
+"""The ``vadpipe`` command group and the parsing helpers every command shares.
+
+Commands are thin: they parse arguments and call library functions (which tests call too).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from vadpipe import __version__
+from vadpipe.errors import VadpipeError
+
+__all__ = ["main", "fail", "parse_overrides", "parse_devices", "parse_resize"]
+
+
+def fail(e: Exception, code: int = 2) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vadpipe")
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+def main(verbose: bool) -> None:
+    """vadpipe: raw videos → features → anomaly scores."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def parse_devices(gpus: str | None, devices: str | None) -> tuple[str, ...]:
+    """``--gpus 0,1`` → ``("cuda:0", "cuda:1")``; ``--devices cpu,cpu`` as given."""
+    if gpus and devices:
+        raise VadpipeError("give --gpus or --devices, not both")
+    if gpus:
+        try:
+            return tuple(f"cuda:{int(g)}" for g in gpus.split(",") if g.strip())
+        except ValueError:
+            raise VadpipeError(f"--gpus takes GPU indices like 0,1,2, got {gpus!r}") from None
+    if devices:
+        return tuple(d.strip() for d in devices.split(",") if d.strip())
+    return ()
+
+
+def parse_resize(text: str) -> int | tuple[int, int]:
+    from vadpipe.errors import ConfigError
+
+    try:
+        if "x" in text.lower():
+            h, w = text.lower().split("x")
+            return int(h), int(w)
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--resize takes N or HxW (e.g. 256 or 256x340), got {text!r}") from None
+
+
+if __name__ == "__main__":
+    main()

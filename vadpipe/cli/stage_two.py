@@ -1,0 +1,261 @@
+"""Stage two: ``vadpipe manifest``, ``features segments``, ``train``, ``eval``, ``apply``."""
+
+from __future__ import annotations
+
+import click
+
+from vadpipe.cli.main import fail, main, parse_overrides
+from vadpipe.errors import VadpipeError
+
+
+@main.group()
+def manifest() -> None:
+    """Build dataset CSVs (video, feature_path, label, split, class) for training and evaluation."""
+
+
+@manifest.command("import")
+@click.argument("kind", type=click.Choice(["rtfm-list", "xd-list"]))
+@click.argument("list_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Dataset CSV to write.")
+@click.option("--dataset", type=click.Choice(["ucf", "shanghai"]), default="ucf", show_default=True,
+              help="rtfm-list: which dataset's labelling rule applies.")
+@click.option("--feature-root", default=None, type=click.Path(file_okay=False),
+              help="Folder holding the feature files (the list's author paths are replaced).")
+def manifest_import(kind, list_file, out, dataset, feature_root) -> None:
+    """Import a community feature list (RTFM's ucf-i3d.list, XD-Violence's rgb.list, ...)."""
+    from vadpipe.manifests.datasets import import_rtfm_list, import_xd_list, write_dataset
+
+    try:
+        if kind == "rtfm-list":
+            rows = import_rtfm_list(list_file, dataset=dataset, feature_root=feature_root)
+        else:
+            rows = import_xd_list(list_file, feature_root=feature_root)
+        write_dataset(out, rows)
+    except VadpipeError as e:
+        fail(e)
+    n_abn = sum(r.is_anomalous for r in rows)
+    click.echo(f"{out}: {len(rows)} videos ({n_abn} anomalous, {len(rows) - n_abn} normal)")
+
+
+@manifest.command("from-features")
+@click.argument("features_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV with columns video,label[,class] (label: normal|anomalous).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--split", default="", help="Value of the split column (train, val, test).")
+def manifest_from_features(features_csv, labels, out, split) -> None:
+    """Join a features.csv from `vadpipe extract` with video labels."""
+    from vadpipe.manifests.datasets import from_features_manifest, write_dataset
+
+    try:
+        rows = from_features_manifest(features_csv, labels, split=split)
+        write_dataset(out, rows)
+    except VadpipeError as e:
+        fail(e)
+    click.echo(f"{out}: {len(rows)} videos")
+
+
+@main.group()
+def features() -> None:
+    """Derived feature sets (e.g. Sultani's 32 L2-normalised segments)."""
+
+
+@features.command("segments")
+@click.argument("features_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
+@click.option("--n", "n_segments", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each segment (Sultani).")
+@click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="txt", show_default=True,
+              help="txt: Sultani's text files (32 lines × 4096 '%f ' values); npy: float32 [n, D].")
+def features_segments(features_csv, out, n_segments, l2, fmt) -> None:
+    """Average each video of a features.csv into N segments as Sultani's
+    Save_C3DFeatures_32Segments.m does (round(linspace(1, T, N+1)) bins)."""
+    from vadpipe.pipeline.train.segments import segments_for_manifest
+
+    try:
+        written = segments_for_manifest(features_csv, out, n=n_segments, l2=l2, fmt=fmt)
+    except (VadpipeError, ValueError) as e:
+        fail(e)
+    click.echo(f"{len(written)} videos → {out} ({n_segments} segments, {'L2-normalised' if l2 else 'raw'}, {fmt})")
+
+
+@main.command()
+@click.option("--train", "train_csv", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Dataset CSV of training videos (rows with split=val are held out for validation).")
+@click.option("--val", "val_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Validation CSV [default: 10%% of the training videos, stratified, held out].")
+@click.option("--head", default="rtfm", show_default=True, help="Registered head (sultani, rtfm, mgfn).")
+@click.option("-o", "--out", default="runs/train", show_default=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=None, type=click.IntRange(1), help="[default: the head's official schedule]")
+@click.option("--eval-every", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--patience", default=None, type=click.IntRange(1), help="Early stopping after N validations without gain.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set lr=1e-4.")
+@click.option("--refine", type=click.Choice(["mcr"]), default=None,
+              help="Wrap the head in a score-refinement module (MCR) and train them together.")
+@click.option("--refine-set", "refine_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Refinement setting, e.g. --refine-set windows=[1,3,5].")
+@click.option("--preset", "head_preset", default=None, metavar="NAME",
+              help="The paper's settings for a dataset, e.g. --head lanet --preset xd (see `vadpipe train --list-presets`); "
+                   "--set values apply on top. Implies --protocol paper unless --protocol is given.")
+@click.option("--protocol", type=click.Choice(["holdout", "paper"]), default=None,
+              help="holdout: validation videos held out of the training split, best.pt chosen on them (default "
+                   "for your own data); paper: train on the FULL training split as the papers do, keep the last "
+                   "step [default: paper with --preset, else holdout].")
+@click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _p, v: _list_presets(ctx, v),
+              help="List every head's presets and exit.")
+@click.option("--resume", default=None, type=click.Path(exists=True, dir_okay=False), help="Continue from last.pt.")
+@click.option("--cache", is_flag=True, help="Keep resampled training features in memory.")
+@click.option("--backbone", default=None, help="Backbone that made the features, e.g. i3d (recorded in the checkpoint's feature spec).")
+@click.option("--clip-len", default=16, show_default=True, type=click.IntRange(1),
+              help="Frames per feature snippet (recorded; used to map scores to frames).")
+@click.option("--select-on-test", "test_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="OPTIMISTIC, as the published code: choose the checkpoint on this TEST set (needs --gt).")
+@click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for --select-on-test (see `vadpipe eval`).")
+@click.option("-q", "--quiet", is_flag=True)
+def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, device, overrides, refine,
+          refine_overrides, head_preset, protocol, resume, cache, backbone, clip_len, test_csv, gt, quiet) -> None:
+    """Train an anomaly head; best.pt is chosen on the validation split (--protocol holdout) or is
+    the last step on the full training split (--protocol paper)."""
+    from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
+    from vadpipe.pipeline.train import apply as scoring
+    from vadpipe.pipeline.device import resolve_device
+    from vadpipe.pipeline.train.loop import TEST_SELECTION_WARNING, TrainConfig, train as run_train
+
+    try:
+        protocol = protocol or ("paper" if head_preset else "holdout")
+        rows = read_dataset(train_csv)
+        root = dataset_root(train_csv)
+        if protocol == "paper":
+            if val_csv:
+                raise VadpipeError("--protocol paper trains on the full training split: drop --val "
+                                   "(or use --protocol holdout)")
+            train_rows, val_rows = rows, []
+        elif val_csv:
+            train_rows, val_rows = [r for r in rows if r.split != "val"], read_dataset(val_csv)
+            if dataset_root(val_csv) != root:
+                raise VadpipeError("--train and --val must sit in the same folder (feature paths are relative to it)")
+        elif any(r.split == "val" for r in rows):
+            train_rows, val_rows = [r for r in rows if r.split != "val"], [r for r in rows if r.split == "val"]
+        else:
+            train_rows, val_rows = split_train_val(rows, val_fraction=0.1, seed=seed)
+        test_metric = None
+        if test_csv:
+            if not gt:
+                raise VadpipeError("--select-on-test needs --gt KIND:PATH")
+            click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
+            test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
+
+        head_overrides = {**_preset_overrides(head, head_preset), **parse_overrides(overrides)}
+        if refine:  # the refinement module is the trained head; the base head's settings go inside it
+            head_overrides = {"base_head": head, "base_overrides": head_overrides, **parse_overrides(refine_overrides)}
+            head = refine
+        config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
+                             patience=patience, seed=seed, device=device,
+                             selection="test" if test_csv else "val", cache=cache,
+                             train_split="full" if protocol == "paper" else "holdout")
+        meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
+        result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
+                           feature_meta=meta, progress=not quiet)
+    except VadpipeError as e:
+        fail(e)
+    if not val_rows and not test_csv:
+        click.echo(f"protocol paper: trained on all {len(train_rows)} training videos for {result.best_step} steps "
+                   f"(training-set video-level AUC {result.best_metric:.4f}, optimistic); "
+                   f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}")
+        return
+    metric = "TEST AUC (optimistic)" if test_csv else "validation video-level AUC"
+    click.echo(f"best {metric} {result.best_metric:.4f} at step {result.best_step}; "
+               f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}"
+               + ("; stopped early" if result.stopped_early else ""))
+
+
+def _preset_overrides(head: str, preset: str | None) -> dict:
+    """The head's registered preset ``preset`` as config overrides (``{}`` without one)."""
+    if preset is None:
+        return {}
+    from vadpipe.heads.base import get_head
+
+    presets = get_head(head).presets
+    if preset not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        raise VadpipeError(f"head {head!r} has no preset {preset!r} (its presets: {known})")
+    return dict(presets[preset])
+
+
+def _list_presets(ctx, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from vadpipe.heads.base import get_head, list_heads
+
+    for name in list_heads():
+        for preset, values in sorted(get_head(name).presets.items()):
+            click.echo(f"{name} --preset {preset}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    ctx.exit()
+
+
+def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
+    """What made the training features: the recorded extraction recipe when the files come
+    from `vadpipe extract` (so `vadpipe score` can re-create them), else what the user says."""
+    from pathlib import Path
+
+    from vadpipe.manifests.provenance import extraction_of
+
+    files = [Path(root or ".") / r.feature_path.format(k=0) for r in rows]
+    recipe = extraction_of(files)
+    if recipe is None:
+        return {"backbone": backbone or "unknown", "clip_len": clip_len}
+    if backbone and backbone != recipe["backbone"]:
+        raise VadpipeError(f"--backbone {backbone}, but the features were extracted with {recipe['backbone']} "
+                           "(features.csv beside them says so)")
+    return {"backbone": recipe["backbone"], "clip_len": recipe["config"]["clip"]["length"], "extract": recipe}
+
+
+def _score_command(checkpoint, data, out, device, gt, convention) -> None:
+    from pathlib import Path
+
+    from vadpipe.manifests.datasets import dataset_root, read_dataset
+    from vadpipe.pipeline.train import apply as scoring
+    from vadpipe.pipeline.device import resolve_device
+
+    try:
+        dev = resolve_device(device)
+        loaded = scoring.load_head(checkpoint, dev)
+        rows = read_dataset(data)
+        scores = scoring.score_rows(loaded, rows, dataset_root(data), dev)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        scoring.write_scores_csv(out / "scores.csv", rows, scores)
+        click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
+        if gt:
+            result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv")
+            for line in scoring.result_lines(result, loaded.selection):
+                click.echo(line)
+    except VadpipeError as e:
+        fail(e)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
+@click.option("--gt", required=True, metavar="KIND:PATH",
+              help="ucf:Temporal_Anomaly_Annotation.txt, xd:annotations.txt, sh-masks:test_frame_mask/, csv:intervals.csv")
+@click.option("--gt-convention", default=None, type=click.Choice(["rtfm", "sultani", "vadclip"]),
+              help="How annotation frame numbers are read [default: rtfm for UCF (0-based, inclusive ends), "
+                   "vadclip for XD (0-based, exclusive ends)].")
+@click.option("-o", "--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def eval(checkpoint, data, gt, gt_convention, out, device) -> None:  # noqa: A001 (command name)
+    """Score a dataset and report frame-level ROC-AUC, AP (both ways), FAR and per-class AUC."""
+    _score_command(checkpoint, data, out, device, gt, gt_convention)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
+@click.option("-o", "--out", default="runs/apply", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def apply(checkpoint, data, out, device) -> None:
+    """Score a dataset with a trained head: OUT/scores.csv (one row per snippet)."""
+    _score_command(checkpoint, data, out, device, None, None)

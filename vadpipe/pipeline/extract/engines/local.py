@@ -1,0 +1,41 @@
+"""The single-process engine: one model in this process, ``config.workers`` decoding processes."""
+
+from __future__ import annotations
+
+import time
+
+from torch.utils.data import DataLoader
+
+from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
+from vadpipe.pipeline.extract.sources import VideoJob
+from vadpipe.pipeline.extract.stream import ClipStream, worker_init
+from vadpipe.pipeline.extract.writer import RunContext, finish_video
+
+__all__ = ["run_local"]
+
+
+def run_local(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progress: bool) -> None:
+    """The single-process engine: one model, ``config.workers`` decoding processes."""
+    from tqdm.auto import tqdm
+
+    config, summary = ctx.config, ctx.summary
+    loader = DataLoader(
+        ClipStream(todo, config),
+        batch_size=None,
+        num_workers=config.workers,
+        pin_memory=model.device.type == "cuda",
+        worker_init_fn=worker_init if config.workers else None,
+        prefetch_factor=4 if config.workers else None,
+        multiprocessing_context="spawn" if config.workers and model.device.type == "cuda" else None,
+    )
+    t_start = time.time()
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
+    try:
+        for item, parts in finished_videos(loader, model, config.batch_clips):
+            summary.clips += sum(len(f) for _, f in parts)
+            ctx.record(finish_video(ctx, todo[item["job"]], item, parts))
+            bar.update(1)
+            elapsed = time.time() - t_start
+            bar.set_postfix(clips_per_s=f"{summary.clips / max(elapsed, 1e-9):.1f}", failed=summary.failed)
+    finally:
+        bar.close()

@@ -1,0 +1,140 @@
+"""Run a backbone over many videos: decode and preprocess in worker processes, batch the
+crops of many clips (across videos) for the model, write atomic outputs and manifest rows.
+
+Data flow::
+
+    VideoJob ─ worker: decode → clips → resize (uint8) ─┐  (pinned memory, prefetch)
+                                                       ├→ main, on the model's device: crop → normalise
+    VideoJob ─ worker: ...                             ─┘    → model → [n, crops, D] → .npy (atomic) + row
+
+A video that fails (corrupt, empty, too short, not a video ...) becomes a ``failed`` row with
+the reason; the run goes on. Re-running skips videos whose ``ok`` rows match the current
+settings and whose files are intact, unless ``force`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from vadpipe import __version__
+from vadpipe.errors import ConfigError
+from vadpipe.extractors.registry import get_backbone
+from vadpipe.manifests.atomic import atomic_write_text
+from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
+from vadpipe.pipeline.device import resolve_device
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.decode import check_backend
+from vadpipe.pipeline.extract.engines import is_distributed, run_engine
+from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.extract.sources import VideoJob
+from vadpipe.pipeline.extract.writer import ExtractSummary, RunContext, is_intact, remove_leftovers
+
+__all__ = ["extract"]
+
+
+def extract(
+    jobs: list[VideoJob],
+    out_dir: str | os.PathLike,
+    config: ExtractConfig = ExtractConfig(),
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract features of ``jobs`` into ``out_dir`` and record them in ``features.csv``.
+
+    Args:
+        jobs: videos to process (see :func:`vadpipe.pipeline.extract.sources.discover`).
+        out_dir: output folder; holds the feature files, ``features.csv`` and one
+            ``extract-<time>.json`` per run with the full configuration.
+        config: extraction settings. ``config.devices`` with more than one entry runs one
+            worker process per device (:mod:`vadpipe.pipeline.extract.engines.multi`); ``config.engine ==
+            "ray"`` runs the job on Ray (:mod:`vadpipe.pipeline.extract.engines.ray`); see
+            :func:`vadpipe.pipeline.extract.engines.run_engine`.
+        force: recompute videos that an earlier run already finished.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`ExtractSummary`; its ``exit_code`` is 1 when any video failed.
+
+    Raises:
+        WeightsNotFoundError: the backbone's weights are not installed.
+        ConfigError: invalid settings or device.
+    """
+    t0 = time.time()
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    spec = get_backbone(config.backbone)
+    if spec.nodes > 1 and config.crops != 1:
+        raise ConfigError(f"backbone {spec.name!r} yields {spec.nodes} patch nodes per clip from one view; use --crops 1")
+    distributed = is_distributed(config)
+    if config.engine == "local":  # Ray decodes on the cluster's nodes, which may differ from this one
+        check_backend(config.decoder)
+    config = config.with_preset(spec.preset)
+    # Distributed engines build their models in their workers; the driver only needs the
+    # weights' sha256 (for the config hash), which a CPU build gives without a GPU.
+    device = torch.device("cpu") if distributed else resolve_device(config.device)
+    model = FeatureModel(spec, config, device)
+    if distributed:
+        weights_sha256 = model.weights_sha256
+        del model
+        model = None
+    else:
+        weights_sha256 = model.weights_sha256
+    config_hash = config.feature_hash(weights_sha256)
+    manifest = root / MANIFEST_NAME
+    remove_leftovers(root)
+
+    rows: dict[str, FeatureRow] = {}
+    if manifest.exists():
+        rows = {r.video: r for r in read_manifest(manifest)}
+    summary = ExtractSummary(manifest=str(manifest))
+    todo: list[VideoJob] = []
+    for job in jobs:
+        old = rows.get(job.path)
+        if (not force and old is not None and old.status == "ok"
+                and old.config_hash == config_hash and is_intact(old, root)):
+            summary.skipped += 1
+            continue
+        todo.append(job)
+        rows[job.path] = FeatureRow(video=job.path, backbone=spec.name, status="skipped",
+                                    error="not processed yet (run interrupted)")
+
+    run_record = {
+        "vadpipe_version": __version__,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "config_hash": config_hash,
+        "weights_sha256": weights_sha256,
+        "weights": {"name": spec.weights.name, "source": spec.weights.source, "license": spec.weights.license},
+        "device": str(device) if model is not None else ",".join(config.devices) or config.device,
+        "engine": config.engine,
+        "torch": torch.__version__,
+        "inputs": len(jobs),
+        "to_process": len(todo),
+    }
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    run_file = root / f"extract-{stamp}.json"
+    atomic_write_text(run_file, json.dumps(run_record, indent=2))
+
+    ctx = RunContext(root=root, config=config, spec=spec, config_hash=config_hash, weights_sha256=weights_sha256,
+                     rows=rows, manifest=manifest, summary=summary)
+    if todo:
+        ctx.write()
+        try:
+            run_engine(ctx, todo, model, progress=progress)
+        finally:
+            ctx.write()
+    summary.seconds = time.time() - t0
+    run_record.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      ok=summary.ok, failed=summary.failed, skipped=summary.skipped,
+                      clips=summary.clips, seconds=round(summary.seconds, 3))
+    if summary.per_device:
+        run_record["per_device"] = summary.per_device
+    atomic_write_text(run_file, json.dumps(run_record, indent=2))
+    return summary

@@ -1,0 +1,203 @@
+"""Writing side of extraction: one video's features to an atomic ``.npy`` and its manifest row.
+
+The driver owns a :class:`RunContext` and is the only writer of ``features.csv``; workers
+of other processes get its picklable :class:`WriteContext` and return rows to the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vadpipe.errors import ConfigError
+from vadpipe.extractors.registry import BackboneSpec, get_backbone
+from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy
+from vadpipe.manifests.features import FeatureRow, write_manifest
+from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.sources import VideoJob
+
+__all__ = ["ExtractSummary", "RunContext", "WriteContext", "finish_video", "output_path", "is_intact",
+           "remove_leftovers", "backbone_by_name"]
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did. ``exit_code`` is non-zero when any video failed.
+
+    ``per_device`` is filled by the multi-device engine: for each worker (by label, e.g.
+    ``cuda:1``) its ``videos``, ``clips``, ``startup_s`` (process start to model ready),
+    ``active_s`` (model ready to the end of its work, or its death) and, when it stopped
+    abnormally, ``exit`` (its exit code or error).
+    """
+
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    clips: int = 0
+    seconds: float = 0.0
+    manifest: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    per_device: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        """One-line summary for the terminal."""
+        rate = self.clips / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.ok} extracted, {self.skipped} already done, {self.failed} failed; "
+            f"{self.clips} clips in {self.seconds:.1f} s ({rate:.1f} clips/s); manifest: {self.manifest}"
+        )
+
+
+def output_path(job: VideoJob, config: ExtractConfig, spec: BackboneSpec) -> str:
+    """Manifest ``feature_path`` (relative to the output folder) for ``job``."""
+    if config.layout == "per-crop":
+        return f"{job.rel_name}__{{k}}.npy"
+    return f"{job.rel_name}_{spec.file_suffix or spec.name}.npy"
+
+
+def is_intact(row: FeatureRow, root: Path) -> bool:
+    """True when every feature file of an ``ok`` row exists and has the recorded shape."""
+    want = (row.n_clips, row.crops, row.dim) if row.layout == "single" else (row.n_clips, row.dim)
+    for f in row.feature_files(root):
+        try:
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return False
+        if arr.shape != want or arr.dtype != np.float32:
+            return False
+    return True
+
+
+def remove_leftovers(root: Path) -> None:
+    """Delete temporary files a killed run left behind (never complete outputs)."""
+    if root.is_dir():
+        for f in root.rglob(f"*{TMP_MARKER}*"):
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+@dataclass
+class RunContext:
+    """What every engine needs to turn finished videos into files and manifest rows.
+
+    Only the process that owns the context writes ``features.csv``: engines send each
+    finished video's row to :meth:`record` (in the driver), so rows are never lost or
+    duplicated however many workers produce them.
+    """
+
+    root: Path
+    config: ExtractConfig
+    spec: BackboneSpec
+    config_hash: str
+    weights_sha256: str
+    rows: dict[str, FeatureRow]
+    manifest: Path
+    summary: ExtractSummary
+
+    def record(self, row: FeatureRow) -> None:
+        """Store ``row`` (keyed by its video), count it, and rewrite the manifest atomically."""
+        self.rows[row.video] = row
+        if row.status == "ok":
+            self.summary.ok += 1
+        else:
+            self.summary.failed += 1
+            self.summary.failures.append((row.video, row.error))
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite ``features.csv`` from the rows held now (atomic)."""
+        write_manifest(self.manifest, list(self.rows.values()))
+
+    def writer(self) -> WriteContext:
+        """The picklable part of this context, for :func:`finish_video` in worker processes."""
+        return WriteContext(root=self.root, config=self.config, spec=self.spec,
+                            config_hash=self.config_hash, weights_sha256=self.weights_sha256)
+
+
+@dataclass
+class WriteContext:
+    """The part of a :class:`RunContext` that :func:`finish_video` needs, and that a worker
+    process can receive: where and how to write one video's features.
+
+    It pickles the backbone by name (with the module that registered it, so plugin
+    backbones such as the tests' are registered again in a spawned process), never the
+    builder itself.
+    """
+
+    root: Path
+    config: ExtractConfig
+    spec: BackboneSpec
+    config_hash: str
+    weights_sha256: str
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        spec = state.pop("spec")
+        state["spec_ref"] = (spec.name, getattr(spec.build, "__module__", None))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        name, module = state.pop("spec_ref")
+        self.__dict__.update(state)
+        self.spec = backbone_by_name(name, module)
+
+
+def backbone_by_name(name: str, module: str | None = None) -> BackboneSpec:
+    """The registered backbone ``name``, importing ``module`` first when it is not loaded yet
+    (the module that registers it, for backbones outside vadpipe).
+
+    Raises:
+        ConfigError: ``module`` cannot be imported or ``name`` is not registered.
+    """
+    if module and module not in sys.modules and module != "__main__":
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"backbone {name!r} is registered by {module!r}, which cannot be imported: {e}") from e
+    return get_backbone(name)
+
+
+def finish_video(ctx: RunContext | WriteContext, job: VideoJob, item: dict,
+                 parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
+    """Write one video's features (atomically) and return its manifest row.
+
+    Args:
+        ctx: the run, or its picklable :class:`WriteContext` (in a worker process).
+        job: the video.
+        item: its ``done`` record from :class:`ClipStream` (frames, fps, decoder, error).
+        parts: ``(first clip index, features [n, crops, D])`` chunks in any order.
+    """
+    config, spec = ctx.config, ctx.spec
+    row = FeatureRow(
+        video=job.path, backbone=spec.name, weights_sha256=ctx.weights_sha256,
+        n_frames=item["n_frames"], fps=round(item["fps"], 6), crops=max(config.crops, spec.nodes),
+        dim=spec.feature_dim, layout=config.layout, decoder=item["decoder"], config_hash=ctx.config_hash,
+    )
+    if item["error"]:
+        row.status, row.error = "failed", item["error"]
+        row.seconds = round(time.time() - item["started"], 3)
+        return row
+    parts = sorted(parts, key=lambda p: p[0])
+    feats = torch.cat([torch.as_tensor(p[1]) for p in parts]).cpu().numpy()  # float32 [n_clips, crops or nodes, D]
+    row.n_clips = feats.shape[0]
+    row.feature_path = output_path(job, config, spec)
+    if config.layout == "per-crop":
+        for k in range(config.crops):
+            atomic_save_npy(ctx.root / row.feature_path.format(k=k), np.ascontiguousarray(feats[:, k]))
+    else:
+        atomic_save_npy(ctx.root / row.feature_path, feats)
+    row.status = "ok"
+    row.seconds = round(time.time() - item["started"], 3)
+    return row
