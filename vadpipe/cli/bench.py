@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from vadpipe.cli.main import fail, main, parse_devices, parse_overrides
-from vadpipe.errors import VadpipeError
+from vadpipe.cli.main import main, parse_devices, parse_overrides
+from vadpipe.extractors.presets import N_CROPS
+from vadpipe.pipeline.extract.config import PRECISIONS
 
 
 @main.group()
@@ -16,8 +17,8 @@ def bench() -> None:
 @bench.command("extract")
 @click.argument("video", required=False, type=click.Path(exists=True))
 @click.option("--backbone", default="i3d", show_default=True)
-@click.option("--crops", type=click.Choice(["1", "5", "10"]), default="10", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--crops", type=click.Choice([str(n) for n in N_CROPS]), default="10", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-clips", default=None, type=click.IntRange(1), help="[default: 16 on CUDA, 2 on CPU]")
 @click.option("--workers", default=None, type=click.IntRange(0), help="[default: 1 on CPU, up to 8 with CUDA]")
@@ -46,26 +47,23 @@ def bench_extract(video, backbone, crops, precision, device, batch_clips, worker
     from vadpipe.pipeline.extract.config import ExtractConfig
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
 
-    try:
-        devices = parse_devices(gpus, device_list)
-        dev = resolve_device(devices[0] if devices else device)
-        workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
-        batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
-        config = ExtractConfig(backbone=backbone, crops=int(crops), precision=precision, device=device,
-                               batch_clips=batch_clips, workers=workers, random_weights=random_weights)
-        if devices:
-            run_scaling_bench(video, config, devices, seconds=seconds, n_videos=n_videos, echo=click.echo)
-            return
-        if video is not None and Path(video).is_dir():
-            raise click.BadParameter("the stage bench takes one video; a folder only with --gpus/--devices",
-                                     param_hint="VIDEO")
-        wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
-        unknown = set(wanted) - {"decode", "preprocess", "model", "e2e"}
-        if unknown:
-            raise click.BadParameter(f"unknown stage(s) {sorted(unknown)}", param_hint="--stages")
-        run_extract_bench(video, config, seconds=seconds, model_iters=model_iters, stages=wanted, echo=click.echo)
-    except VadpipeError as e:
-        fail(e)
+    devices = parse_devices(gpus, device_list)
+    dev = resolve_device(devices[0] if devices else device)
+    workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
+    batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
+    config = ExtractConfig(backbone=backbone, crops=int(crops), precision=precision, device=device,
+                           batch_clips=batch_clips, workers=workers, random_weights=random_weights)
+    if devices:
+        run_scaling_bench(video, config, devices, seconds=seconds, n_videos=n_videos, echo=click.echo)
+        return
+    if video is not None and Path(video).is_dir():
+        raise click.BadParameter("the stage bench takes one video; a folder only with --gpus/--devices",
+                                 param_hint="VIDEO")
+    wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = set(wanted) - {"decode", "preprocess", "model", "e2e"}
+    if unknown:
+        raise click.BadParameter(f"unknown stage(s) {sorted(unknown)}", param_hint="--stages")
+    run_extract_bench(video, config, seconds=seconds, model_iters=model_iters, stages=wanted, echo=click.echo)
 
 
 @bench.command("train")
@@ -80,11 +78,8 @@ def bench_train(head, steps, crops, dim, segments, device, overrides) -> None:
     """Training steps/s and peak memory of a head at UCF-Crime's feature size."""
     from vadpipe.pipeline.train.bench import run_train_bench
 
-    try:
-        run_train_bench(head, crops=crops, dim=dim, segments=segments, steps=steps, device=device,
-                        overrides=parse_overrides(overrides), echo=click.echo)
-    except VadpipeError as e:
-        fail(e)
+    run_train_bench(head, crops=crops, dim=dim, segments=segments, steps=steps, device=device,
+                    overrides=parse_overrides(overrides), echo=click.echo)
 
 
 @bench.command("score")
@@ -94,7 +89,7 @@ def bench_train(head, steps, crops, dim, segments, device, overrides) -> None:
 @click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Length of the generated 320x240 30 fps video when VIDEO is not given.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Replace the precision of the head's recorded recipe (benchmark only) [default: the recipe's].")
 @click.option("--runs", default=2, show_default=True, type=click.IntRange(1),
               help="Throughput runs (the first in a process pays one-time costs such as CUDA start-up).")
@@ -110,9 +105,6 @@ def bench_score(video, checkpoint, seconds, device, precision, runs, stages, ran
     unknown = wanted - {"cold-start", "throughput"}
     if unknown:
         raise click.BadParameter(f"unknown stage(s) {sorted(unknown)}", param_hint="--stages")
-    try:
-        run_score_bench(video, head=checkpoint, seconds=seconds, device=device, precision=precision, runs=runs,
-                        cold_start="cold-start" in wanted, throughput="throughput" in wanted,
-                        random_weights=random_weights, echo=click.echo)
-    except VadpipeError as e:
-        fail(e)
+    run_score_bench(video, head=checkpoint, seconds=seconds, device=device, precision=precision, runs=runs,
+                    cold_start="cold-start" in wanted, throughput="throughput" in wanted,
+                    random_weights=random_weights, echo=click.echo)

@@ -21,7 +21,18 @@ def fail(e: Exception, code: int = 2) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The ``vadpipe`` group: a user mistake (any :class:`~vadpipe.errors.VadpipeError` a command
+    raises) becomes one ``error: ...`` line and exit code 2, for every command in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VadpipeError as e:
+            fail(e)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vadpipe")
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
 def main(verbose: bool) -> None:

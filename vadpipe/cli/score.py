@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from vadpipe.cli.main import fail, main
+from vadpipe.cli.main import main
 from vadpipe.errors import VadpipeError
+from vadpipe.pipeline.extract.decode import DECODERS
+from vadpipe.pipeline.train.metrics import CONVENTIONS
 
 
 @main.command()
@@ -20,7 +22,7 @@ from vadpipe.errors import VadpipeError
 @click.option("--min-gap", default=0.0, show_default=True, type=click.FloatRange(0), help="Merge events this close (s).")
 @click.option("--min-duration", default=0.0, show_default=True, type=click.FloatRange(0), help="Drop shorter events (s).")
 @click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for plots and AUC/AP (see `vadpipe eval`).")
-@click.option("--gt-convention", default=None, type=click.Choice(["rtfm", "sultani", "vadclip"]))
+@click.option("--gt-convention", default=None, type=click.Choice(CONVENTIONS))
 @click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write one self-contained HTML report.")
 @click.option("--no-plots", is_flag=True, help="Do not write a PNG per video.")
 @click.option("--backbone", default=None, help="Only for checkpoints that do not record their feature recipe.")
@@ -29,7 +31,7 @@ from vadpipe.errors import VadpipeError
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-clips", default=None, type=click.IntRange(1))
 @click.option("--workers", default=None, type=click.IntRange(0))
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav", "torchcodec", "torchcodec-cuda"]),
+@click.option("--decoder", type=click.Choice(DECODERS),
               default="auto", show_default=True,
               help="As for extract: auto (decord where frame-exact, else PyAV), decord, pyav, torchcodec, "
                    "torchcodec-cuda.")
@@ -54,30 +56,27 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
     from vadpipe.pipeline.extract.sources import discover
 
-    try:
-        dev = resolve_device(device)
-        speed = {"device": device, "decoder": decoder, "random_weights": random_weights,
-                 "workers": default_workers(dev) if workers is None else workers,
-                 "batch_clips": default_batch_clips(dev) if batch_clips is None else batch_clips}
-        options = ScoreOptions(threshold=threshold, min_gap=min_gap, min_duration=min_duration, gt=gt,
-                               gt_convention=gt_convention, plots=not no_plots, report=report)
-        if stream:
-            from vadpipe.pipeline.score.stream import stream_score
+    dev = resolve_device(device)
+    speed = {"device": device, "decoder": decoder, "random_weights": random_weights,
+             "workers": default_workers(dev) if workers is None else workers,
+             "batch_clips": default_batch_clips(dev) if batch_clips is None else batch_clips}
+    options = ScoreOptions(threshold=threshold, min_gap=min_gap, min_duration=min_duration, gt=gt,
+                           gt_convention=gt_convention, plots=not no_plots, report=report)
+    if stream:
+        from vadpipe.pipeline.score.stream import stream_score
 
-            if len(inputs) != 1:
-                raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
-            result = stream_score(inputs[0], checkpoint, out, options=options, backbone=backbone,
-                                  speed={**speed, "workers": 0, "batch_clips": 1}, follow=follow,
-                                  window=stream_window, echo=click.echo)
-            sys.exit(result.exit_code)
-        jobs = discover(list(inputs))
-        if not jobs:
-            raise VadpipeError(f"no videos found in {', '.join(inputs)}")
-        summary = score_videos(jobs, checkpoint, out, options=options, backbone=backbone, speed=speed,
-                               features_dir=features_dir, force=force, progress=not quiet,
-                               echo=None if quiet else click.echo)
-    except VadpipeError as e:
-        fail(e)
+        if len(inputs) != 1:
+            raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
+        result = stream_score(inputs[0], checkpoint, out, options=options, backbone=backbone,
+                              speed={**speed, "workers": 0, "batch_clips": 1}, follow=follow,
+                              window=stream_window, echo=click.echo)
+        sys.exit(result.exit_code)
+    jobs = discover(list(inputs))
+    if not jobs:
+        raise VadpipeError(f"no videos found in {', '.join(inputs)}")
+    summary = score_videos(jobs, checkpoint, out, options=options, backbone=backbone, speed=speed,
+                           features_dir=features_dir, force=force, progress=not quiet,
+                           echo=None if quiet else click.echo)
     for v in summary.failed:
         click.echo(f"failed: {v.video}: {v.error}", err=True)
     n_events = sum(len(v.events) for v in summary.videos)
@@ -106,8 +105,5 @@ def demo(out, retrain, stream, device, quiet) -> None:
     """
     from vadpipe.pipeline.demo import run_demo
 
-    try:
-        result = run_demo(out, retrain=retrain, device=device, stream=stream, progress=not quiet, echo=click.echo)
-    except VadpipeError as e:
-        fail(e)
+    result = run_demo(out, retrain=retrain, device=device, stream=stream, progress=not quiet, echo=click.echo)
     sys.exit(result.exit_code)

@@ -6,6 +6,9 @@ import click
 
 from vadpipe.cli.main import fail, main, parse_overrides
 from vadpipe.errors import VadpipeError
+from vadpipe.manifests.datasets import RTFM_LIST_DATASETS
+from vadpipe.pipeline.train.metrics import CONVENTIONS
+from vadpipe.pipeline.train.segments import FORMATS
 
 
 @main.group()
@@ -17,7 +20,7 @@ def manifest() -> None:
 @click.argument("kind", type=click.Choice(["rtfm-list", "xd-list"]))
 @click.argument("list_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Dataset CSV to write.")
-@click.option("--dataset", type=click.Choice(["ucf", "shanghai"]), default="ucf", show_default=True,
+@click.option("--dataset", type=click.Choice(RTFM_LIST_DATASETS), default="ucf", show_default=True,
               help="rtfm-list: which dataset's labelling rule applies.")
 @click.option("--feature-root", default=None, type=click.Path(file_okay=False),
               help="Folder holding the feature files (the list's author paths are replaced).")
@@ -25,14 +28,11 @@ def manifest_import(kind, list_file, out, dataset, feature_root) -> None:
     """Import a community feature list (RTFM's ucf-i3d.list, XD-Violence's rgb.list, ...)."""
     from vadpipe.manifests.datasets import import_rtfm_list, import_xd_list, write_dataset
 
-    try:
-        if kind == "rtfm-list":
-            rows = import_rtfm_list(list_file, dataset=dataset, feature_root=feature_root)
-        else:
-            rows = import_xd_list(list_file, feature_root=feature_root)
-        write_dataset(out, rows)
-    except VadpipeError as e:
-        fail(e)
+    if kind == "rtfm-list":
+        rows = import_rtfm_list(list_file, dataset=dataset, feature_root=feature_root)
+    else:
+        rows = import_xd_list(list_file, feature_root=feature_root)
+    write_dataset(out, rows)
     n_abn = sum(r.is_anomalous for r in rows)
     click.echo(f"{out}: {len(rows)} videos ({n_abn} anomalous, {len(rows) - n_abn} normal)")
 
@@ -47,11 +47,8 @@ def manifest_from_features(features_csv, labels, out, split) -> None:
     """Join a features.csv from `vadpipe extract` with video labels."""
     from vadpipe.manifests.datasets import from_features_manifest, write_dataset
 
-    try:
-        rows = from_features_manifest(features_csv, labels, split=split)
-        write_dataset(out, rows)
-    except VadpipeError as e:
-        fail(e)
+    rows = from_features_manifest(features_csv, labels, split=split)
+    write_dataset(out, rows)
     click.echo(f"{out}: {len(rows)} videos")
 
 
@@ -65,7 +62,7 @@ def features() -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @click.option("--n", "n_segments", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each segment (Sultani).")
-@click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="txt", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="txt", show_default=True,
               help="txt: Sultani's text files (32 lines × 4096 '%f ' values); npy: float32 [n, D].")
 def features_segments(features_csv, out, n_segments, l2, fmt) -> None:
     """Average each video of a features.csv into N segments as Sultani's
@@ -123,43 +120,40 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
     from vadpipe.pipeline.device import resolve_device
     from vadpipe.pipeline.train.loop import TEST_SELECTION_WARNING, TrainConfig, train as run_train
 
-    try:
-        protocol = protocol or ("paper" if head_preset else "holdout")
-        rows = read_dataset(train_csv)
-        root = dataset_root(train_csv)
-        if protocol == "paper":
-            if val_csv:
-                raise VadpipeError("--protocol paper trains on the full training split: drop --val "
-                                   "(or use --protocol holdout)")
-            train_rows, val_rows = rows, []
-        elif val_csv:
-            train_rows, val_rows = [r for r in rows if r.split != "val"], read_dataset(val_csv)
-            if dataset_root(val_csv) != root:
-                raise VadpipeError("--train and --val must sit in the same folder (feature paths are relative to it)")
-        elif any(r.split == "val" for r in rows):
-            train_rows, val_rows = [r for r in rows if r.split != "val"], [r for r in rows if r.split == "val"]
-        else:
-            train_rows, val_rows = split_train_val(rows, val_fraction=0.1, seed=seed)
-        test_metric = None
-        if test_csv:
-            if not gt:
-                raise VadpipeError("--select-on-test needs --gt KIND:PATH")
-            click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
-            test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
+    protocol = protocol or ("paper" if head_preset else "holdout")
+    rows = read_dataset(train_csv)
+    root = dataset_root(train_csv)
+    if protocol == "paper":
+        if val_csv:
+            raise VadpipeError("--protocol paper trains on the full training split: drop --val "
+                               "(or use --protocol holdout)")
+        train_rows, val_rows = rows, []
+    elif val_csv:
+        train_rows, val_rows = [r for r in rows if r.split != "val"], read_dataset(val_csv)
+        if dataset_root(val_csv) != root:
+            raise VadpipeError("--train and --val must sit in the same folder (feature paths are relative to it)")
+    elif any(r.split == "val" for r in rows):
+        train_rows, val_rows = [r for r in rows if r.split != "val"], [r for r in rows if r.split == "val"]
+    else:
+        train_rows, val_rows = split_train_val(rows, val_fraction=0.1, seed=seed)
+    test_metric = None
+    if test_csv:
+        if not gt:
+            raise VadpipeError("--select-on-test needs --gt KIND:PATH")
+        click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
+        test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
 
-        head_overrides = {**_preset_overrides(head, head_preset), **parse_overrides(overrides)}
-        if refine:  # the refinement module is the trained head; the base head's settings go inside it
-            head_overrides = {"base_head": head, "base_overrides": head_overrides, **parse_overrides(refine_overrides)}
-            head = refine
-        config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
-                             patience=patience, seed=seed, device=device,
-                             selection="test" if test_csv else "val", cache=cache,
-                             train_split="full" if protocol == "paper" else "holdout")
-        meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
-        result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
-                           feature_meta=meta, progress=not quiet)
-    except VadpipeError as e:
-        fail(e)
+    head_overrides = {**_preset_overrides(head, head_preset), **parse_overrides(overrides)}
+    if refine:  # the refinement module is the trained head; the base head's settings go inside it
+        head_overrides = {"base_head": head, "base_overrides": head_overrides, **parse_overrides(refine_overrides)}
+        head = refine
+    config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
+                         patience=patience, seed=seed, device=device,
+                         selection="test" if test_csv else "val", cache=cache,
+                         train_split="full" if protocol == "paper" else "holdout")
+    meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
+    result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
+                       feature_meta=meta, progress=not quiet)
     if not val_rows and not test_csv:
         click.echo(f"protocol paper: trained on all {len(train_rows)} training videos for {result.best_step} steps "
                    f"(training-set video-level AUC {result.best_metric:.4f}, optimistic); "
@@ -219,21 +213,18 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
     from vadpipe.pipeline.train import apply as scoring
     from vadpipe.pipeline.device import resolve_device
 
-    try:
-        dev = resolve_device(device)
-        loaded = scoring.load_head(checkpoint, dev)
-        rows = read_dataset(data)
-        scores = scoring.score_rows(loaded, rows, dataset_root(data), dev)
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        scoring.write_scores_csv(out / "scores.csv", rows, scores)
-        click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
-        if gt:
-            result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv")
-            for line in scoring.result_lines(result, loaded.selection):
-                click.echo(line)
-    except VadpipeError as e:
-        fail(e)
+    dev = resolve_device(device)
+    loaded = scoring.load_head(checkpoint, dev)
+    rows = read_dataset(data)
+    scores = scoring.score_rows(loaded, rows, dataset_root(data), dev)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scoring.write_scores_csv(out / "scores.csv", rows, scores)
+    click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
+    if gt:
+        result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv")
+        for line in scoring.result_lines(result, loaded.selection):
+            click.echo(line)
 
 
 @main.command()
@@ -241,7 +232,7 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
 @click.option("--gt", required=True, metavar="KIND:PATH",
               help="ucf:Temporal_Anomaly_Annotation.txt, xd:annotations.txt, sh-masks:test_frame_mask/, csv:intervals.csv")
-@click.option("--gt-convention", default=None, type=click.Choice(["rtfm", "sultani", "vadclip"]),
+@click.option("--gt-convention", default=None, type=click.Choice(CONVENTIONS),
               help="How annotation frame numbers are read [default: rtfm for UCF (0-based, inclusive ends), "
                    "vadclip for XD (0-based, exclusive ends)].")
 @click.option("-o", "--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vadpipe.cli.main import fail, main, parse_overrides
+from vadpipe.cli.main import main, parse_overrides
 from vadpipe.errors import VadpipeError
 
 
@@ -75,14 +75,11 @@ def weights_verify(backbone: str | None) -> None:
     from vadpipe.extractors import get_backbone
     from vadpipe.extractors.weights import verify_weights_index, weights_index_path
 
-    try:
-        files = None
-        if backbone is not None:
-            spec = get_backbone(backbone)
-            files = [spec.weights.file_name] if spec.weights.file_name else []
-        checks = verify_weights_index(files)
-    except VadpipeError as e:
-        fail(e)
+    files = None
+    if backbone is not None:
+        spec = get_backbone(backbone)
+        files = [spec.weights.file_name] if spec.weights.file_name else []
+    checks = verify_weights_index(files)
     for check in checks:
         if check.ok:
             click.echo(f"{check.entry.file}: ok, sha256 {check.sha256}")
@@ -95,10 +92,7 @@ def weights_verify(backbone: str | None) -> None:
     if backbone is None:
         click.echo(f"{len(checks)} indexed weight file(s) verified ({weights_index_path()})")
         return
-    try:
-        model = spec.build(True)
-    except VadpipeError as e:
-        fail(e)
+    model = spec.build(True)
     click.echo(f"{backbone}: ok, weights sha256 {model.weights_sha256}")
 
 
@@ -118,28 +112,25 @@ def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, 
     from vadpipe.extractors import list_backbones
     from vadpipe.heads.base import list_heads
 
-    try:
-        if name in list_heads():
-            from vadpipe.pipeline.train.loop import import_official_head
+    if name in list_heads():
+        from vadpipe.pipeline.train.loop import import_official_head
 
-            if not out:
-                raise VadpipeError(f"importing a {name} head needs --out CHECKPOINT.pt")
-            import_official_head(name, file, out, parse_overrides(overrides))
-            click.echo(f"imported {file} ({name}) as {out}")
-            return
-        if name not in list_backbones():
-            raise VadpipeError(f"{name!r} is neither a backbone ({', '.join(list_backbones())}) "
-                               f"nor a head ({', '.join(list_heads())})")
-        from vadpipe.extractors import get_backbone
-        from vadpipe.extractors.weights import import_weight_file, sha256_file
+        if not out:
+            raise VadpipeError(f"importing a {name} head needs --out CHECKPOINT.pt")
+        import_official_head(name, file, out, parse_overrides(overrides))
+        click.echo(f"imported {file} ({name}) as {out}")
+        return
+    if name not in list_backbones():
+        raise VadpipeError(f"{name!r} is neither a backbone ({', '.join(list_backbones())}) "
+                           f"nor a head ({', '.join(list_heads())})")
+    from vadpipe.extractors import get_backbone
+    from vadpipe.extractors.weights import import_weight_file, sha256_file
 
-        info = get_backbone(name).weights
-        if not info.file_name:
-            raise VadpipeError(f"backbone {name!r} has no importable weight file")
-        dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256, weights_name=info.name,
-                                 source=info.source, license=info.license, backbone=name)
-    except VadpipeError as e:
-        fail(e)
+    info = get_backbone(name).weights
+    if not info.file_name:
+        raise VadpipeError(f"backbone {name!r} has no importable weight file")
+    dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256, weights_name=info.name,
+                             source=info.source, license=info.license, backbone=name)
     click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)}; licence: {info.license})")
     try:  # prove the file loads into the backbone
         get_backbone(name).build(True)

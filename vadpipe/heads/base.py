@@ -110,19 +110,34 @@ class TrainSampling:
         return int(self.epochs) * max(1, math.ceil(n_instances / self.batch_size))
 
 
+def config_setting(config: Any, names: tuple[str, ...], default: Any) -> Any:
+    """The first of ``names`` that ``config`` sets (not ``None``), else ``default``. Heads keep
+    their official option names (RTFM ``segments``/``max_steps``, MGFN ``seg_length``/``max_epoch``)."""
+    return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), default)
+
+
 def default_sampling(config: Any) -> TrainSampling:
     """RTFM-style sampling from a head config's official option names: ``segments`` /
     ``seg_length`` (32), ``batch_size`` per class (32), ``max_steps`` / ``max_epoch`` (1000)."""
-
-    def setting(names: tuple[str, ...], default: Any) -> Any:
-        return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), default)
-
     return TrainSampling(
         temporal="segments",
-        length=int(setting(("segments", "seg_length"), 32)),
-        batch_size=int(setting(("batch_size",), 32)),
-        steps=int(setting(("max_steps", "max_epoch"), 1000)),
+        length=int(config_setting(config, ("segments", "seg_length"), 32)),
+        batch_size=int(config_setting(config, ("batch_size",), 32)),
+        steps=int(config_setting(config, ("max_steps", "max_epoch"), 1000)),
     )
+
+
+def schedule_overrides(spec: "HeadSpec", overrides: dict[str, Any], n_instances: int,
+                       steps: int | None = None) -> tuple[int, dict[str, Any]]:
+    """The step count of ``spec``'s schedule on ``n_instances`` training instances (``steps``
+    when given) and the overrides that record it: a schedule in epochs (``max_steps=None``)
+    gets ``max_steps`` set, so that step-based settings (e.g. a cosine decay) see its length."""
+    defaults = spec.config_cls(**overrides)
+    n_steps = int(steps or spec.sampling(defaults).steps_for(n_instances))
+    out = dict(overrides)
+    if getattr(defaults, "max_steps", 0) is None:
+        out["max_steps"] = n_steps
+    return n_steps, out
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from vadpipe.errors import ConfigError, FeatureLoadError
+from vadpipe.heads.base import TrainSampling
 from vadpipe.manifests.datasets import DatasetRow
 
 #: Most crops a ``{k}`` pattern is probed for (stops at the first missing index).
@@ -434,25 +435,56 @@ class EpochBatchSampler(Sampler[list[int]]):
                 done += 1
 
 
-def collate_balanced(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate ``2B`` items (``B`` normal, then ``B`` anomalous) into ``([B, N, T, D], [B, N, T, D])``."""
-    shapes = {tuple(f.shape) for f, _ in items}
+#: A training instance: ``(video index, crop index or None for all crops)``.
+Instance = tuple[int, "int | None"]
+
+
+def training_instances(dataset: FeatureDataset, sampling: TrainSampling, n_crops: int) -> list[Instance]:
+    """The units the sampler draws: ``(video, None)`` (all crops) or ``(video, crop)``."""
+    if sampling.instances == "video":
+        return [(v, None) for v in range(len(dataset))]
+    if sampling.batching == "balanced":
+        raise ConfigError("crop instances are drawn with random batches (batching='random'), not balanced ones")
+    return [(v, c) for v in range(len(dataset)) for c in range(n_crops)]
+
+
+def training_batch(
+    dataset: FeatureDataset, items: list[Instance], sampling: TrainSampling
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Features of the drawn instances, split by label.
+
+    Returns:
+        ``normal [B, N, T, D]``, ``abnormal [B', N, T, D]`` (``N = 1`` for crop instances)
+        and, for masked sampling, ``{"normal_mask": [B, T], "abnormal_mask": [B', T]}``
+        (all bags zero-padded to the longest of the batch); ``{}`` otherwise.
+    """
+    bags, labels = [], []
+    for v, c in items:
+        feat, label = dataset[v]
+        if c is not None:
+            if c >= feat.shape[0]:
+                raise ConfigError(f"{dataset.rows[v].feature_path} has {feat.shape[0]} crops; crop {c} was "
+                                  "expected (all training videos must have the same number of crops)")
+            feat = feat[c : c + 1]
+        bags.append(feat)
+        labels.append(bool(label))
+    is_abn = torch.tensor(labels, dtype=torch.bool)
+    if sampling.masked:
+        feats, mask = pad_bags(bags)
+        return feats[~is_abn], feats[is_abn], {"normal_mask": mask[~is_abn], "abnormal_mask": mask[is_abn]}
+    shapes = {tuple(b.shape) for b in bags}
     if len(shapes) != 1:
-        raise FeatureLoadError(f"videos in one batch have different feature shapes {sorted(shapes)}")
-    b = len(items) // 2
-    feats = torch.stack([f for f, _ in items])
-    labels = torch.stack([y for _, y in items])
-    if bool(labels[:b].any()) or not bool(labels[b:].all()):
-        raise ValueError("balanced batch must hold normal videos first, then anomalous ones")
-    return feats[:b], feats[b:]
+        raise ConfigError(f"training videos of one batch have different feature shapes {sorted(shapes)}")
+    feats = torch.stack(bags)
+    return feats[~is_abn], feats[is_abn], {}
 
 
 class BalancedBatcher:
     """Iterate ``(normal [B, N, 32, D], abnormal [B, N, 32, D])`` training pairs.
 
-    A ``DataLoader`` over a ``"train"`` :class:`FeatureDataset` with a
-    :class:`BalancedBatchSampler` (see it for the sampling rule and determinism).
-    ``len()`` is the number of pairs per iteration.
+    The batches of a :class:`BalancedBatchSampler` (see it for the sampling rule and
+    determinism) over a ``"train"`` :class:`FeatureDataset`, built by :func:`training_batch`
+    as the training loop builds them. ``len()`` is the number of pairs per iteration.
     """
 
     def __init__(
@@ -463,7 +495,6 @@ class BalancedBatcher:
         seed: int = 0,
         generator: torch.Generator | None = None,
         num_batches: int | None = None,
-        num_workers: int = 0,
     ) -> None:
         if dataset.mode != "train":
             raise ValueError("BalancedBatcher needs a FeatureDataset in 'train' mode (fixed-length items)")
@@ -471,12 +502,12 @@ class BalancedBatcher:
         self.sampler = BalancedBatchSampler(
             dataset.labels, batch_size, seed=seed, generator=generator, num_batches=num_batches
         )
-        self.loader = DataLoader(
-            dataset, batch_sampler=self.sampler, collate_fn=collate_balanced, num_workers=num_workers
-        )
+        self.sampling = TrainSampling(temporal=dataset.temporal, length=dataset.n_segments, batch_size=batch_size)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.loader)
+        for indices in self.sampler:
+            normal, abnormal, _ = training_batch(self.dataset, [(i, None) for i in indices], self.sampling)
+            yield normal, abnormal

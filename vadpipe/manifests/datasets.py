@@ -47,8 +47,12 @@ REQUIRED_COLUMNS = ("video", "feature_path", "label")
 OPTIONAL_COLUMNS = ("split", "class")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
-#: Extensions that :func:`video_key` strips. Only these: XD-Violence names contain dots
-#: (``Bad.Boys.1995__#01-11-55_...``), so ``Path.stem`` would cut them.
+#: Datasets whose RTFM-style lists :func:`import_rtfm_list` reads (index-based labels).
+RTFM_LIST_DATASETS = ("ucf", "shanghai")
+
+#: Video file extensions: the ones a folder scan (``vadpipe extract DIR``) takes, case-insensitive,
+#: and the only ones :func:`video_key` strips (XD-Violence names contain dots,
+#: ``Bad.Boys.1995__#01-11-55_...``, so ``Path.stem`` would cut them).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".ts")
 
 #: Index rule of the RTFM/MGFN code: the first ``n`` lines of a list are anomalous.
@@ -410,8 +414,8 @@ def import_rtfm_list(
             the rule needs, duplicate videos — with ``file:line``.
     """
     list_path = Path(list_path)
-    if dataset not in ("ucf", "shanghai"):
-        raise ValueError(f"dataset must be 'ucf' or 'shanghai', got {dataset!r}")
+    if dataset not in RTFM_LIST_DATASETS:
+        raise ValueError(f"dataset must be one of {RTFM_LIST_DATASETS}, got {dataset!r}")
     split = _infer_split(list_path, split)
     n_abn = RTFM_ANOMALOUS_FIRST[(dataset, split)] if n_anomalous is None else int(n_anomalous)
     lines = _list_lines(list_path)

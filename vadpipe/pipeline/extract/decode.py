@@ -35,7 +35,7 @@ decoding it), finds all of the following; otherwise it uses PyAV and says why in
    and its frame timestamps equal the packets' presentation timestamps (within 2 ms).
 
 With those, decord's frames are bit-identical to PyAV's on every video of
-``tests/test_decode.py`` (real H.264 and MS-MPEG4v3 fixtures; synthetic H.264, MPEG-4
+``tests/pipeline/extract/test_decode.py`` (real H.264 and MS-MPEG4v3 fixtures; synthetic H.264, MPEG-4
 Part 2, VP9 and MJPEG in MP4/MOV/MKV/WebM/AVI, with and without B-frames, odd frame
 sizes, 4:4:4, non-zero start times, variable frame rate); HEVC, VP8, AV1 and MPEG-2 in
 MKV/MP4 were checked the same way by hand. Opening costs one demux pass over the file
@@ -71,7 +71,7 @@ are only used when asked for: ``"auto"`` never picks them. torchcodec loads the 
 shared libraries of the system, which are usually another FFmpeg version than the one
 bundled with PyAV (measured: torchcodec 0.17.0 on Debian's FFmpeg 5.1 against PyAV 18.1.0
 with its FFmpeg 8), so the same bytes can decode to different pixels. Measured on the
-videos of ``tests/test_decode.py`` and ``tests/test_decode_torchcodec.py``:
+videos of ``tests/pipeline/extract/test_decode.py`` and ``tests/pipeline/extract/test_decode_torchcodec.py``:
 
 * bit-identical to PyAV: H.264 (with and without B-frames, 4:2:0/4:2:2/4:4:4, full range,
   BT.709 tags, odd sizes, variable frame rate, non-zero start, MP4 edit lists that hide

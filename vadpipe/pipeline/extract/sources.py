@@ -9,9 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from vadpipe.errors import ConfigError
+from vadpipe.manifests.datasets import VIDEO_EXTENSIONS  # file extensions treated as videos (case-insensitive)
 
-#: File extensions treated as videos when a folder is scanned (case-insensitive).
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 
 
 @dataclass(frozen=True)

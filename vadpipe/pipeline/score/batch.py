@@ -21,7 +21,6 @@ Output folder::
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -193,22 +192,13 @@ def _registered(name: Any) -> str | None:
     return name if isinstance(name, str) and name in list_backbones() else None
 
 
-def checkpoint_threshold(checkpoint: str | os.PathLike) -> float | None:
-    """The validation-optimal threshold a training run stored, if any."""
-    from vadpipe.pipeline.train.loop import load_checkpoint
-
-    value = load_checkpoint(checkpoint).get("threshold")
-    return None if value is None or not math.isfinite(float(value)) else float(value)
-
-
-def resolve_threshold(options: ScoreOptions, checkpoint: str | os.PathLike) -> tuple[float, str]:
-    """``(threshold, where it came from)``: ``--threshold``, else the checkpoint's stored
-    validation-optimal value, else :data:`DEFAULT_THRESHOLD`."""
+def resolve_threshold(options: ScoreOptions, loaded: LoadedHead) -> tuple[float, str]:
+    """``(threshold, where it came from)``: ``--threshold``, else the stored validation-optimal
+    value of the loaded checkpoint, else :data:`DEFAULT_THRESHOLD`."""
     if options.threshold is not None:
         return float(options.threshold), "--threshold"
-    stored = checkpoint_threshold(checkpoint)
-    if stored is not None:
-        return stored, "checkpoint (validation Youden J)"
+    if loaded.threshold is not None:
+        return loaded.threshold, "checkpoint (validation Youden J)"
     return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD:g} (the checkpoint records none)"
 
 
@@ -246,7 +236,7 @@ def score_videos(
     device = resolve_device(speed.get("device", "auto"))
     loaded = load_head(checkpoint, device)
     config = checkpoint_recipe(loaded, backbone=backbone, speed=speed)
-    threshold, source = resolve_threshold(options, checkpoint)
+    threshold, source = resolve_threshold(options, loaded)
 
     extraction = extract(jobs, feats_dir, config, force=force, progress=progress)
     rows = {r.video: r for r in read_manifest(feats_dir / MANIFEST_NAME)}

@@ -166,7 +166,7 @@ def stream_score(
     causal = context is not None
     keep = context if causal else window
     l2 = bool(getattr(head.config, "l2_normalize", False))
-    threshold, threshold_source = resolve_threshold(options, checkpoint)
+    threshold, threshold_source = resolve_threshold(options, loaded)
 
     name = "stdin" if source == "-" else Path(source).stem
     out = Path(out_dir)

@@ -10,6 +10,7 @@ the GT is longer.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,6 +39,8 @@ class LoadedHead:
     name: str
     feature_spec: dict[str, Any]
     selection: str
+    #: the validation-optimal threshold the training run stored (``None``: none, or not finite)
+    threshold: float | None = None
 
 
 def load_head(checkpoint: str | os.PathLike, device: torch.device) -> LoadedHead:
@@ -48,7 +51,9 @@ def load_head(checkpoint: str | os.PathLike, device: torch.device) -> LoadedHead
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["head_config"].items()}
     head, _ = build_head(spec, cfg)
     head.load_state_dict(ckpt["state_dict"])
-    return LoadedHead(head.to(device).eval(), spec.name, dict(ckpt["feature_spec"]), str(ckpt["selection"]))
+    threshold = ckpt.get("threshold")
+    threshold = None if threshold is None or not math.isfinite(float(threshold)) else float(threshold)
+    return LoadedHead(head.to(device).eval(), spec.name, dict(ckpt["feature_spec"]), str(ckpt["selection"]), threshold)
 
 
 def check_features(loaded: LoadedHead, dataset: FeatureDataset) -> None:

@@ -8,7 +8,10 @@ import torch
 
 from vadpipe.pipeline.benchmark import StageResult
 
-__all__ = ["run_train_bench"]
+__all__ = ["run_train_bench", "UCF_TRAIN_VIDEOS"]
+
+#: Training videos of UCF-Crime (the size the figures are given for).
+UCF_TRAIN_VIDEOS = 1610
 
 
 def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int = 2048,
@@ -24,22 +27,21 @@ def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int 
     """
     import resource
 
-    from vadpipe.heads.base import get_head
+    from vadpipe.heads.base import get_head, schedule_overrides
     from vadpipe.pipeline.device import resolve_device
-    from vadpipe.pipeline.train.loop import _setting, build_head
+    from vadpipe.pipeline.train.loop import build_head
 
     dev = resolve_device(device)
     spec = get_head(head)
     overrides = dict(overrides or {})
-    defaults = spec.config_cls(**overrides)
-    if getattr(defaults, "max_steps", 0) is None:  # a schedule in epochs: UCF-Crime's 1,610 videos
-        overrides["max_steps"] = spec.sampling(defaults).steps_for(1610 * (crops if spec.sampling(defaults).instances == "crop" else 1))
+    crop_instances = spec.sampling(spec.config_cls(**overrides)).instances == "crop"
+    # the schedule on UCF-Crime's 1,610 training videos (each crop an instance where the head says so)
+    schedule, overrides = schedule_overrides(spec, overrides, UCF_TRAIN_VIDEOS * (crops if crop_instances else 1))
     model, cfg = build_head(spec, overrides, dim)
     model.to(dev).train()
     opt = spec.optimizer(model.parameters(), cfg)
     sampling = spec.sampling(cfg)
-    b = int(_setting(cfg, ("batch_size",), 32))
-    schedule = int(_setting(cfg, ("max_steps", "max_epoch"), 1000))
+    b = sampling.batch_size
     if sampling.instances == "crop":  # random batches of single-crop instances: half of each class here
         b, crops = max(1, sampling.batch_size // 2), 1
     gen = torch.Generator().manual_seed(0)

@@ -28,8 +28,14 @@ import torch
 
 from vadpipe import __version__
 from vadpipe.errors import ConfigError
-from vadpipe.heads.base import AnomalyHead, HeadSpec, TrainSampling, get_head
-from vadpipe.heads.data import BalancedBatchSampler, EpochBatchSampler, FeatureDataset, pad_bags
+from vadpipe.heads.base import AnomalyHead, HeadSpec, TrainSampling, config_setting, get_head, schedule_overrides
+from vadpipe.heads.data import (
+    BalancedBatchSampler,
+    EpochBatchSampler,
+    FeatureDataset,
+    training_batch,
+    training_instances,
+)
 from vadpipe.manifests.atomic import atomic_open
 from vadpipe.manifests.datasets import DatasetRow
 from vadpipe.pipeline.train.metrics import roc_auc
@@ -225,17 +231,14 @@ def train(
     _check_overrides(spec, config.overrides)
     defaults = spec.config_cls(**config.overrides)
     sampling = spec.sampling(defaults)
-    l2 = bool(_setting(defaults, ("l2_normalize",), False))
+    l2 = bool(config_setting(defaults, ("l2_normalize",), False))
     train_set = FeatureDataset(train_rows, root, mode="train", n_segments=sampling.length, cache=config.cache,
                                l2_normalize=l2, temporal=sampling.temporal)
     val_set = FeatureDataset(val_rows, root, mode="eval", l2_normalize=l2)
     selection = config.selection if val_rows or config.selection == "test" else "last"
     fspec = feature_spec(train_set)
-    instances = _instances(train_set, sampling, fspec["crops"])
-    steps = config.steps or sampling.steps_for(len(instances))
-    overrides = dict(config.overrides)
-    if getattr(defaults, "max_steps", 0) is None:  # a schedule in epochs: its length follows from the data
-        overrides["max_steps"] = steps
+    instances = training_instances(train_set, sampling, fspec["crops"])
+    steps, overrides = schedule_overrides(spec, config.overrides, len(instances), config.steps)
     head, head_cfg = build_head(spec, overrides, fspec["dim"])
     head.to(device)
     optimizer = spec.optimizer(head.parameters(), head_cfg)
@@ -331,48 +334,6 @@ def train(
     )
 
 
-Instance = tuple[int, "int | None"]
-
-
-def _instances(dataset: FeatureDataset, sampling: TrainSampling, n_crops: int) -> list[Instance]:
-    """The units the sampler draws: ``(video, None)`` (all crops) or ``(video, crop)``."""
-    if sampling.instances == "video":
-        return [(v, None) for v in range(len(dataset))]
-    if sampling.batching == "balanced":
-        raise ConfigError("crop instances are drawn with random batches (batching='random'), not balanced ones")
-    return [(v, c) for v in range(len(dataset)) for c in range(n_crops)]
-
-
-def training_batch(
-    dataset: FeatureDataset, items: list[Instance], sampling: TrainSampling
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Features of the drawn instances, split by label.
-
-    Returns:
-        ``normal [B, N, T, D]``, ``abnormal [B', N, T, D]`` (``N = 1`` for crop instances)
-        and, for masked sampling, ``{"normal_mask": [B, T], "abnormal_mask": [B', T]}``
-        (all bags zero-padded to the longest of the batch); ``{}`` otherwise.
-    """
-    bags, labels = [], []
-    for v, c in items:
-        feat, label = dataset[v]
-        if c is not None:
-            if c >= feat.shape[0]:
-                raise ConfigError(f"{dataset.rows[v].feature_path} has {feat.shape[0]} crops; crop {c} was "
-                                  "expected (all training videos must have the same number of crops)")
-            feat = feat[c : c + 1]
-        bags.append(feat)
-        labels.append(bool(label))
-    is_abn = torch.tensor(labels, dtype=torch.bool)
-    if sampling.masked:
-        feats, mask = pad_bags(bags)
-        return feats[~is_abn], feats[is_abn], {"normal_mask": mask[~is_abn], "abnormal_mask": mask[is_abn]}
-    shapes = {tuple(b.shape) for b in bags}
-    if len(shapes) != 1:
-        raise ConfigError(f"training videos of one batch have different feature shapes {sorted(shapes)}")
-    feats = torch.stack(bags)
-    return feats[~is_abn], feats[is_abn], {}
-
 
 def schedule_line(head: str, sampling: TrainSampling, n_instances: int, steps: int, n_videos: int) -> str:
     """One line saying what a training step is and how many there are."""
@@ -393,12 +354,6 @@ def schedule_line(head: str, sampling: TrainSampling, n_instances: int, steps: i
 def _eval_view(dataset: FeatureDataset) -> FeatureDataset:
     """The same videos at full length (eval mode)."""
     return FeatureDataset(dataset.rows, dataset.root, mode="eval", l2_normalize=dataset.l2_normalize)
-
-
-def _setting(config: Any, names: tuple[str, ...], default: Any) -> Any:
-    """The first of ``names`` the head config has (heads keep their official option names:
-    RTFM ``segments``/``max_steps``, MGFN ``seg_length``/``max_epoch``)."""
-    return next((getattr(config, n) for n in names if hasattr(config, n)), default)
 
 
 def _plain(obj: Any) -> Any:
