@@ -373,6 +373,7 @@ def test_media_helpers_are_deterministic(tmp_path: Path) -> None:
 
 def test_auto_switches_to_pyav_when_decord_breaks_mid_stream(corpus: dict[str, Path], monkeypatch) -> None:
     import vadpipe.pipeline.extract.decode as decode
+    from vadpipe.pipeline.extract.decode import info as decode_info
 
     path = next(p for p in corpus.values() if p.suffix == ".mp4")
     reference = open_video(path, backend="pyav").read_all()
@@ -381,7 +382,7 @@ def test_auto_switches_to_pyav_when_decord_breaks_mid_stream(corpus: dict[str, P
     def breaks_after_first_chunk(self, vr=None):
         gen = original(self, vr)
         yield next(gen)
-        raise decode._fail(self.path, "decord failed to decode frames (simulated)")
+        raise decode_info._fail(self.path, "decord failed to decode frames (simulated)")
 
     monkeypatch.setattr(decode.VideoReader, "_decord_chunks", breaks_after_first_chunk)
     with open_video(path, chunk_size=7) as reader:

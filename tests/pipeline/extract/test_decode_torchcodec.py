@@ -17,9 +17,9 @@ import av
 import numpy as np
 import pytest
 
-from vadpipe.pipeline.extract import decode
+from vadpipe.pipeline.extract.decode import torchcodec as tc_decode
 
-_PROBLEM = decode._torchcodec_problem()
+_PROBLEM = tc_decode._torchcodec_problem()
 if _PROBLEM is not None:
     pytest.skip(f"torchcodec backend unavailable: {_PROBLEM}", allow_module_level=True)
 
@@ -178,14 +178,14 @@ def test_the_pixel_format_rule_is_needed_on_10_bit(corpus: dict[str, Path]) -> N
 
 
 def test_first_frame_pixel_check_falls_back(corpus: dict[str, Path], monkeypatch) -> None:
-    real = decode._pyav_first_frame
+    real = tc_decode._pyav_first_frame
 
     def off_by_one(path: str) -> np.ndarray:
         frame = real(path).copy()
         frame[0, 0, 0] ^= 1
         return frame
 
-    monkeypatch.setattr(decode, "_pyav_first_frame", off_by_one)
+    monkeypatch.setattr(tc_decode, "_pyav_first_frame", off_by_one)
     path = corpus["h264.mkv"]
     with open_video(path, backend="torchcodec") as reader:
         assert reader.info.backend == "pyav"
@@ -198,11 +198,11 @@ def test_cuda_tolerance_admits_rounding_not_a_wrong_conversion() -> None:
     ref = rng.integers(0, 256, size=(48, 64, 3)).astype(np.uint8)
     noisy = np.clip(ref.astype(np.int16) + rng.integers(-1, 2, size=ref.shape), 0, 255).astype(np.uint8)
     shifted = np.clip(ref.astype(np.int16) + 6, 0, 255).astype(np.uint8)
-    assert decode._pixels_differ(ref, ref, cuda=False) is None
-    assert "max abs difference 1" in decode._pixels_differ(noisy, ref, cuda=False)
-    assert decode._pixels_differ(noisy, ref, cuda=True) is None
-    assert "CUDA tolerance" in decode._pixels_differ(shifted, ref, cuda=True)
-    assert "shape" in decode._pixels_differ(ref[:, :32], ref, cuda=True)
+    assert tc_decode._pixels_differ(ref, ref, cuda=False) is None
+    assert "max abs difference 1" in tc_decode._pixels_differ(noisy, ref, cuda=False)
+    assert tc_decode._pixels_differ(noisy, ref, cuda=True) is None
+    assert "CUDA tolerance" in tc_decode._pixels_differ(shifted, ref, cuda=True)
+    assert "shape" in tc_decode._pixels_differ(ref[:, :32], ref, cuda=True)
 
 
 def _breaks_after_first_call(monkeypatch) -> None:
@@ -239,14 +239,14 @@ def test_torchcodec_error_mid_stream_continues_with_pyav(corpus: dict[str, Path]
 
 def test_frame_time_mismatch_mid_stream_continues_with_pyav(corpus: dict[str, Path], monkeypatch) -> None:
     path = corpus["h264.mkv"]  # 30 frames
-    real = decode._expected_seconds
+    real = tc_decode._expected_seconds
 
     def shifted_from_frame_20(info):
         times = real(info).copy()
         times[20:] += 0.5
         return times
 
-    monkeypatch.setattr(decode, "_expected_seconds", shifted_from_frame_20)
+    monkeypatch.setattr(tc_decode, "_expected_seconds", shifted_from_frame_20)
     with open_video(path, backend="torchcodec", chunk_size=8) as reader:
         got = reader.read_all()
         assert reader.info.backend == "pyav"
@@ -362,9 +362,9 @@ def test_close_stops_iteration(corpus: dict[str, Path]) -> None:
 
 @pytest.fixture
 def fresh_availability():
-    decode._torchcodec_problem.cache_clear()
+    tc_decode._torchcodec_problem.cache_clear()
     yield
-    decode._torchcodec_problem.cache_clear()
+    tc_decode._torchcodec_problem.cache_clear()
 
 
 def test_missing_torchcodec_is_a_config_error_naming_the_fix(corpus, monkeypatch, fresh_availability) -> None:
