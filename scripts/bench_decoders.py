@@ -14,7 +14,7 @@ Each row decodes the whole video to host RGB uint8 frames, best of ``--repeat`` 
 * ``vadpipe f/s``: ``VideoReader(path, backend=B, threads=T, chunk_size=--chunk)`` over
   ``iter_chunks()`` (64: the pipeline's default), opening included: PyAV's demux pass, and
   for torchcodec its own index pass plus the first-frame check against PyAV (see
-  ``vadpipe/pipeline/extract/decode.py``);
+  ``vadpipe/pipeline/extract/decode/``);
 * ``raw f/s``: the library alone: PyAV ``container.decode`` + ``to_ndarray("rgb24")`` per
   frame, decord ``get_batch`` and torchcodec ``get_frames_in_range``
   (``dimension_order="NHWC"``) in batches of 8 frames, opening included. Small batches

@@ -108,7 +108,7 @@ def test_entrypoint_is_vadpipe_and_the_weights_live_in_vadpipe_home() -> None:
 
 def test_outputs_and_caches_stay_out_of_the_build_context() -> None:
     ignore = _dockerignore()
-    for path in ("runs", "features", ".git", ".pytest_cache", "vadpipe/__pycache__", "vadpipe/cli.pyc"):
+    for path in ("runs", "features", ".git", ".pytest_cache", "vadpipe/__pycache__", "vadpipe/cli/main.pyc"):
         assert _ignored(path, ignore), f"{path} should be in .dockerignore"
 
 
