@@ -25,7 +25,8 @@ from vadpipe.errors import ConfigError  # noqa: E402
 from vadpipe.manifests.features import COLUMNS, FeatureRow, read_manifest  # noqa: E402
 from vadpipe.pipeline.extract.engines import ray as ray_engine  # noqa: E402
 from vadpipe.pipeline.extract.config import ExtractConfig  # noqa: E402
-from vadpipe.pipeline.extract.engines.ray import ActorPlan, _Video, plan_actors  # noqa: E402
+from vadpipe.pipeline.extract.engines.ray import ActorPlan, _Features, _Video, plan_actors  # noqa: E402
+from vadpipe.pipeline.extract.stream import VideoDone  # noqa: E402
 from vadpipe.pipeline.extract.runner import extract  # noqa: E402
 from vadpipe.pipeline.extract.writer import ExtractSummary, finish_video, RunContext
 from vadpipe.pipeline.extract.sources import VideoJob, discover  # noqa: E402
@@ -138,12 +139,12 @@ def test_plan_actors_rule() -> None:
 def test_chunks_are_assembled_whatever_their_order(tmp_path: Path) -> None:
     video = _Video(index=0, job=VideoJob(path="/x/v.mp4", rel_name="v"), started=0.0)
     feats = np.arange(5 * 5 * 8, dtype=np.float32).reshape(5, 5, 8)
-    video.add({"kind": "done", "n_frames": 80, "fps": 25.0, "decoder": "pyav", "error": "", "n_clips": 5,
-               "n_chunks": 3})
+    video.add(VideoDone(job=0, video=video.job, started=5.0, n_frames=80, fps=25.0, decoder="pyav", n_clips=5,
+                        n_batches=3))
     for start in (4, 0):
-        video.add({"kind": "clips", "start": start, "feats": feats[start:start + 2]})
+        video.add(_Features(start=start, feats=feats[start:start + 2]))
         assert not video.complete
-    video.add({"kind": "clips", "start": 2, "feats": feats[2:4]})
+    video.add(_Features(start=2, feats=feats[2:4]))
     assert video.complete
     spec = tiny.SPEC
     ctx = RunContext(root=tmp_path, config=CFG.with_preset(spec.preset), spec=spec,
@@ -154,12 +155,13 @@ def test_chunks_are_assembled_whatever_their_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / row.feature_path), feats)
     # a decoding error completes the video at once; an override error wins over a clean record
     broken = _Video(index=1, job=video.job, started=0.0)
-    broken.add({"kind": "done", "n_frames": 3, "fps": 25.0, "decoder": "pyav", "error": "VideoDecodeError: x",
-                "n_clips": 0, "n_chunks": 0})
+    broken.add(VideoDone(job=0, video=video.job, started=5.0, n_frames=3, fps=25.0, decoder="pyav",
+                         error="VideoDecodeError: x"))
     assert broken.complete
     # a stream that ended (gen None) with no call out and no record is caught, not waited on forever
     assert _Video(index=2, job=video.job, started=0.0).lost and not broken.lost and not video.lost
-    assert video.record_item("RayActorError: gone")["error"] == "RayActorError: gone"
+    assert video.record_item("RayActorError: gone").error == "RayActorError: gone"
+    assert video.record_item().started == 0.0  # timed on the driver's clock, not the node's (5.0)
 
 
 # ----------------------------------------------------------------------------- on Ray

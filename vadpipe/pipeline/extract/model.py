@@ -13,6 +13,7 @@ import torch
 
 from vadpipe.extractors.registry import BackboneSpec
 from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.stream import ClipBatch, VideoDone
 from vadpipe.pipeline.extract.transforms import crop_clips, normalize_clips
 
 __all__ = ["FeatureModel", "finished_videos", "RANDOM_WEIGHTS_TAG", "RANDOM_WEIGHTS_SEED"]
@@ -85,43 +86,42 @@ class FeatureModel:
         return feats[:, 0] if self.spec.nodes > 1 else feats  # node backbones run one crop
 
 
-def finished_videos(items: Iterable[dict], model: FeatureModel,
-                    batch_clips: int) -> Iterator[tuple[dict, list[tuple[int, torch.Tensor]]]]:
-    """Run ``model`` on the clip batches of :class:`ClipStream` items, batching clips across
+def finished_videos(items: Iterable[object], model: FeatureModel,
+                    batch_clips: int) -> Iterator[tuple[VideoDone, list[tuple[int, torch.Tensor]]]]:
+    """Run ``model`` on the :class:`ClipBatch` items of a clip stream, batching clips across
     videos, and yield each video as soon as its features are complete.
 
     A forward pass runs when ``batch_clips`` clips are pending, or early when a video's
-    ``done`` record arrives while some of its clips are still pending. Items of other kinds
-    (e.g. the idle heartbeats of a queue-fed stream) are skipped.
+    :class:`VideoDone` arrives while some of its clips are still pending. Items of other
+    types (e.g. the idle heartbeats of a queue-fed stream) are skipped.
 
     Yields:
-        ``(done record, parts)``: ``parts`` are ``(first clip index, features [n, crops, D])``
+        ``(done, parts)``: ``parts`` are ``(first clip index, features [n, crops, D])``
         chunks on the model's device, in any order (empty when decoding failed early).
     """
     parts: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    pending: list[dict] = []
+    pending: list[ClipBatch] = []
     n_pending = 0
 
     def flush() -> None:
         nonlocal pending, n_pending
-        feats = model([p["data"] for p in pending])
+        feats = model([p.data for p in pending])
         offset = 0
         for p in pending:
-            n = p["data"].shape[0]
-            parts.setdefault(p["job"], []).append((p["start"], feats[offset:offset + n]))
+            n = p.data.shape[0]
+            parts.setdefault(p.job, []).append((p.start, feats[offset:offset + n]))
             offset += n
         pending, n_pending = [], 0
 
     for item in items:
-        kind = item["kind"]
-        if kind == "clips":
+        if isinstance(item, ClipBatch):
             pending.append(item)
-            n_pending += item["data"].shape[0]
+            n_pending += item.data.shape[0]
             if n_pending >= batch_clips:
                 flush()
             continue
-        if kind != "done":
+        if not isinstance(item, VideoDone):
             continue
-        if any(p["job"] == item["job"] for p in pending):
+        if any(p.job == item.job for p in pending):
             flush()
-        yield item, parts.pop(item["job"], [])
+        yield item, parts.pop(item.job, [])

@@ -22,6 +22,7 @@ from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy
 from vadpipe.manifests.features import FeatureRow, write_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.sources import VideoJob
+from vadpipe.pipeline.extract.stream import VideoDone
 
 __all__ = ["ExtractSummary", "RunContext", "WriteContext", "finish_video", "output_path", "is_intact",
            "remove_leftovers", "backbone_by_name"]
@@ -169,25 +170,25 @@ def backbone_by_name(name: str, module: str | None = None) -> BackboneSpec:
     return get_backbone(name)
 
 
-def finish_video(ctx: RunContext | WriteContext, job: VideoJob, item: dict,
+def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
                  parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
     """Write one video's features (atomically) and return its manifest row.
 
     Args:
         ctx: the run, or its picklable :class:`WriteContext` (in a worker process).
         job: the video.
-        item: its ``done`` record from :class:`ClipStream` (frames, fps, decoder, error).
+        done: the end of its stream (frames, fps, decoder, error).
         parts: ``(first clip index, features [n, crops, D])`` chunks in any order.
     """
     config, spec = ctx.config, ctx.spec
     row = FeatureRow(
         video=job.path, backbone=spec.name, weights_sha256=ctx.weights_sha256,
-        n_frames=item["n_frames"], fps=round(item["fps"], 6), crops=max(config.crops, spec.nodes),
-        dim=spec.feature_dim, layout=config.layout, decoder=item["decoder"], config_hash=ctx.config_hash,
+        n_frames=done.n_frames, fps=round(done.fps, 6), crops=max(config.crops, spec.nodes),
+        dim=spec.feature_dim, layout=config.layout, decoder=done.decoder, config_hash=ctx.config_hash,
     )
-    if item["error"]:
-        row.status, row.error = "failed", item["error"]
-        row.seconds = round(time.time() - item["started"], 3)
+    if done.error:
+        row.status, row.error = "failed", done.error
+        row.seconds = round(time.time() - done.started, 3)
         return row
     parts = sorted(parts, key=lambda p: p[0])
     feats = torch.cat([torch.as_tensor(p[1]) for p in parts]).cpu().numpy()  # float32 [n_clips, crops or nodes, D]
@@ -199,5 +200,5 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, item: dict,
     else:
         atomic_save_npy(ctx.root / row.feature_path, feats)
     row.status = "ok"
-    row.seconds = round(time.time() - item["started"], 3)
+    row.seconds = round(time.time() - done.started, 3)
     return row

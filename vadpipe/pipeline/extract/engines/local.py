@@ -31,9 +31,9 @@ def run_local(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progre
     t_start = time.time()
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
     try:
-        for item, parts in finished_videos(loader, model, config.batch_clips):
+        for done, parts in finished_videos(loader, model, config.batch_clips):
             summary.clips += sum(len(f) for _, f in parts)
-            ctx.record(finish_video(ctx, todo[item["job"]], item, parts))
+            ctx.record(finish_video(ctx, todo[done.job], done, parts))
             bar.update(1)
             elapsed = time.time() - t_start
             bar.set_postfix(clips_per_s=f"{summary.clips / max(elapsed, 1e-9):.1f}", failed=summary.failed)

@@ -63,7 +63,7 @@ from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
 from vadpipe.pipeline.extract.stream import ClipStream, worker_init
-from vadpipe.pipeline.extract.writer import finish_video, RunContext, WriteContext
+from vadpipe.pipeline.extract.writer import RunContext, WriteContext, finish_video
 from vadpipe.pipeline.extract.sources import VideoJob
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ LOOKAHEAD = 2
 IDLE_POLL_S = 0.1
 #: Seconds the driver gives terminated workers before it kills them.
 TERMINATE_GRACE_S = 10.0
-#: ``kind`` of the heartbeat items of :class:`_QueueClipStream`.
+#: The heartbeat :class:`_QueueClipStream` yields while its queue is empty (not a clip batch: skipped).
 IDLE = "idle"
 
 
@@ -85,7 +85,7 @@ class _QueueClipStream(ClipStream):
     """A :class:`ClipStream` over ``(index, job)`` tasks taken from a shared queue until a
     ``None`` sentinel: every decoding process of a worker pulls from the same queue.
 
-    Yields ``{"kind": "idle"}`` whenever the queue stays empty for ``poll_s`` seconds.
+    Yields :data:`IDLE` whenever the queue stays empty for ``poll_s`` seconds (consumers skip it).
     """
 
     def __init__(self, config: ExtractConfig, tasks: Any, poll_s: float = IDLE_POLL_S):
@@ -93,12 +93,12 @@ class _QueueClipStream(ClipStream):
         self.tasks = tasks
         self.poll_s = poll_s
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[object]:
         while True:
             try:
                 task = self.tasks.get(timeout=self.poll_s)
             except queue.Empty:
-                yield {"kind": IDLE}
+                yield IDLE
                 continue
             if task is None:
                 return
@@ -141,7 +141,7 @@ def _decoder_start_method(device: torch.device) -> str:
     return "spawn"
 
 
-def _watch_driver(items: Iterable[dict], driver_pid: int) -> Iterator[dict]:
+def _watch_driver(items: Iterable[object], driver_pid: int) -> Iterator[object]:
     """Pass ``items`` through; exit the process at once if the driver has died (the worker was
     re-parented), so that a killed run leaves no orphan workers behind."""
     for item in items:
@@ -223,9 +223,9 @@ def _worker_body(args: _WorkerArgs, tasks: Any, conn: Connection) -> None:
         multiprocessing_context=_decoder_start_method(device) if config.workers else None,
     )
     try:
-        for item, parts in finished_videos(_watch_driver(loader, args.driver_pid), model, config.batch_clips):
-            row = finish_video(writer, item["video"], item, parts)
-            conn.send(("row", item["job"], row, sum(len(f) for _, f in parts)))
+        for done, parts in finished_videos(_watch_driver(loader, args.driver_pid), model, config.batch_clips):
+            row = finish_video(writer, done.video, done, parts)
+            conn.send(("row", done.job, row, sum(len(f) for _, f in parts)))
     except Exception as e:  # a CUDA error, a full disk, a dead decoder ...: this worker stops
         text = f"{type(e).__name__}: {e}".strip()
         log.debug("worker for %s failed\n%s", args.label, traceback.format_exc())

@@ -12,7 +12,7 @@ Data flow::
 
 * **Decoding** runs in Ray tasks, one per video, that *stream* their chunks (Ray
   generators): a chunk holds at most ``config.batch_clips`` clips, so memory stays bounded
-  whatever a video's length. The last item of each stream is the video's ``done`` record
+  whatever a video's length. The last item of each stream is the video's :class:`VideoDone`
   (frames, fps, decoder, error, number of chunks) — the same record, with the same error
   messages, as the local engine's (:class:`vadpipe.pipeline.extract.stream.ClipStream` makes both).
 * **Backpressure**: a decode task runs at most :data:`DECODE_AHEAD` chunks ahead of the
@@ -24,7 +24,7 @@ Data flow::
   object references); only features travel back to the driver.
 * **The driver writes everything**: it assembles each video's feature chunks (they may
   arrive out of order, from several actors: each carries its first clip index, and the
-  ``done`` record says how many there are), writes the ``.npy`` with
+  ``VideoDone.n_batches`` says how many there are), writes the ``.npy`` with
   :func:`~vadpipe.pipeline.extract.writer.finish_video` and records the row. So nothing assumes a
   filesystem shared by the nodes: the output folder only has to exist where the driver
   runs, and ``features.csv`` has a single writer. (The *inputs* must be readable at the same
@@ -85,7 +85,7 @@ import re
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -95,9 +95,9 @@ from vadpipe.errors import ConfigError, WeightsIntegrityError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.model import FeatureModel
-from vadpipe.pipeline.extract.stream import ClipStream
-from vadpipe.pipeline.extract.writer import finish_video, RunContext
 from vadpipe.pipeline.extract.sources import VideoJob
+from vadpipe.pipeline.extract.stream import ClipBatch, ClipStream, VideoDone
+from vadpipe.pipeline.extract.writer import RunContext, finish_video
 
 log = logging.getLogger(__name__)
 
@@ -236,22 +236,24 @@ def ensure_ray(address: str | None) -> bool:
 # ----------------------------------------------------------------------------- remote code
 
 
-def _decode_chunks(job: VideoJob, config: ExtractConfig) -> Iterator[dict]:
-    """Ray generator task: the video's resized uint8 clip chunks, then its ``done`` record.
+@dataclass
+class _Features:
+    """A model actor's answer for one :class:`ClipBatch`: ``feats`` float32 ``[n, crops, D]``
+    of the clips from ``start``."""
 
-    Yields:
-        ``{"kind": "clips", "start": i, "data": uint8 [n, 3, T, h, w]}`` with ``n <=
-        config.batch_clips``, in clip order; then ``{"kind": "done", "n_frames", "fps",
-        "decoder", "error", "n_clips", "n_chunks", ...}``.
-    """
+    start: int
+    feats: np.ndarray
+
+
+def _decode_chunks(job: VideoJob, config: ExtractConfig) -> Iterator[ClipBatch | VideoDone]:
+    """Ray generator task: the video's :class:`ClipBatch` items (``data`` as a NumPy uint8
+    ``[n, 3, T, h, w]`` array for the object store, ``n <= config.batch_clips``), in clip
+    order, then its :class:`VideoDone` (whose ``n_batches`` says how many came)."""
     torch.set_num_threads(1)
-    n_chunks = 0
     for item in ClipStream([job], config):
-        if item["kind"] == "clips":
-            n_chunks += 1
-            yield {"kind": "clips", "start": item["start"], "data": item["data"].numpy()}
-        else:
-            yield {**item, "n_chunks": n_chunks}
+        if isinstance(item, ClipBatch):
+            item = ClipBatch(job=item.job, start=item.start, data=item.data.numpy())
+        yield item
 
 
 class _FeatureWorker:
@@ -268,16 +270,16 @@ class _FeatureWorker:
         """sha256 of the weights this actor loaded (``random`` with random weights)."""
         return self.model.weights_sha256
 
-    def run(self, item: dict) -> dict:
-        """Features of one chunk (``{"kind": "clips", "start", "feats": float32 [n, crops, D]}``);
-        a ``done`` record passes through unchanged."""
-        if item["kind"] != "clips":
+    def run(self, item: ClipBatch | VideoDone) -> _Features | VideoDone:
+        """The :class:`_Features` of one :class:`ClipBatch`; a :class:`VideoDone` passes
+        through unchanged."""
+        if not isinstance(item, ClipBatch):
             return item
         with warnings.catch_warnings():  # object-store arrays are read-only; nothing writes to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            data = torch.from_numpy(item["data"])
+            data = torch.from_numpy(item.data)
         feats = self.model([data])
-        return {"kind": "clips", "start": item["start"], "feats": feats.cpu().numpy()}
+        return _Features(start=item.start, feats=feats.cpu().numpy())
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -292,13 +294,13 @@ class _Video:
     started: float
     gen: Any = None  # ray.ObjectRefGenerator until its stream ends
     parts: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    done: dict | None = None
+    done: VideoDone | None = None
     calls: int = 0  # model calls out for this video
 
-    def add(self, result: dict) -> None:
-        """Take one model result: a feature chunk or the ``done`` record."""
-        if result["kind"] == "clips":  # copied: arrays from the object store are read-only
-            self.parts.append((result["start"], np.array(result["feats"])))
+    def add(self, result: _Features | VideoDone) -> None:
+        """Take one model result: a feature chunk or the video's :class:`VideoDone`."""
+        if isinstance(result, _Features):  # copied: arrays from the object store are read-only
+            self.parts.append((result.start, np.array(result.feats)))
         else:
             self.done = result
 
@@ -311,15 +313,13 @@ class _Video:
     @property
     def complete(self) -> bool:
         """The ``done`` record is here, and so is every chunk (unless decoding failed)."""
-        return self.done is not None and (bool(self.done["error"]) or len(self.parts) == self.done["n_chunks"])
+        return self.done is not None and (bool(self.done.error) or len(self.parts) == self.done.n_batches)
 
-    def record_item(self, error: str = "") -> dict:
-        """The ``done``-style record :func:`finish_video` takes; ``error`` overrides."""
-        item = dict(self.done) if self.done else {"n_frames": 0, "fps": 0.0, "decoder": "", "error": ""}
-        item["started"] = self.started  # the driver's clock: nodes' clocks may differ
-        if error:
-            item["error"] = error
-        return item
+    def record_item(self, error: str = "") -> VideoDone:
+        """The :class:`VideoDone` :func:`finish_video` takes, timed on the driver's clock
+        (nodes' clocks may differ); ``error`` overrides."""
+        done = self.done or VideoDone(job=self.index, video=self.job, started=self.started)
+        return replace(done, started=self.started, error=error or done.error)
 
 
 @dataclass
@@ -521,8 +521,8 @@ def _drive(ray: Any, ctx: RunContext, todo: list[VideoJob], decode: Any, slots: 
                         if video.index in active:
                             finish(video, f"{_reason(e)} ({_LOGS_HINT})")
                         continue
-                    if result["kind"] == "clips":  # counted like the local engine: every clip the model ran
-                        summary.clips += int(result["feats"].shape[0])
+                    if isinstance(result, _Features):  # counted like the local engine: every clip the model ran
+                        summary.clips += int(result.feats.shape[0])
                     if video.index not in active:
                         continue  # the video already failed
                     video.add(result)
