@@ -229,11 +229,11 @@ def test_sultani_segments_crops_and_errors():
     raw = sultani_segments(feat, l2=False)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
     assert sultani_segments(feat, n=4, scheme="rtfm").shape == (4, 16)
-    with pytest.raises(ValueError, match="all zero"):
+    with pytest.raises(FeatureLoadError, match="all zero"):
         sultani_segments(np.zeros((5, 8)))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(FeatureLoadError, match="NaN"):
         sultani_segments(np.full((5, 8), np.nan))
-    with pytest.raises(ValueError):
+    with pytest.raises(FeatureLoadError, match="0 clips"):
         sultani_segments(np.zeros((0, 8)))
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vadpipe.cli.main import main, parse_devices, parse_overrides
-from vadpipe.extractors.presets import N_CROPS
-from vadpipe.pipeline.extract.config import PRECISIONS
+from vadpipe.cli.main import choices_of, main, parse_devices, parse_overrides
 
 
 @main.group()
@@ -17,8 +15,8 @@ def bench() -> None:
 @bench.command("extract")
 @click.argument("video", required=False, type=click.Path(exists=True))
 @click.option("--backbone", default="i3d", show_default=True)
-@click.option("--crops", type=click.Choice([str(n) for n in N_CROPS]), default="10", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--crops", type=choices_of("vadpipe.extractors.presets", "N_CROPS"), default="10", show_default=True)
+@click.option("--precision", type=choices_of("vadpipe.pipeline.extract.config", "PRECISIONS"), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-clips", default=None, type=click.IntRange(1), help="[default: 16 on CUDA, 2 on CPU]")
 @click.option("--workers", default=None, type=click.IntRange(0), help="[default: 1 on CPU, up to 8 with CUDA]")
@@ -89,7 +87,7 @@ def bench_train(head, steps, crops, dim, segments, device, overrides) -> None:
 @click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Length of the generated 320x240 30 fps video when VIDEO is not given.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+@click.option("--precision", type=choices_of("vadpipe.pipeline.extract.config", "PRECISIONS"), default=None,
               help="Replace the precision of the head's recorded recipe (benchmark only) [default: the recipe's].")
 @click.option("--runs", default=2, show_default=True, type=click.IntRange(1),
               help="Throughput runs (the first in a process pays one-time costs such as CUDA start-up).")

@@ -6,14 +6,8 @@ import sys
 
 import click
 
-from vadpipe.cli.main import fail, main, parse_devices, parse_resize
+from vadpipe.cli.main import choices_of, fail, main, parse_devices, parse_resize
 from vadpipe.errors import VadpipeError
-from vadpipe.extractors.presets import CROP_ORDERS, N_CROPS, RECIPES
-from vadpipe.manifests.features import LAYOUTS
-from vadpipe.pipeline.extract.clips import TAIL_POLICIES
-from vadpipe.pipeline.extract.config import PRECISIONS
-from vadpipe.pipeline.extract.decode import DECODERS
-from vadpipe.pipeline.extract.engines import ENGINES
 
 
 @main.command()
@@ -22,31 +16,31 @@ from vadpipe.pipeline.extract.engines import ENGINES
               help="Output folder (feature files, features.csv, run config JSON).")
 @click.option("--backbone", default=None, help="Registered backbone (see `vadpipe weights list`) [default: i3d, "
               "or the recipe's].")
-@click.option("--crops", type=click.Choice([str(n) for n in N_CROPS]), default="10", show_default=True,
+@click.option("--crops", type=choices_of("vadpipe.extractors.presets", "N_CROPS"), default="10", show_default=True,
               help="Crops per clip: centre; 4 corners + centre; those and their mirrors.")
-@click.option("--preset", "preset_name", type=click.Choice(sorted(RECIPES)), default=None,
+@click.option("--preset", "preset_name", type=choices_of("vadpipe.extractors.presets", "RECIPES", sorted), default=None,
               help="Named recipe: kinetics (short side 256, TenCrop order, bilinear); gowtham-rtfm (340x256 "
                    "ignoring aspect, Lanczos, TL,TR,C,BL,BR order); rtfm-ucf (that geometry and [-1, 1] values on i3d-r50-caffe2, the RTFM "
                    "UCF-Crime/ShanghaiTech features); sultani (c3d fc6, 128x171 → 112). Crop size and value "
                    "normalisation always stay the backbone's weights'.")
-@click.option("--crop-order", type=click.Choice(CROP_ORDERS), default=None,
+@click.option("--crop-order", type=choices_of("vadpipe.extractors.presets", "CROP_ORDERS"), default=None,
               help="Order of the crops (default: the backbone preset's, torchvision TenCrop).")
 @click.option("--resize", default=None, metavar="N|HxW",
               help="Resize: short side N (keeps aspect) or exact HxW, e.g. 256x340 (default: preset's, 256).")
 @click.option("--clip-len", default=None, type=click.IntRange(1), help="Frames per clip [default: the backbone's, 16].")
 @click.option("--stride", default=None, type=click.IntRange(1), help="Frames between clip starts [default: clip length].")
-@click.option("--tail", type=click.Choice(TAIL_POLICIES), default="drop", show_default=True,
+@click.option("--tail", type=choices_of("vadpipe.pipeline.extract.clips", "TAIL_POLICIES"), default="drop", show_default=True,
               help="Incomplete last clip: drop it (community features) or pad by repeating the last frame.")
 @click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help="Resample videos to this frame rate.")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="single", show_default=True,
+@click.option("--layout", type=choices_of("vadpipe.manifests.features", "LAYOUTS"), default="single", show_default=True,
               help="single: <name>_i3d.npy [clips, crops, D]; per-crop: <name>__<k>.npy [clips, D].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--precision", type=choices_of("vadpipe.pipeline.extract.config", "PRECISIONS"), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--batch-clips", default=None, type=click.IntRange(1),
               help="Clips per forward pass, each with all its crops [default: 16 on CUDA, 2 on CPU].")
 @click.option("--workers", default=None, type=click.IntRange(0),
               help="Decode/preprocess worker processes [default: 1 on CPU, up to 8 with CUDA].")
-@click.option("--decoder", type=click.Choice(DECODERS),
+@click.option("--decoder", type=choices_of("vadpipe.pipeline.extract.decode", "DECODERS"),
               default="auto", show_default=True,
               help="auto uses decord where it is frame-exact, PyAV elsewhere. torchcodec (CPU) and "
                    "torchcodec-cuda (NVDEC) decode where checked equal to PyAV, PyAV elsewhere "
@@ -56,7 +50,7 @@ from vadpipe.pipeline.extract.engines import ENGINES
               help="One worker process per listed GPU; videos go longest first through a shared queue.")
 @click.option("--devices", "device_list", default=None, metavar="DEV,DEV,...",
               help="Like --gpus with explicit devices, e.g. cuda:0,cuda:2 or cpu,cpu (testing).")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+@click.option("--engine", type=choices_of("vadpipe.pipeline.extract.engines", "ENGINES"), default="local", show_default=True,
               help="ray: run on Ray (pip install 'vadpipe[ray]'); decoding on CPU tasks, the model on GPU actors.")
 @click.option("--ray-address", default=None, help="Ray cluster address [default: start a local Ray instance].")
 @click.option("--random-weights", is_flag=True, help="Run the backbone with random weights (tests/benchmarks only).")
@@ -78,7 +72,7 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.runner import extract as run_extract
     from vadpipe.pipeline.extract.sources import discover
-    from vadpipe.extractors.presets import PRESETS
+    from vadpipe.extractors.presets import PRESETS, RECIPES
 
     geometry, recipe_backbone = RECIPES[preset_name] if preset_name else ("backbone", None)
     if backbone and recipe_backbone and backbone != recipe_backbone:

@@ -5,20 +5,48 @@ Commands are thin: they parse arguments and call library functions (which tests 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from typing import Callable, Iterable
 
 import click
 
 from vadpipe import __version__
 from vadpipe.errors import VadpipeError
 
-__all__ = ["main", "fail", "parse_overrides", "parse_devices", "parse_resize"]
+__all__ = ["main", "fail", "choices_of", "parse_overrides", "parse_devices", "parse_resize"]
 
 
 def fail(e: Exception, code: int = 2) -> None:
     click.echo(f"error: {e}", err=True)
     sys.exit(code)
+
+
+class _LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose values come from the library, read when first needed
+    (help, completion, parsing), so that starting the CLI imports no model code."""
+
+    def __init__(self, load: Callable[[], Iterable[str]], case_sensitive: bool = True) -> None:
+        self._load = load
+        self._values: tuple[str, ...] | None = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._values is None:
+            self._values = tuple(str(v) for v in self._load())
+        return self._values
+
+    @choices.setter
+    def choices(self, values: Iterable[str]) -> None:
+        self._values = tuple(values)
+
+
+def choices_of(module: str, name: str, convert: Callable[[Iterable], Iterable[str]] = lambda v: v) -> click.Choice:
+    """Click choices from the library constant ``module.name`` (e.g. the decoder names),
+    imported only when click needs them."""
+    return _LazyChoice(lambda: convert(getattr(importlib.import_module(module), name)))
 
 
 class _Commands(click.Group):

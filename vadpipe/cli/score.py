@@ -6,10 +6,8 @@ import sys
 
 import click
 
-from vadpipe.cli.main import main
+from vadpipe.cli.main import choices_of, main
 from vadpipe.errors import VadpipeError
-from vadpipe.pipeline.extract.decode import DECODERS
-from vadpipe.pipeline.train.metrics import CONVENTIONS
 
 
 @main.command()
@@ -22,7 +20,7 @@ from vadpipe.pipeline.train.metrics import CONVENTIONS
 @click.option("--min-gap", default=0.0, show_default=True, type=click.FloatRange(0), help="Merge events this close (s).")
 @click.option("--min-duration", default=0.0, show_default=True, type=click.FloatRange(0), help="Drop shorter events (s).")
 @click.option("--gt", default=None, metavar="KIND:PATH", help="Ground truth for plots and AUC/AP (see `vadpipe eval`).")
-@click.option("--gt-convention", default=None, type=click.Choice(CONVENTIONS))
+@click.option("--gt-convention", default=None, type=choices_of("vadpipe.pipeline.train.metrics", "CONVENTIONS"))
 @click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write one self-contained HTML report.")
 @click.option("--no-plots", is_flag=True, help="Do not write a PNG per video.")
 @click.option("--backbone", default=None, help="Only for checkpoints that do not record their feature recipe.")
@@ -31,7 +29,7 @@ from vadpipe.pipeline.train.metrics import CONVENTIONS
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-clips", default=None, type=click.IntRange(1))
 @click.option("--workers", default=None, type=click.IntRange(0))
-@click.option("--decoder", type=click.Choice(DECODERS),
+@click.option("--decoder", type=choices_of("vadpipe.pipeline.extract.decode", "DECODERS"),
               default="auto", show_default=True,
               help="As for extract: auto (decord where frame-exact, else PyAV), decord, pyav, torchcodec, "
                    "torchcodec-cuda.")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vadpipe.cli.main import fail, main, parse_overrides
+from vadpipe.cli.main import choices_of, main, parse_overrides
 from vadpipe.errors import VadpipeError
-from vadpipe.manifests.datasets import RTFM_LIST_DATASETS
-from vadpipe.pipeline.train.metrics import CONVENTIONS
-from vadpipe.pipeline.train.segments import FORMATS
 
 
 @main.group()
@@ -20,7 +17,7 @@ def manifest() -> None:
 @click.argument("kind", type=click.Choice(["rtfm-list", "xd-list"]))
 @click.argument("list_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Dataset CSV to write.")
-@click.option("--dataset", type=click.Choice(RTFM_LIST_DATASETS), default="ucf", show_default=True,
+@click.option("--dataset", type=choices_of("vadpipe.manifests.datasets", "RTFM_LIST_DATASETS"), default="ucf", show_default=True,
               help="rtfm-list: which dataset's labelling rule applies.")
 @click.option("--feature-root", default=None, type=click.Path(file_okay=False),
               help="Folder holding the feature files (the list's author paths are replaced).")
@@ -62,17 +59,14 @@ def features() -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
 @click.option("--n", "n_segments", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each segment (Sultani).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="txt", show_default=True,
+@click.option("--format", "fmt", type=choices_of("vadpipe.pipeline.train.segments", "FORMATS"), default="txt", show_default=True,
               help="txt: Sultani's text files (32 lines × 4096 '%f ' values); npy: float32 [n, D].")
 def features_segments(features_csv, out, n_segments, l2, fmt) -> None:
     """Average each video of a features.csv into N segments as Sultani's
     Save_C3DFeatures_32Segments.m does (round(linspace(1, T, N+1)) bins)."""
     from vadpipe.pipeline.train.segments import segments_for_manifest
 
-    try:
-        written = segments_for_manifest(features_csv, out, n=n_segments, l2=l2, fmt=fmt)
-    except (VadpipeError, ValueError) as e:
-        fail(e)
+    written = segments_for_manifest(features_csv, out, n=n_segments, l2=l2, fmt=fmt)
     click.echo(f"{len(written)} videos → {out} ({n_segments} segments, {'L2-normalised' if l2 else 'raw'}, {fmt})")
 
 
@@ -232,7 +226,7 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
 @click.option("--gt", required=True, metavar="KIND:PATH",
               help="ucf:Temporal_Anomaly_Annotation.txt, xd:annotations.txt, sh-masks:test_frame_mask/, csv:intervals.csv")
-@click.option("--gt-convention", default=None, type=click.Choice(CONVENTIONS),
+@click.option("--gt-convention", default=None, type=choices_of("vadpipe.pipeline.train.metrics", "CONVENTIONS"),
               help="How annotation frame numbers are read [default: rtfm for UCF (0-based, inclusive ends), "
                    "vadclip for XD (0-based, exclusive ends)].")
 @click.option("-o", "--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))

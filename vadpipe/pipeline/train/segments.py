@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vadpipe.errors import FeatureLoadError
+from vadpipe.errors import ConfigError, FeatureLoadError
 from vadpipe.heads.data import l2_normalize_segments, resample_segments
 from vadpipe.manifests.atomic import atomic_save_npy, atomic_write_text
 from vadpipe.manifests.features import read_manifest
@@ -41,24 +41,24 @@ def sultani_segments(features, n: int = 32, l2: bool = True, scheme: str = "sult
     ``"rtfm"`` uses RTFM's). With ``l2`` each segment is divided by its L2 norm.
 
     Raises:
-        ValueError: wrong number of dimensions, ``T == 0``, non-finite values, or an
+        FeatureLoadError: wrong number of dimensions, ``T == 0``, non-finite values, or an
             all-zero segment when ``l2`` (the MATLAB script stops there too).
     """
     feat = np.asarray(features, dtype=np.float64)
     if feat.ndim == 3:
         feat = feat.mean(axis=1)
     if feat.ndim != 2:
-        raise ValueError(f"features must be [T, D] or [T, crops, D], got shape {feat.shape}")
+        raise FeatureLoadError(f"features must be [T, D] or [T, crops, D], got shape {feat.shape}")
     if feat.shape[0] == 0:
-        raise ValueError("cannot make segments of a video with 0 clips")
+        raise FeatureLoadError("cannot make segments of a video with 0 clips")
     if not np.isfinite(feat).all():
-        raise ValueError("features contain NaN or Inf")
+        raise FeatureLoadError("features contain NaN or Inf")
     seg = resample_segments(feat, n, scheme)
     if l2:
         norms = np.linalg.norm(seg, axis=-1)
         zero = np.flatnonzero(norms == 0)
         if zero.size:
-            raise ValueError(
+            raise FeatureLoadError(
                 f"segment(s) {zero.tolist()} are all zero and cannot be L2-normalised"
             )
         seg = l2_normalize_segments(seg)
@@ -69,9 +69,9 @@ def format_sultani_txt(seg) -> str:
     """Text of Sultani's feature files: per row ``'%f '`` for each value, then ``'\\n'``."""
     seg = np.asarray(seg, dtype=np.float64)
     if seg.ndim != 2:
-        raise ValueError(f"segments must be [n, D], got shape {seg.shape}")
+        raise FeatureLoadError(f"segments must be [n, D], got shape {seg.shape}")
     if not np.isfinite(seg).all():
-        raise ValueError("segments contain NaN or Inf")
+        raise FeatureLoadError("segments contain NaN or Inf")
     return "".join("".join(f"{v:f} " for v in row.tolist()) + "\n" for row in seg)
 
 
@@ -107,11 +107,11 @@ def segments_for_manifest(
         ``{video: written path}``.
 
     Raises:
-        ValueError: unknown ``fmt``; two videos with the same stem.
+        ConfigError: unknown ``fmt``. FeatureLoadError: two videos with the same stem.
         FeatureLoadError: a feature file is missing/unreadable or cannot be segmented.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     features_csv = Path(features_csv)
     root = features_csv.parent
     out_dir = Path(out_dir)
@@ -122,7 +122,7 @@ def segments_for_manifest(
             continue
         stem = Path(row.video).stem
         if stem in stems:
-            raise ValueError(
+            raise FeatureLoadError(
                 f"videos {stems[stem]!r} and {row.video!r} have the same name {stem!r}; "
                 "segment files would overwrite each other"
             )
@@ -135,7 +135,7 @@ def segments_for_manifest(
         feat = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=1)
         try:
             seg = sultani_segments(feat, n=n, l2=l2, scheme=scheme)
-        except ValueError as e:
+        except (FeatureLoadError, ValueError) as e:
             raise FeatureLoadError(f"cannot segment {files[0]} ({row.video}): {e}") from e
         target = out_dir / f"{stem}.{fmt}"
         if fmt == "txt":

@@ -17,11 +17,15 @@ import the runner.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vadpipe.errors import ConfigError
-from vadpipe.pipeline.extract.config import ExtractConfig
-from vadpipe.pipeline.extract.model import FeatureModel
-from vadpipe.pipeline.extract.sources import VideoJob
-from vadpipe.pipeline.extract.writer import RunContext
+
+if TYPE_CHECKING:  # the engines' parts load torch: imported where an engine runs
+    from vadpipe.pipeline.extract.config import ExtractConfig
+    from vadpipe.pipeline.extract.model import FeatureModel
+    from vadpipe.pipeline.extract.sources import VideoJob
+    from vadpipe.pipeline.extract.writer import RunContext
 
 __all__ = ["ENGINES", "is_distributed", "run_engine"]
 
