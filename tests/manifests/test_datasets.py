@@ -440,3 +440,5 @@ def test_balanced_batcher_yields_pairs(tmp_path: Path) -> None:
         assert (n < 5).all() and (a >= 5).all()  # values are video indices
     with pytest.raises(ValueError, match="'train' mode"):
         BalancedBatcher(FeatureDataset(rows, tmp_path, mode="eval"), 2)
+    with pytest.raises(ValueError, match="temporal='segments'"):  # padded bags would lose their masks here
+        BalancedBatcher(FeatureDataset(rows, tmp_path, mode="train", temporal="full"), 2)

@@ -496,8 +496,9 @@ class BalancedBatcher:
         generator: torch.Generator | None = None,
         num_batches: int | None = None,
     ) -> None:
-        if dataset.mode != "train":
-            raise ValueError("BalancedBatcher needs a FeatureDataset in 'train' mode (fixed-length items)")
+        if dataset.mode != "train" or dataset.temporal != "segments":
+            raise ValueError("BalancedBatcher needs a FeatureDataset in 'train' mode with temporal='segments' "
+                             "(fixed-length items; masked bags come from training_batch with their masks)")
         self.dataset = dataset
         self.sampler = BalancedBatchSampler(
             dataset.labels, batch_size, seed=seed, generator=generator, num_batches=num_batches
