@@ -48,6 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vadpipe.extractors.weights import sha256_file  # noqa: E402
 from vadpipe.pipeline import demo  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         pt = demo.export_checkpoint(trained.checkpoint, args.out / demo.DEMO_HEAD)
         record = dict(trained.record)
         record["command"] = " ".join(["python", "scripts/make_demo_head.py", *map(shlex.quote, argv)])
-        record["checkpoint"] = {"file": f"vadpipe/data/{demo.DEMO_HEAD}", "sha256": demo._sha256(pt),
+        record["checkpoint"] = {"file": f"vadpipe/data/{demo.DEMO_HEAD}", "sha256": sha256_file(pt),
                                 "bytes": pt.stat().st_size,
                                 "note": "best.pt of the run without its optimiser and RNG state"}
         meta = args.out / demo.DEMO_META

