@@ -18,7 +18,6 @@ from vadpipe.heads.sultani import SultaniConfig, SultaniHead
 from vadpipe.manifests.datasets import DatasetRow, read_dataset, write_dataset
 
 
-
 def _run(args: list[str]):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result

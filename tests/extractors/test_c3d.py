@@ -20,6 +20,7 @@ from vadpipe.extractors.c3d import (
     load_c3d_state_dict,
 )
 from vadpipe.extractors.registry import get_backbone
+from vadpipe.extractors.weights import sha256_file
 from vadpipe.manifests.features import FeatureRow, write_manifest
 from vadpipe.pipeline.train.segments import (
     format_sultani_txt,
@@ -27,7 +28,6 @@ from vadpipe.pipeline.train.segments import (
     sultani_segments,
     write_sultani_txt,
 )
-from vadpipe.extractors.weights import sha256_file
 
 
 @pytest.fixture

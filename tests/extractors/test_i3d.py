@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers.paths import TESTS_DATA
-from vadpipe.extractors import weights as W
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.extractors import weights as W
 from vadpipe.extractors.i3d import (
     InceptionI3d,
     MaxPool3dSame,

@@ -218,8 +218,8 @@ def test_golden_features_match_an_independent_implementation(model, published_sd
 
 
 def test_registry_spec_records_recipe_and_licence():
-    from vadpipe.extractors.registry import get_backbone, list_backbones
     from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET
+    from vadpipe.extractors.registry import get_backbone, list_backbones
 
     assert "i3d-r50-caffe2" in list_backbones()
     spec = get_backbone("i3d-r50-caffe2")

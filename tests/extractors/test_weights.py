@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from tests.helpers.weight_files import fake_variables, write_pickle
-from vadpipe.extractors import weights as W
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.extractors import weights as W
 
 
 @pytest.fixture(autouse=True)

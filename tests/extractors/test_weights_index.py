@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from tests.helpers.weight_files import fake_variables, write_pickle
-from vadpipe.extractors import weights as W
 from vadpipe.cli import main
 from vadpipe.errors import WeightsIntegrityError
 from vadpipe.extractors import i3d_r50_caffe2 as caffe2
+from vadpipe.extractors import weights as W
 
 
 @pytest.fixture(autouse=True)

@@ -33,8 +33,8 @@ from vadpipe.heads.lanet import (
     topk_k,
 )
 from vadpipe.manifests.datasets import read_dataset
-from vadpipe.pipeline.train.metrics import roc_auc
 from vadpipe.pipeline.train.loop import TrainConfig, build_head, load_checkpoint, train, video_scores
+from vadpipe.pipeline.train.metrics import roc_auc
 
 TINY = dict(feature_dim=12, hidden_dim=8, heads=4, mlp_dims=(16, 8), kernel_size=3, sigma=4.0, max_steps=10)
 

@@ -9,22 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.synthetic import heldout_frame_auc, make_split
+from tests.helpers.synthetic import heldout_frame_auc, make_split, rank_auc
 from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
+from vadpipe.heads.data import FeatureDataset, pad_bags, resample_segments
 from vadpipe.heads.mcr import (
     MCRConfig,
     MCRHead,
     center_loss,
     dmil_loss,
+    mcr_sampling,
     moving_average,
     multiscale_moving_averages,
-    mcr_sampling,
     squeeze_features,
     unpad,
 )
-from tests.helpers.synthetic import rank_auc
-from vadpipe.heads.data import FeatureDataset, pad_bags, resample_segments
 from vadpipe.manifests.datasets import DatasetRow
 from vadpipe.pipeline.train.apply import load_head
 from vadpipe.pipeline.train.loop import TrainConfig, build_head, load_checkpoint, train

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.synthetic import fit_on_fresh_batches, rank_auc
 from vadpipe.errors import ConfigError, WeightsIntegrityError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.mgfn import (
@@ -26,8 +27,6 @@ from vadpipe.heads.mgfn import (
     official_forward,
     official_loss,
 )
-
-from tests.helpers.synthetic import fit_on_fresh_batches, rank_auc
 
 SMALL = dict(feature_dim=12, dims=(8, 16, 32), depths=(2, 1, 2), dim_head=8, batch_size=2, ncrops=4)
 

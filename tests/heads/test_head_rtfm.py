@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.synthetic import fit_on_fresh_batches, planted_videos, rank_auc
 from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.heads.base import get_head
 from vadpipe.heads.checkpoints import CheckpointMismatchError, load_official_state_dict, read_state_dict
@@ -28,8 +29,6 @@ from vadpipe.heads.rtfm import (
     rtfm_sparsity,
     rtfm_video_bce,
 )
-
-from tests.helpers.synthetic import fit_on_fresh_batches, planted_videos, rank_auc
 
 # Keys and shapes of the official RTFM ``Model(n_features=2048, batch_size)`` state dict, in
 # registration order (Aggregate: conv_1..conv_5, non_local{g, W, theta, phi}; fc1..fc3).

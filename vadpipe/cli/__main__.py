@@ -1,7 +1,7 @@
 """``python -m vadpipe.cli``."""
 
-from vadpipe.cli.main import main
 import vadpipe.cli  # noqa: F401  (registers the commands)
+from vadpipe.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -41,9 +41,9 @@ def bench_extract(video, backbone, crops, precision, device, batch_clips, worker
     VIDEO (a file or a folder) or generated videos."""
     from pathlib import Path
 
+    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.bench import run_extract_bench, run_scaling_bench
     from vadpipe.pipeline.extract.config import ExtractConfig
-    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
 
     devices = parse_devices(gpus, device_list)
     dev = resolve_device(devices[0] if devices else device)

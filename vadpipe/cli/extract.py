@@ -67,12 +67,12 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     from dataclasses import replace
 
     from vadpipe.extractors import get_backbone
+    from vadpipe.extractors.presets import PRESETS, RECIPES
+    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.clips import ClipSpec
     from vadpipe.pipeline.extract.config import ExtractConfig
-    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.runner import extract as run_extract
     from vadpipe.pipeline.extract.sources import discover
-    from vadpipe.extractors.presets import PRESETS, RECIPES
 
     geometry, recipe_backbone = RECIPES[preset_name] if preset_name else ("backbone", None)
     if backbone and recipe_backbone and backbone != recipe_backbone:

@@ -51,8 +51,8 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     features already extracted. Exits 1 when any video failed, 2 on a setup error.
     """
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
-    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
     from vadpipe.pipeline.extract.sources import discover
+    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
 
     dev = resolve_device(device)
     speed = {"device": device, "decoder": decoder, "random_weights": random_weights,

@@ -110,9 +110,10 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
     """Train an anomaly head; best.pt is chosen on the validation split (--protocol holdout) or is
     the last step on the full training split (--protocol paper)."""
     from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
-    from vadpipe.pipeline.train import apply as scoring
     from vadpipe.pipeline.device import resolve_device
-    from vadpipe.pipeline.train.loop import TEST_SELECTION_WARNING, TrainConfig, train as run_train
+    from vadpipe.pipeline.train import apply as scoring
+    from vadpipe.pipeline.train.loop import TEST_SELECTION_WARNING, TrainConfig
+    from vadpipe.pipeline.train.loop import train as run_train
 
     protocol = protocol or ("paper" if head_preset else "holdout")
     rows = read_dataset(train_csv)
@@ -204,8 +205,8 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
     from pathlib import Path
 
     from vadpipe.manifests.datasets import dataset_root, read_dataset
-    from vadpipe.pipeline.train import apply as scoring
     from vadpipe.pipeline.device import resolve_device
+    from vadpipe.pipeline.train import apply as scoring
 
     dev = resolve_device(device)
     loaded = scoring.load_head(checkpoint, dev)

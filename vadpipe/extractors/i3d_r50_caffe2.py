@@ -63,8 +63,8 @@ import torch
 from torch import nn
 
 from vadpipe.extractors.i3d_r50 import check_state_dict, load_pretrained, locate_weight_file, read_torch_state_dict
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET, ClipPreset
+from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 
 __all__ = [
     "BLOCKS",

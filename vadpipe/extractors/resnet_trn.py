@@ -61,8 +61,8 @@ import torchvision
 from torch import nn
 
 from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.extractors.presets import ClipPreset
+from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
 from vadpipe.extractors.weights import sha256_file, weights_dir
 
 __all__ = [

@@ -353,15 +353,15 @@ def train_demo_head(work_dir: str | os.PathLike, *, device: str = "auto", seed: 
         WeightsNotFoundError: the I3D weights are not installed (with the install command).
     """
     from vadpipe import __version__
+    from vadpipe.extractors.weights import sha256_file
     from vadpipe.manifests.datasets import DatasetRow, write_dataset
     from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
-    from vadpipe.pipeline.extract.config import ExtractConfig
     from vadpipe.manifests.provenance import extraction_of
-    from vadpipe.extractors.weights import sha256_file
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
+    from vadpipe.pipeline.extract.config import ExtractConfig
     from vadpipe.pipeline.extract.runner import extract
-    from vadpipe.pipeline.train.apply import load_head, score_rows
     from vadpipe.pipeline.extract.sources import discover
+    from vadpipe.pipeline.train.apply import load_head, score_rows
     from vadpipe.pipeline.train.loop import TrainConfig, load_checkpoint, train
 
     say = echo or (lambda _: None)
@@ -502,10 +502,10 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, retrain: bool = False,
         WeightsNotFoundError: the Kinetics-400 I3D weights are not installed (the message
             says how to install them).
     """
-    from vadpipe.pipeline.score import events as ev
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
-    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
     from vadpipe.pipeline.extract.sources import discover
+    from vadpipe.pipeline.score import events as ev
+    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
 
     say = echo or (lambda _: None)
     t0 = time.perf_counter()

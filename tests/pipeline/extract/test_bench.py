@@ -5,8 +5,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 import tests.helpers.tiny_backbone  # noqa: F401  (registers "tiny")
-from vadpipe.pipeline.benchmark import make_synthetic_video
 from vadpipe.cli import main
+from vadpipe.pipeline.benchmark import make_synthetic_video
 from vadpipe.pipeline.extract.decode import open_video
 
 

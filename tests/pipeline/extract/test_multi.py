@@ -28,8 +28,8 @@ from vadpipe.manifests.features import FeatureRow, read_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.engines.multi import LOOKAHEAD, shard_order
 from vadpipe.pipeline.extract.runner import extract
-from vadpipe.pipeline.extract.writer import RunContext, WriteContext
 from vadpipe.pipeline.extract.sources import VideoJob, discover
+from vadpipe.pipeline.extract.writer import RunContext, WriteContext
 
 CFG = ExtractConfig(backbone="tiny", crops=5, random_weights=True, device="cpu", batch_clips=2, workers=0)
 TWO = replace(CFG, devices=("cpu", "cpu"))

@@ -23,13 +23,13 @@ from tests.helpers.paths import REPO  # noqa: E402
 from vadpipe.cli import main  # noqa: E402
 from vadpipe.errors import ConfigError  # noqa: E402
 from vadpipe.manifests.features import COLUMNS, FeatureRow, read_manifest  # noqa: E402
-from vadpipe.pipeline.extract.engines import ray as ray_engine  # noqa: E402
 from vadpipe.pipeline.extract.config import ExtractConfig  # noqa: E402
+from vadpipe.pipeline.extract.engines import ray as ray_engine  # noqa: E402
 from vadpipe.pipeline.extract.engines.ray import ActorPlan, _Features, _Video, plan_actors  # noqa: E402
-from vadpipe.pipeline.extract.stream import VideoDone  # noqa: E402
 from vadpipe.pipeline.extract.runner import extract  # noqa: E402
-from vadpipe.pipeline.extract.writer import ExtractSummary, finish_video, RunContext
 from vadpipe.pipeline.extract.sources import VideoJob, discover  # noqa: E402
+from vadpipe.pipeline.extract.stream import VideoDone  # noqa: E402
+from vadpipe.pipeline.extract.writer import ExtractSummary, RunContext, finish_video
 
 CFG = ExtractConfig(backbone="tiny", crops=5, random_weights=True, device="cpu", batch_clips=2)
 RAY_CFG = replace(CFG, engine="ray")

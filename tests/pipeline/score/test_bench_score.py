@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tiny_heads import cli as _cli, train_tiny_sultani
-from vadpipe.pipeline.score.bench import bench_checkpoint, run_score_bench
+from tests.helpers.tiny_heads import cli as _cli
+from tests.helpers.tiny_heads import train_tiny_sultani
 from vadpipe.errors import WeightsNotFoundError
+from vadpipe.pipeline.score.bench import bench_checkpoint, run_score_bench
 from vadpipe.pipeline.train.loop import load_checkpoint
 
 

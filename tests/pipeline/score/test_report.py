@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers.media import make_audio_only, make_text_as_video, make_truncated, make_video, make_zero_byte, read_index
+from tests.helpers.media import (
+    make_audio_only,
+    make_text_as_video,
+    make_truncated,
+    make_video,
+    make_zero_byte,
+    read_index,
+)
 from vadpipe.manifests.atomic import TMP_MARKER
 from vadpipe.pipeline.score.events import find_events, uniform_clip_times
 from vadpipe.pipeline.score.report import (

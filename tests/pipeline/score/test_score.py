@@ -18,10 +18,10 @@ from tests.helpers.tiny_heads import FPS, train_tiny_sultani
 from tests.helpers.tiny_heads import cli as _cli
 from vadpipe.errors import ConfigError
 from vadpipe.manifests.datasets import DatasetRow
-from vadpipe.pipeline.score.batch import ScoreOptions, checkpoint_recipe, score_videos
-from vadpipe.pipeline.train.apply import load_head, score_rows
 from vadpipe.pipeline.extract.sources import discover
+from vadpipe.pipeline.score.batch import ScoreOptions, checkpoint_recipe, score_videos
 from vadpipe.pipeline.score.stream import stream_score
+from vadpipe.pipeline.train.apply import load_head, score_rows
 from vadpipe.pipeline.train.loop import load_checkpoint
 
 SPEED = {"device": "cpu", "random_weights": True, "workers": 0, "batch_clips": 2}

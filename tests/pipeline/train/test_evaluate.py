@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers.shared_data import shared_fixture
 from vadpipe.errors import ManifestError
 from vadpipe.manifests.atomic import TMP_MARKER
 from vadpipe.manifests.datasets import import_rtfm_list
@@ -32,7 +33,6 @@ from vadpipe.pipeline.train.metrics import (
     write_frame_scores_csv,
     xd_violence_gt,
 )
-from tests.helpers.shared_data import shared_fixture
 
 
 def _ones(m: np.ndarray) -> list[tuple[int, int]]:

@@ -7,9 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from vadpipe.errors import ConfigError
+from vadpipe.extractors.presets import ClipPreset
 from vadpipe.manifests.features import LAYOUTS
 from vadpipe.pipeline.extract.clips import ClipSpec
-from vadpipe.extractors.presets import ClipPreset
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 CROP_COUNTS = (1, 5, 10)

@@ -12,7 +12,6 @@ from vadpipe.errors import ConfigError
 from vadpipe.manifests.datasets import VIDEO_EXTENSIONS  # file extensions treated as videos (case-insensitive)
 
 
-
 @dataclass(frozen=True)
 class VideoJob:
     """One input video.

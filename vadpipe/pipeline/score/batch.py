@@ -36,12 +36,12 @@ from vadpipe.extractors.registry import get_backbone
 from vadpipe.manifests.atomic import atomic_write_text
 from vadpipe.manifests.datasets import DatasetRow, video_key
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
-from vadpipe.pipeline.score import events as ev
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.runner import extract
-from vadpipe.pipeline.extract.writer import ExtractSummary
-from vadpipe.pipeline.train.apply import LoadedHead, build_gt, evaluate_scores, load_head, score_rows
 from vadpipe.pipeline.extract.sources import VideoJob
+from vadpipe.pipeline.extract.writer import ExtractSummary
+from vadpipe.pipeline.score import events as ev
+from vadpipe.pipeline.train.apply import LoadedHead, build_gt, evaluate_scores, load_head, score_rows
 
 log = logging.getLogger(__name__)
 

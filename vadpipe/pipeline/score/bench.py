@@ -170,9 +170,9 @@ def measure_throughput(video: str, checkpoint: Path, out: Path, *, speed: dict, 
     from vadpipe.manifests.datasets import DatasetRow
     from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
     from vadpipe.pipeline.device import resolve_device
+    from vadpipe.pipeline.extract.sources import discover
     from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
     from vadpipe.pipeline.train.apply import load_head, score_rows
-    from vadpipe.pipeline.extract.sources import discover
 
     t = time.perf_counter()
     summary = score_videos(discover([video]), checkpoint, out, options=ScoreOptions(plots=plots), speed=speed,
@@ -213,8 +213,8 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
         random_weights: backbone with random weights (same speed; no weights needed).
     """
     from vadpipe.pipeline.benchmark import make_synthetic_video
-    from vadpipe.pipeline.extract.decode import open_video
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
+    from vadpipe.pipeline.extract.decode import open_video
 
     if seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")

@@ -36,8 +36,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vadpipe.manifests.atomic import atomic_write_bytes, atomic_write_text
-from vadpipe.pipeline.train import metrics as ev
 from vadpipe.pipeline.score.events import Event, check_scores_times, format_time
+from vadpipe.pipeline.train import metrics as ev
 
 log = logging.getLogger(__name__)
 

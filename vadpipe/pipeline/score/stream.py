@@ -38,11 +38,12 @@ import torch
 from vadpipe.errors import VadpipeError, VideoDecodeError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.heads.data import l2_normalize_segments
-from vadpipe.pipeline.score import events as ev
+from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.clips import iter_clips
 from vadpipe.pipeline.extract.decode import open_video
-from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.extract.transforms import resize_clips
+from vadpipe.pipeline.score import events as ev
 from vadpipe.pipeline.score.batch import (
     EVENTS_NAME,
     ScoreOptions,
@@ -51,7 +52,6 @@ from vadpipe.pipeline.score.batch import (
     write_clip_scores,
 )
 from vadpipe.pipeline.train.apply import load_head
-from vadpipe.pipeline.extract.transforms import resize_clips
 
 #: Frames decoded per chunk when streaming (small: a clip is scored as soon as it is complete).
 STREAM_CHUNK = 8

@@ -133,7 +133,7 @@ from vadpipe.pipeline.extract.decode.info import (
     TORCHCODEC_CONTAINERS,
     VideoInfo,
 )
-from vadpipe.pipeline.extract.decode.reader import MAX_CHUNK_BYTES, MIN_CHUNK_FRAMES, open_video, probe, VideoReader
+from vadpipe.pipeline.extract.decode.reader import MAX_CHUNK_BYTES, MIN_CHUNK_FRAMES, VideoReader, open_video, probe
 from vadpipe.pipeline.extract.decode.torchcodec import check_backend
 
 __all__ = [

@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vadpipe.pipeline.extract.decode.info import _brief, _Probe, DECORD_CONTAINERS, DECORD_PIXEL_FORMATS
-
-
+from vadpipe.pipeline.extract.decode.info import DECORD_CONTAINERS, DECORD_PIXEL_FORMATS, _brief, _Probe
 
 # ----------------------------------------------------------------------------- decord side
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from vadpipe.errors import VideoDecodeError
 
-
 #: The backends that always work here (PyAV and decord are dependencies).
 BACKENDS = ("auto", "decord", "pyav")
 

@@ -14,16 +14,17 @@ from typing import Any, Iterator
 import numpy as np
 
 from vadpipe.errors import ConfigError, VideoDecodeError
+from vadpipe.pipeline.extract.decode import torchcodec
 from vadpipe.pipeline.extract.decode.decord import _decord_verdict, _open_decord, _to_numpy
 from vadpipe.pipeline.extract.decode.info import (
+    TORCHCODEC_BACKENDS,
+    VideoInfo,
     _brief,
     _fail,
     _open_container,
     _probe,
     _short_by,
     _video_stream,
-    TORCHCODEC_BACKENDS,
-    VideoInfo,
 )
 from vadpipe.pipeline.extract.decode.torchcodec import (
     _TORCHCODEC_PTS_TOLERANCE_S,
@@ -33,8 +34,6 @@ from vadpipe.pipeline.extract.decode.torchcodec import (
     _torchcodec_verdict,
     check_backend,
 )
-from vadpipe.pipeline.extract.decode import torchcodec
-
 
 # ----------------------------------------------------------------------------- resampling
 

@@ -11,17 +11,16 @@ import numpy as np
 
 from vadpipe.errors import ConfigError, VideoDecodeError
 from vadpipe.pipeline.extract.decode.info import (
-    _brief,
-    _open_container,
-    _Probe,
-    _video_stream,
     DECODERS,
     DECORD_PIXEL_FORMATS,
     TORCHCODEC_BACKENDS,
     TORCHCODEC_CODECS,
     TORCHCODEC_CONTAINERS,
+    _brief,
+    _open_container,
+    _Probe,
+    _video_stream,
 )
-
 
 # ----------------------------------------------------------------------------- torchcodec side
 

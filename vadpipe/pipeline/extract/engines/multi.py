@@ -59,12 +59,12 @@ from torch.utils.data import DataLoader
 
 from vadpipe.errors import ConfigError, WeightsIntegrityError, WorkerError
 from vadpipe.manifests.features import FeatureRow
-from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.device import resolve_device
+from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
+from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import ClipStream, worker_init
 from vadpipe.pipeline.extract.writer import RunContext, WriteContext, finish_video
-from vadpipe.pipeline.extract.sources import VideoJob
 
 log = logging.getLogger(__name__)
 
