@@ -20,6 +20,8 @@ from vadpipe.heads.data import (
     load_features,
     resample_segments,
     segment_bounds,
+    temporal_view,
+    uniform_extract_indices,
 )
 from vadpipe.manifests.atomic import TMP_MARKER
 from vadpipe.manifests.datasets import (
@@ -407,6 +409,29 @@ def test_feature_dataset_modes(tmp_path: Path) -> None:
     a += 1  # callers cannot corrupt the cache
     assert float(cached[2][0].max()) == 2.0 and len(cached._cache) == 1
     assert len(FeatureDataset(rows, tmp_path)._cache) == 0
+
+
+def test_feature_dataset_temporal_views(tmp_path: Path) -> None:
+    """Training items are temporal_view of the loaded features, for each temporal mode and
+    resampling scheme, on numpy and torch alike. Catches: the scheme dropped (Sultani's
+    MATLAB bins silently replaced by RTFM's), uniform sampling skipped or applied in eval."""
+    rng = np.random.default_rng(3)
+    feat = rng.random((45, 2, 3), dtype=np.float32)
+    np.save(tmp_path / "r.npy", feat)
+    rows = [DatasetRow("r", "r.npy", "normal")]
+    per_snippet = np.swapaxes(feat, 0, 1)  # [N, T, D]
+    sultani = FeatureDataset(rows, tmp_path, mode="train", n_segments=8, scheme="sultani").features(0)
+    np.testing.assert_allclose(sultani, resample_segments(per_snippet, 8, scheme="sultani"), rtol=1e-6)
+    assert not np.allclose(sultani, resample_segments(per_snippet, 8, scheme="rtfm"))
+    uniform = FeatureDataset(rows, tmp_path, mode="train", n_segments=10, temporal="uniform").features(0)
+    np.testing.assert_array_equal(uniform, per_snippet[:, uniform_extract_indices(45, 10)])
+    assert FeatureDataset(rows, tmp_path, mode="eval", temporal="uniform").features(0).shape == (2, 45, 3)
+    t = torch.from_numpy(per_snippet)
+    assert torch.equal(temporal_view(t, "uniform", 10), torch.from_numpy(uniform))
+    assert torch.allclose(temporal_view(t, "segments", 8, "sultani"), torch.from_numpy(sultani), atol=1e-6)
+    assert temporal_view(t, "full", 10) is t
+    with pytest.raises(ValueError, match="temporal"):
+        temporal_view(t, "nope", 10)
 
 
 def test_balanced_batch_sampler_deterministic_without_replacement() -> None:

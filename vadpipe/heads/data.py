@@ -214,6 +214,24 @@ def uniform_extract(feat: np.ndarray, length: int) -> np.ndarray:
     return np.take(feat, uniform_extract_indices(int(feat.shape[-2]), length), axis=-2)
 
 
+def temporal_view(feat, temporal: str, length: int, scheme: str = "rtfm"):
+    """What a training bag holds along time (:class:`~vadpipe.heads.base.TrainSampling`):
+    ``feat [..., T, D]`` resampled to ``length`` segments (``"segments"``), at most
+    ``length`` snippets by :func:`uniform_extract_indices` (``"uniform"``), or as it is
+    (``"full"``). Works on numpy arrays and torch tensors (returns the same kind).
+    """
+    if temporal == "segments":
+        return resample_segments(feat, length, scheme)
+    if temporal == "uniform":
+        if isinstance(feat, torch.Tensor):
+            idx = torch.from_numpy(uniform_extract_indices(int(feat.shape[-2]), length)).to(feat.device)
+            return feat.index_select(-2, idx)
+        return uniform_extract(feat, length)
+    if temporal == "full":
+        return feat
+    raise ValueError(f"temporal must be 'segments', 'uniform' or 'full', got {temporal!r}")
+
+
 def pad_bags(bags: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad bags ``[N, T_i, D]`` at the end of time to the longest.
 
@@ -308,10 +326,8 @@ class FeatureDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         feat = load_features(self.rows[index], self.root)
-        if self.mode == "train" and self.temporal == "segments":
-            feat = resample_segments(feat, self.n_segments, self.scheme)
-        elif self.mode == "train" and self.temporal == "uniform":
-            feat = uniform_extract(feat, self.n_segments)
+        if self.mode == "train":
+            feat = temporal_view(feat, self.temporal, self.n_segments, self.scheme)
         if self.l2_normalize:
             feat = l2_normalize_segments(feat)
         if self.transform is not None:

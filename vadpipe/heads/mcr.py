@@ -115,7 +115,7 @@ from torch import nn
 
 from vadpipe.errors import ConfigError
 from vadpipe.heads.base import AnomalyHead, HeadSpec, TrainSampling, get_head, register_head
-from vadpipe.heads.data import pad_bags, resample_segments, uniform_extract_indices
+from vadpipe.heads.data import pad_bags, temporal_view
 
 __all__ = [
     "MCRConfig",
@@ -457,15 +457,7 @@ class MCRHead(AnomalyHead):
         Returns ``normal``, ``abnormal`` and, for a base with masked sampling, its mask kwargs.
         """
         sampling = self.base_spec.sampling(self.base.config)
-
-        def view(v: torch.Tensor) -> torch.Tensor:
-            if sampling.temporal == "segments":
-                return resample_segments(v, sampling.length)
-            if sampling.temporal == "uniform":
-                return v[:, torch.from_numpy(uniform_extract_indices(int(v.shape[1]), sampling.length))]
-            return v
-
-        bags = [view(v) for v in normal + abnormal]
+        bags = [temporal_view(v, sampling.temporal, sampling.length) for v in normal + abnormal]
         if not sampling.masked:
             feats = torch.stack(bags)
             return feats[: len(normal)], feats[len(normal):], {}
