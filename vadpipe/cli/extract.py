@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vadpipe.cli.main import choices_of, fail, main, parse_devices, parse_resize
+from vadpipe.cli.main import choices_of, main, parse_devices, parse_resize
 from vadpipe.errors import VadpipeError
 
 
@@ -106,7 +106,7 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     )
     jobs = discover(list(inputs))
     if not jobs:
-        fail(VadpipeError(f"no videos found in {', '.join(inputs)}"))
+        raise VadpipeError(f"no videos found in {', '.join(inputs)}")
     summary = run_extract(jobs, out, config, force=force, progress=not quiet)
     for path, err in summary.failures:
         click.echo(f"failed: {err}" if path in err else f"failed: {path}: {err}", err=True)

@@ -217,3 +217,15 @@ def test_node_backbones_write_nodes_per_clip(videos: Path, tmp_path: Path) -> No
     assert extract(discover([videos / "a.mp4"]), tmp_path, cfg, progress=False).skipped == 1  # intact on resume
     with pytest.raises(ConfigError, match="use --crops 1"):
         extract(discover([videos / "a.mp4"]), tmp_path, ExtractConfig(**{**cfg.__dict__, "crops": 5}), progress=False)
+
+
+def test_cli_folder_without_videos_is_one_error_line(tmp_path: Path) -> None:
+    """An input with no video in it is a usage error (exit 2, one `error:` line, through the
+    CLI's single error wrapper), and nothing is written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not a video")
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backbone",
+                                    "tiny", "--random-weights", "--device", "cpu", "-q"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().startswith("error: no videos found in") and "Traceback" not in res.output
+    assert not (tmp_path / "out" / "features.csv").exists()
