@@ -36,6 +36,12 @@ class ConfigError(VadpipeError):
     """An option value or combination of options is invalid."""
 
 
+class CheckpointError(ConfigError):
+    """A file given as a head checkpoint is not one vadpipe can load: not a torch file, a
+    pickle a safe load refuses, a state dict without vadpipe's metadata, a checkpoint of a
+    head this version does not know, or one that cannot be resumed."""
+
+
 class FeatureLoadError(VadpipeError):
     """A feature file is missing, unreadable or not in a layout vadpipe understands."""
 

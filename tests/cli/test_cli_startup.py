@@ -33,9 +33,21 @@ def test_choices_are_the_library_constants() -> None:
     """The lazily read choices are exactly the library's values (nothing copied into the CLI)."""
     params = {p.name: p for p in main.commands["extract"].params}
     assert params["decoder"].type.choices == DECODERS
-    assert params["engine"].type.choices == ENGINES
+    assert params["engine"].type.choices == tuple(ENGINES) == ("local", "ray")
     assert params["crop_order"].type.choices == CROP_ORDERS
     assert params["crops"].type.choices == tuple(str(n) for n in N_CROPS)
     assert params["preset_name"].type.choices == tuple(sorted(RECIPES))
     res = CliRunner().invoke(main, ["extract", "x", "--decoder", "nope"])
     assert res.exit_code == 2 and "torchcodec-cuda" in res.output
+
+
+def test_stage_two_choices_come_from_the_library() -> None:
+    from vadpipe.heads.base import refinement_heads
+    from vadpipe.manifests.datasets import LIST_KINDS
+    from vadpipe.pipeline.train.loop import PROTOCOLS
+
+    train = {p.name: p for p in main.commands["train"].params}
+    assert train["refine"].type.choices == tuple(refinement_heads()) == ("mcr",)
+    assert train["protocol"].type.choices == tuple(PROTOCOLS) == ("holdout", "paper")
+    kind = {p.name: p for p in main.commands["manifest"].commands["import"].params}["kind"]
+    assert kind.type.choices == LIST_KINDS

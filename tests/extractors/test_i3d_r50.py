@@ -20,7 +20,7 @@ def _isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return randomize(m.i3d_r50_kinetics400(pretrained=False))
+    return randomize(m.i3d_r50_kinetics400(weights=None))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_pyth_checkpoint_roundtrip(model, small_clip, tmp_path, monkeypatch):
     path = tmp_path / m.CKPT_NAME
     _save_pyth(path, model.state_dict())
 
-    loaded = m.i3d_r50_kinetics400(pretrained=True, checkpoint=path)
+    loaded = m.i3d_r50_kinetics400(checkpoint=path)
     assert loaded.weights_sha256 == sha256_file(path)
     sd = m.load_i3d_r50_state_dict(path)
     assert set(sd) == set(model.state_dict())
@@ -99,7 +99,9 @@ def test_num_batches_tracked_may_be_absent(model, tmp_path):
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "nbt.pyth"
     _save_pyth(path, sd)
-    assert set(m.load_i3d_r50_state_dict(path, model)) == set(sd)
+    checked = m.load_i3d_r50_state_dict(path, model)
+    assert set(checked) == set(model.state_dict()) and set(sd) < set(checked)
+    assert all(int(checked[k]) == 0 for k in set(checked) - set(sd))
 
 
 def test_wrong_keys_and_shapes_fail_clearly(model, tmp_path):
@@ -108,13 +110,13 @@ def test_wrong_keys_and_shapes_fail_clearly(model, tmp_path):
     path = tmp_path / "bad.pyth"
     _save_pyth(path, sd)
     with pytest.raises(WeightsIntegrityError, match=r"missing keys: blocks\.0\.conv\.weight") as e:
-        m.i3d_r50_kinetics400(pretrained=True, checkpoint=path)
+        m.i3d_r50_kinetics400(checkpoint=path)
     assert "unexpected keys: blocks.0.conv.weightX" in str(e.value)
 
     sd = dict(model.state_dict())
     sd["blocks.6.proj.weight"] = torch.zeros(10, 2048)
     _save_pyth(path, sd)
-    with pytest.raises(WeightsIntegrityError, match="bad shape"):
+    with pytest.raises(WeightsIntegrityError, match="shape mismatches"):
         m.load_i3d_r50_state_dict(path, model)
 
     # A Caffe2-converted I3Res50 state dict (Gowtham/RTFM) is refused, not mis-loaded.
@@ -129,7 +131,7 @@ def test_wrong_keys_and_shapes_fail_clearly(model, tmp_path):
 
 def test_missing_weights_raise_with_import_command(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as e:
-        m.i3d_r50_kinetics400(pretrained=True)
+        m.i3d_r50_kinetics400()
     msg = str(e.value)
     assert m.CKPT_NAME in msg
     assert "vadpipe weights import i3d-r50" in msg
@@ -151,7 +153,7 @@ def test_registry_lookup():
     assert spec.weights.file_name == "I3D_8x8_R50.pyth"
     assert "vadpipe weights import i3d-r50" in spec.weights.how_to_get
     with pytest.raises(WeightsNotFoundError):
-        spec.build(True)
+        spec.build(weights=spec.weights)
 
 
 def test_rtfm_preset_matches_gowtham_recipe():

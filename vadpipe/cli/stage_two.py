@@ -14,7 +14,7 @@ def manifest() -> None:
 
 
 @manifest.command("import")
-@click.argument("kind", type=click.Choice(["rtfm-list", "xd-list"]))
+@click.argument("kind", type=choices_of("vadpipe.manifests.datasets", "LIST_KINDS"))
 @click.argument("list_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Dataset CSV to write.")
 @click.option("--dataset", type=choices_of("vadpipe.manifests.datasets", "RTFM_LIST_DATASETS"), default="ucf", show_default=True,
@@ -23,12 +23,11 @@ def manifest() -> None:
               help="Folder holding the feature files (the list's author paths are replaced).")
 def manifest_import(kind, list_file, out, dataset, feature_root) -> None:
     """Import a community feature list (RTFM's ucf-i3d.list, XD-Violence's rgb.list, ...)."""
-    from vadpipe.manifests.datasets import import_rtfm_list, import_xd_list, write_dataset
+    from vadpipe.manifests.atomic import ensure_writable_file
+    from vadpipe.manifests.datasets import import_list, write_dataset
 
-    if kind == "rtfm-list":
-        rows = import_rtfm_list(list_file, dataset=dataset, feature_root=feature_root)
-    else:
-        rows = import_xd_list(list_file, feature_root=feature_root)
+    ensure_writable_file(out)
+    rows = import_list(kind, list_file, dataset=dataset, feature_root=feature_root)
     write_dataset(out, rows)
     n_abn = sum(r.is_anomalous for r in rows)
     click.echo(f"{out}: {len(rows)} videos ({n_abn} anomalous, {len(rows) - n_abn} normal)")
@@ -42,8 +41,10 @@ def manifest_import(kind, list_file, out, dataset, feature_root) -> None:
 @click.option("--split", default="", help="Value of the split column (train, val, test).")
 def manifest_from_features(features_csv, labels, out, split) -> None:
     """Join a features.csv from `vadpipe extract` with video labels."""
+    from vadpipe.manifests.atomic import ensure_writable_file
     from vadpipe.manifests.datasets import from_features_manifest, write_dataset
 
+    ensure_writable_file(out)
     rows = from_features_manifest(features_csv, labels, split=split)
     write_dataset(out, rows)
     click.echo(f"{out}: {len(rows)} videos")
@@ -64,8 +65,10 @@ def features() -> None:
 def features_segments(features_csv, out, n_segments, l2, fmt) -> None:
     """Average each video of a features.csv into N segments as Sultani's
     Save_C3DFeatures_32Segments.m does (round(linspace(1, T, N+1)) bins)."""
+    from vadpipe.manifests.atomic import ensure_writable_dir
     from vadpipe.pipeline.train.segments import segments_for_manifest
 
+    ensure_writable_dir(out)
     written = segments_for_manifest(features_csv, out, n=n_segments, l2=l2, fmt=fmt)
     click.echo(f"{len(written)} videos → {out} ({n_segments} segments, {'L2-normalised' if l2 else 'raw'}, {fmt})")
 
@@ -83,14 +86,14 @@ def features_segments(features_csv, out, n_segments, l2, fmt) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Head setting, e.g. --set lr=1e-4.")
-@click.option("--refine", type=click.Choice(["mcr"]), default=None,
+@click.option("--refine", type=choices_of("vadpipe.heads.base", "refinement_heads", lambda heads: heads()), default=None,
               help="Wrap the head in a score-refinement module (MCR) and train them together.")
 @click.option("--refine-set", "refine_overrides", multiple=True, metavar="KEY=VALUE",
               help="Refinement setting, e.g. --refine-set windows=[1,3,5].")
 @click.option("--preset", "head_preset", default=None, metavar="NAME",
               help="The paper's settings for a dataset, e.g. --head lanet --preset xd (see `vadpipe train --list-presets`); "
                    "--set values apply on top. Implies --protocol paper unless --protocol is given.")
-@click.option("--protocol", type=click.Choice(["holdout", "paper"]), default=None,
+@click.option("--protocol", type=choices_of("vadpipe.pipeline.train.loop", "PROTOCOLS"), default=None,
               help="holdout: validation videos held out of the training split, best.pt chosen on them (default "
                    "for your own data); paper: train on the FULL training split as the papers do, keep the last "
                    "step [default: paper with --preset, else holdout].")
@@ -109,14 +112,17 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
           refine_overrides, head_preset, protocol, resume, cache, backbone, clip_len, test_csv, gt, quiet) -> None:
     """Train an anomaly head; best.pt is chosen on the validation split (--protocol holdout) or is
     the last step on the full training split (--protocol paper)."""
-    from vadpipe.manifests.datasets import dataset_root, read_dataset, split_train_val
+    from vadpipe.manifests.atomic import ensure_writable_dir
+    from vadpipe.manifests.datasets import check_labels, dataset_root, read_dataset, split_train_val
     from vadpipe.pipeline.device import resolve_device
     from vadpipe.pipeline.train import apply as scoring
-    from vadpipe.pipeline.train.loop import TEST_SELECTION_WARNING, TrainConfig
+    from vadpipe.pipeline.train.loop import PROTOCOLS, TEST_SELECTION_WARNING, TrainConfig
     from vadpipe.pipeline.train.loop import train as run_train
 
     protocol = protocol or ("paper" if head_preset else "holdout")
+    ensure_writable_dir(out)
     rows = read_dataset(train_csv)
+    check_labels(rows, f"dataset {train_csv}")
     root = dataset_root(train_csv)
     if protocol == "paper":
         if val_csv:
@@ -145,7 +151,7 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
     config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
                          patience=patience, seed=seed, device=device,
                          selection="test" if test_csv else "val", cache=cache,
-                         train_split="full" if protocol == "paper" else "holdout")
+                         train_split=PROTOCOLS[protocol])
     meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
     result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
                        feature_meta=meta, progress=not quiet)
@@ -202,18 +208,18 @@ def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
 
 
 def _score_command(checkpoint, data, out, device, gt, convention) -> None:
-    from pathlib import Path
-
+    from vadpipe.heads.data import check_dataset_features
+    from vadpipe.manifests.atomic import ensure_writable_dir
     from vadpipe.manifests.datasets import dataset_root, read_dataset
     from vadpipe.pipeline.device import resolve_device
     from vadpipe.pipeline.train import apply as scoring
 
+    out = ensure_writable_dir(out)
     dev = resolve_device(device)
     loaded = scoring.load_head(checkpoint, dev)
     rows = read_dataset(data)
+    check_dataset_features(rows, dataset_root(data), what=f"dataset {data}")
     scores = scoring.score_rows(loaded, rows, dataset_root(data), dev)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     scoring.write_scores_csv(out / "scores.csv", rows, scores)
     click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
     if gt:

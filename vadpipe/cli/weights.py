@@ -20,11 +20,12 @@ def weights_list() -> None:
     """Registered backbones, their weights' provenance and licence, and whether they are installed.
 
     Files in the weights index (imported with `vadpipe weights import`, or converted) are
-    reported from it (sha256 recorded at import); others are looked for by building the backbone.
+    reported from it (sha256 recorded at import); others are looked up and hash-checked
+    where their weights entry says (no model is built).
     """
     from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
     from vadpipe.extractors import get_backbone, list_backbones
-    from vadpipe.extractors.weights import read_weights_index, weights_dir, weights_index_path
+    from vadpipe.extractors.weights import loaded_weights_sha256, read_weights_index, weights_dir, weights_index_path
 
     try:
         index = read_weights_index()
@@ -44,8 +45,7 @@ def weights_list() -> None:
             state = f"MISSING: {path} was imported on {entry.imported_at} but is gone. {spec.weights.how_to_get}"
         else:
             try:
-                model = spec.build(True)
-                state = f"installed (sha256 {(getattr(model, 'weights_sha256', None) or '?')[:12]}…)"
+                state = f"installed (sha256 {loaded_weights_sha256(spec.weights)[:12]}…)"
             except WeightsNotFoundError:
                 state = "MISSING: " + spec.weights.how_to_get
             except WeightsIntegrityError as e:
@@ -55,7 +55,7 @@ def weights_list() -> None:
         click.echo(f"  licence: {spec.weights.license}")
         click.echo(f"  status:  {state}")
     try:
-        index = read_weights_index()  # building may have converted (and recorded) files
+        index = read_weights_index()  # the lookup may have converted (and recorded) files
     except WeightsIntegrityError:
         pass
     click.echo(f"weights index {weights_index_path()}: {len(index)} file(s)")
@@ -92,7 +92,7 @@ def weights_verify(backbone: str | None) -> None:
     if backbone is None:
         click.echo(f"{len(checks)} indexed weight file(s) verified ({weights_index_path()})")
         return
-    model = spec.build(True)
+    model = spec.build(weights=spec.weights)
     click.echo(f"{backbone}: ok, weights sha256 {model.weights_sha256}")
 
 
@@ -124,16 +124,13 @@ def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, 
         raise VadpipeError(f"{name!r} is neither a backbone ({', '.join(list_backbones())}) "
                            f"nor a head ({', '.join(list_heads())})")
     from vadpipe.extractors import get_backbone
-    from vadpipe.extractors.weights import import_weight_file, sha256_file
+    from vadpipe.extractors.weights import import_weights, sha256_file
 
-    info = get_backbone(name).weights
-    if not info.file_name:
-        raise VadpipeError(f"backbone {name!r} has no importable weight file")
-    dst = import_weight_file(info.file_name, file, expected_sha256=info.source_sha256, weights_name=info.name,
-                             source=info.source, license=info.license, backbone=name)
-    click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)}; licence: {info.license})")
+    spec = get_backbone(name)
+    dst = import_weights(spec.weights, file, backbone=name)
+    click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)}; licence: {spec.weights.license})")
     try:  # prove the file loads into the backbone
-        get_backbone(name).build(True)
+        spec.build(weights=spec.weights)
     except VadpipeError as e:
         click.echo(f"warning: {name} does not build yet: {e}", err=True)
         sys.exit(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["BackboneSpec", "WeightsInfo", "get_backbone", "list_backbones"]
+__all__ = ["BACKBONES", "BackboneSpec", "Weights", "get_backbone", "list_backbones"]
 
 
 def __getattr__(name: str) -> Any:

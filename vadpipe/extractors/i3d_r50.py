@@ -43,16 +43,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET, ClipPreset
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.extractors.weights import sha256_file, weights_dir
+from vadpipe.extractors.registry import BackboneSpec, Weights, register_backbone
+from vadpipe.extractors.weights import load_weights, locate_weight_file
+from vadpipe.loading import check_state_dict, read_state_dict
 
 __all__ = [
     "CKPT_ENV",
@@ -64,13 +64,11 @@ __all__ = [
     "I3D_R50_KWARGS",
     "I3D_R50_PRESET",
     "RTFM_UCF_PRESET",
+    "I3D_R50_WEIGHTS",
     "SPEC",
-    "check_state_dict",
     "i3d_r50_kinetics400",
     "load_i3d_r50_state_dict",
     "locate_i3d_r50_checkpoint",
-    "locate_weight_file",
-    "read_torch_state_dict",
 ]
 
 FEATURE_DIM = 2048
@@ -188,99 +186,19 @@ class I3DResNet50(nn.Module):
         return F.linear(self.forward(x).to(proj.weight.dtype), proj.weight, proj.bias)
 
 
-def _reference_keys() -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in I3DResNet50().state_dict().items()}
-
-
-def read_torch_state_dict(
-    path: str | os.PathLike, *, wrappers: tuple[str, ...] = (), what: str
-) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``torch.load(weights_only=True)`` (no code runs), on the CPU.
-
-    ``{wrapper: state_dict, ...}`` for the first of ``wrappers`` present is unwrapped; so is
-    a ``module.`` prefix on every key (a ``DataParallel`` save). ``what`` names the expected
-    format in error messages.
-
-    Raises:
-        WeightsIntegrityError: unreadable file, or not a mapping of names to tensors.
-    """
-    path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsIntegrityError(
-            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    if isinstance(obj, Mapping):
-        for key in wrappers:
-            if key in obj:
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise WeightsIntegrityError(f"{path}: expected {what} mapping parameter names to tensors")
-    sd = dict(obj)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def check_state_dict(
-    sd: Mapping[str, torch.Tensor],
-    expected: Mapping[str, tuple[int, ...]],
-    *,
-    problem: str,
-) -> None:
-    """Strict key and shape check of ``sd`` against ``expected`` (name -> shape).
-
-    BatchNorm ``num_batches_tracked`` counters may be absent (they do not affect
-    inference). ``problem`` starts the error message (e.g. ``"<path> is not a ... file"``).
-
-    Raises:
-        WeightsIntegrityError: listing missing keys, unexpected keys and shape mismatches
-            (the first five of each and their count).
-    """
-    missing = sorted(
-        k for k in expected if k not in sd and not k.endswith("num_batches_tracked")
-    )
-    unexpected = sorted(k for k in sd if k not in expected)
-    bad_shape = sorted(
-        f"{k}: {tuple(sd[k].shape)} != {expected[k]}"
-        for k in sd
-        if k in expected and tuple(sd[k].shape) != tuple(expected[k])
-    )
-    if missing or unexpected or bad_shape:
-        parts = []
-        groups = (("missing", missing), ("unexpected", unexpected), ("bad shape", bad_shape))
-        for what, items in groups:
-            if items:
-                more = f", ... ({len(items)} in all)" if len(items) > 5 else ""
-                shown = ", ".join(items[:5]) + more
-                parts.append(f"{what} keys: {shown}")
-        raise WeightsIntegrityError(f"{problem}: " + "; ".join(parts))
-
-
-def locate_weight_file(file_name: str, env: str, how_to_get: str, what: str) -> Path:
-    """``$<env>`` if set, else ``weights_dir() / file_name`` (where ``vadpipe weights import``
-    puts it).
-
-    Raises:
-        WeightsNotFoundError: the file does not exist; the message names the file, where it
-            was looked for and ``how_to_get``.
-    """
-    value = os.environ.get(env)
-    if value:
-        p = Path(value).expanduser()
-        if p.is_file():
-            return p
-        raise WeightsNotFoundError(f"${env} points at {p}, which does not exist; {how_to_get}")
-    p = weights_dir() / file_name
-    if p.is_file():
-        return p
-    raise WeightsNotFoundError(
-        f"{what} weights {file_name} not found (looked for {p} and ${env}); {how_to_get}"
-    )
+#: The pytorchvideo model-zoo I3D 8x8 R50 Kinetics-400 weights (the ``i3d-r50`` backbone's entry).
+I3D_R50_WEIGHTS = Weights(
+    name="i3d-r50-kinetics-400",
+    source=f"pytorchvideo model zoo (pytorchvideo.models.hub.resnet.i3d_r50): {CKPT_URL}",
+    license="Apache-2.0 (pytorchvideo model zoo)",
+    how_to_get=HOW_TO_GET,
+    file_name=CKPT_NAME,
+    env=CKPT_ENV,
+    preset=I3D_R50_PRESET,
+    feature_dim=FEATURE_DIM,
+    meta={"training_data": "Kinetics-400", "classes": NUM_CLASSES, "frames": "8x8",
+          "format": "pytorchvideo .pyth {'model_state': state_dict}"},
+)
 
 
 def load_i3d_r50_state_dict(
@@ -289,33 +207,23 @@ def load_i3d_r50_state_dict(
     """Read a pytorchvideo ``.pyth`` checkpoint and check it against the architecture.
 
     Accepts ``{"model_state": state_dict, ...}`` (the published format) or a bare state
-    dict. Returns the state dict (``num_batches_tracked`` may be absent).
+    dict. Returns the state dict to load strictly.
 
     Raises:
         WeightsIntegrityError: unreadable file, no state dict, missing/unexpected keys
             (listed), or shape mismatches.
     """
     path = Path(path)
-    sd = read_torch_state_dict(
-        path,
-        wrappers=("model_state",),
-        what="a pytorchvideo checkpoint {'model_state': state_dict}",
-    )
-    expected = (
-        {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if model is not None
-        else _reference_keys()
-    )
-    check_state_dict(
+    sd = read_state_dict(path, what=f"pytorchvideo checkpoint {{'model_state': state_dict}} ({CKPT_NAME})")
+    return check_state_dict(
         sd,
-        expected,
+        model if model is not None else I3DResNet50(),
         problem=(
             f"{path} is not a pytorchvideo I3D 8x8 R50 checkpoint ({CKPT_NAME} format; the "
             "Caffe2-converted i3d_r50_kinetics.pth is not supported here: import it for "
             "--backbone i3d-r50-caffe2)"
         ),
     )
-    return sd
 
 
 def locate_i3d_r50_checkpoint() -> Path:
@@ -324,62 +232,25 @@ def locate_i3d_r50_checkpoint() -> Path:
     Raises:
         WeightsNotFoundError: the file does not exist (message says how to get it).
     """
-    return locate_weight_file(CKPT_NAME, CKPT_ENV, HOW_TO_GET, "I3D-ResNet-50")
+    return locate_weight_file(I3D_R50_WEIGHTS)
 
 
 def i3d_r50_kinetics400(
-    pretrained: bool = True, checkpoint: str | os.PathLike | None = None
+    *, weights: Weights | None = I3D_R50_WEIGHTS, checkpoint: str | os.PathLike | None = None
 ) -> I3DResNet50:
     """I3D-R50 feature extractor in eval mode.
 
-    ``pretrained=True`` loads ``checkpoint`` (default: :func:`locate_i3d_r50_checkpoint`)
-    and sets ``weights_sha256``; it raises rather than returning random weights.
-    ``pretrained=False``: random init, ``weights_sha256 = None``.
+    With ``weights``, loads ``checkpoint`` (default: the entry's file,
+    :func:`~vadpipe.extractors.weights.locate_weight_file`) strictly and sets
+    ``weights_sha256``; it raises rather than returning random weights.
+    ``weights=None``: random init, ``weights_sha256 = None``.
     """
     model = I3DResNet50()
-    if pretrained:
-        load_pretrained(model, checkpoint, locate_i3d_r50_checkpoint, load_i3d_r50_state_dict, HOW_TO_GET)
+    if weights is not None:
+        load_weights(model, weights, checkpoint, read=load_i3d_r50_state_dict)
     return model.eval()
 
 
-def load_pretrained(
-    model: nn.Module,
-    checkpoint: str | os.PathLike | None,
-    locate: Callable[[], Path],
-    read_state_dict: Callable[[Path, nn.Module], dict],
-    how_to_get: str,
-) -> nn.Module:
-    """Load a published weight file into ``model`` and set ``model.weights_sha256``.
-
-    ``checkpoint`` defaults to ``locate()``; ``read_state_dict(path, model)`` returns the
-    state dict with its keys and shapes already checked against ``model``.
-
-    Raises:
-        WeightsNotFoundError: the file does not exist (``how_to_get`` says how to get it).
-    """
-    path = Path(checkpoint) if checkpoint is not None else locate()
-    if not path.is_file():
-        raise WeightsNotFoundError(f"{path} does not exist; {how_to_get}")
-    model.load_state_dict(read_state_dict(path, model), strict=False)  # keys checked by read_state_dict
-    model.weights_sha256 = sha256_file(path)
-    return model
-
-
 SPEC = register_backbone(
-    BackboneSpec(
-        name="i3d-r50",
-        feature_dim=FEATURE_DIM,
-        clip_len=16,
-        preset=I3D_R50_PRESET,
-        weights=WeightsInfo(
-            name="i3d-r50-kinetics-400",
-            source=f"pytorchvideo model zoo (pytorchvideo.models.hub.resnet.i3d_r50): {CKPT_URL}",
-            license="Apache-2.0 (pytorchvideo model zoo)",
-            source_sha256=None,
-            how_to_get=HOW_TO_GET,
-            file_name=CKPT_NAME,
-        ),
-        build=lambda pretrained: i3d_r50_kinetics400(pretrained),
-        file_suffix="i3d",
-    )
+    BackboneSpec(name="i3d-r50", clip_len=16, weights=I3D_R50_WEIGHTS, build=i3d_r50_kinetics400, file_suffix="i3d")
 )

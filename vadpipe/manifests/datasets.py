@@ -219,6 +219,30 @@ def write_dataset(path: str | os.PathLike, rows: Iterable[DatasetRow]) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
+def check_labels(rows: Iterable[DatasetRow], what: str = "training set", *, both_classes: bool = True) -> None:
+    """Refuse a set of videos that weakly-supervised training (or validation) cannot use.
+
+    Args:
+        rows: the set's rows.
+        what: how messages name the set (``"training set"``, ``"data.csv"``).
+        both_classes: also require normal and anomalous videos (training, validation).
+
+    Raises:
+        ManifestError: no rows (e.g. a CSV with only its header), or only one label.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ManifestError(f"the {what} has no videos (a dataset CSV with only its header?); "
+                            "list videos with `vadpipe manifest from-features` or `vadpipe manifest import`")
+    if both_classes:
+        labels = {r.label for r in rows}
+        if len(labels) == 1:
+            (label,), other = labels, next(x for x in LABELS if x not in labels)
+            shown = ", ".join(r.video for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+            raise ManifestError(f"the {what} has only {label} videos ({len(rows)}: {shown}); weakly-supervised "
+                                f"training needs normal and anomalous ones: label some videos {other!r}")
+
+
 def dataset_root(path: str | os.PathLike) -> Path:
     """The folder relative ``feature_path`` values of the dataset CSV ``path`` refer to."""
     return Path(path).resolve().parent
@@ -568,3 +592,22 @@ def split_train_val(
     train = [replace(r, split="train") for i, r in enumerate(rows) if i not in val_ids]
     val = [replace(r, split="val") for i, r in enumerate(rows) if i in val_ids]
     return train, val
+
+
+#: Community list formats ``vadpipe manifest import KIND`` reads.
+LIST_KINDS = ("rtfm-list", "xd-list")
+
+
+def import_list(kind: str, list_path: str | os.PathLike, *, dataset: str = "ucf",
+                feature_root: str | os.PathLike | None = None) -> list[DatasetRow]:
+    """Rows of a community list of kind ``kind`` (:data:`LIST_KINDS`): :func:`import_rtfm_list`
+    (``dataset`` picks its labelling rule) or :func:`import_xd_list`.
+
+    Raises:
+        ManifestError: an unknown kind (naming the known ones), or a malformed list.
+    """
+    if kind == "rtfm-list":
+        return import_rtfm_list(list_path, dataset=dataset, feature_root=feature_root)
+    if kind == "xd-list":
+        return import_xd_list(list_path, feature_root=feature_root)
+    raise ManifestError(f"unknown list kind {kind!r}; known: {', '.join(LIST_KINDS)}")

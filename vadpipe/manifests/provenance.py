@@ -9,7 +9,6 @@ video, and refuses to guess when it cannot.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,20 +16,22 @@ from typing import Any, Iterable
 
 from vadpipe.errors import ConfigError, ManifestError
 from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
+from vadpipe.manifests.runs import RUN_RECORD_GLOB, RunRecord
 
 log = logging.getLogger(__name__)
 
 
-def run_records(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def run_records(folder: str | os.PathLike) -> dict[str, RunRecord]:
     """``{config_hash: run record}`` of the ``extract-*.json`` files in ``folder`` (the
     latest run of each hash wins; unreadable records are skipped with a log line)."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(folder).glob("extract-*.json")):  # names sort by time
+    out: dict[str, RunRecord] = {}
+    for path in sorted(Path(folder).glob(RUN_RECORD_GLOB)):  # names sort by time
         try:
-            record = json.loads(path.read_text())
-            out[str(record["config_hash"])] = record
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable run record %s: %s", path, e)
+            record = RunRecord.read(path)
+        except ManifestError as e:
+            log.warning("ignoring %s", e)
+            continue
+        out[record.config_hash] = record
     return out
 
 
@@ -49,8 +50,8 @@ def extraction_of(feature_files: Iterable[str | os.PathLike]) -> dict[str, Any] 
         ConfigError: the files come from extractions with different settings (a head
             trained on such a mix has no single recipe to score new videos with).
     """
-    manifests: dict[Path, dict[str, Any]] = {}
-    found: dict[str, dict[str, Any]] = {}
+    manifests: dict[Path, dict[str, Any] | None] = {}
+    found: dict[str, RunRecord] = {}
     for f in feature_files:
         path = Path(f).resolve()
         hit = None
@@ -78,8 +79,8 @@ def extraction_of(feature_files: Iterable[str | os.PathLike]) -> dict[str, Any] 
             f"(config hashes {', '.join(sorted(found))}); train on features of one recipe"
         )
     (config_hash, record), = found.items()
-    return {"config": record["config"], "config_hash": config_hash,
-            "weights_sha256": record.get("weights_sha256", ""), "backbone": record["config"]["backbone"]}
+    return {"config": record.config, "config_hash": config_hash, "weights_sha256": record.weights_sha256,
+            "backbone": record.backbone}
 
 
 def _load_folder(folder: Path) -> dict[str, Any] | None:

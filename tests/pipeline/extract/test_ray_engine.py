@@ -231,11 +231,11 @@ def test_workers_that_cannot_build_the_backbone_stop_the_run(crash_file: Path, v
                                                              monkeypatch) -> None:
     from vadpipe.extractors import registry
 
-    def build(pretrained: bool) -> tiny.TinyBackbone:
+    def build(*, weights: object) -> tiny.TinyBackbone:
         return tiny.TinyBackbone()
 
     build.__module__ = "tests.not_on_the_workers"  # registered here only: workers cannot import it
-    monkeypatch.setitem(registry._REGISTRY, "tiny-here", replace(tiny.SPEC, name="tiny-here", build=build))
+    monkeypatch.setitem(registry.BACKBONES._entries, "tiny-here", replace(tiny.SPEC, name="tiny-here", build=build))
     with pytest.raises(ConfigError, match="must be importable on every node"):
         extract(discover([videos / "a.mp4"]), tmp_path, replace(RAY_CFG, backbone="tiny-here"), progress=False)
     (row,) = read_manifest(tmp_path / "features.csv")

@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.helpers import media
 from tests.helpers.tiny_heads import cli as _cli
 from tests.helpers.tiny_heads import train_tiny_sultani
 from vadpipe.errors import WeightsNotFoundError
+from vadpipe.pipeline.score import batch, bench, stream
 from vadpipe.pipeline.score.bench import bench_checkpoint, run_score_bench
 from vadpipe.pipeline.train.loop import load_checkpoint
 
@@ -36,13 +39,65 @@ def test_cold_start_and_throughput_on_the_tiny_backbone(tiny_head: Path, monkeyp
     assert "cold start: first clip score" in text and "per minute of video" in text
 
 
-def test_precision_is_set_in_a_copy_of_the_checkpoint(tiny_head: Path, tmp_path: Path) -> None:
-    with bench_checkpoint(tiny_head, "bf16", tmp_path) as path:
-        assert path != tiny_head
-        assert load_checkpoint(path)["feature_spec"]["extract"]["config"]["precision"] == "bf16"
+def test_precision_is_set_in_memory_and_the_checkpoint_is_read_once(tiny_head: Path, monkeypatch) -> None:
+    """`--precision` changes the loaded head's recipe, never a file: the checkpoint keeps its
+    bytes, nothing is saved, the file is read once for the whole bench, and stage one runs
+    at the new precision (so does the cold-start process, told with --recipe-precision)."""
+    before = tiny_head.read_bytes()
+    loads: list[Path] = []
+    saves: list[object] = []
+    precisions: list[str] = []
+    cold_starts: list[dict] = []
+    real_load, real_save, real_extract = torch.load, torch.save, batch.extract
+
+    def load(f, *args, **kwargs):
+        loads.append(Path(f))
+        return real_load(f, *args, **kwargs)
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    def extract(jobs, out_dir, config, **kwargs):
+        precisions.append(config.precision)
+        return real_extract(jobs, out_dir, config, **kwargs)
+
+    def cold_start(*args, **kwargs) -> bench.ColdStart:
+        cold_starts.append(kwargs)
+        return bench.ColdStart(ready_s=1.0, first_score_s=1.0, first_line="clip     0")
+
+    monkeypatch.setattr(torch, "load", load)
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(batch, "extract", extract)
+    monkeypatch.setattr(bench, "measure_cold_start", cold_start)
+    lines: list[str] = []
+    result = run_score_bench(head=tiny_head, seconds=1, device="cpu", runs=2, precision="bf16", random_weights=True,
+                             echo=lines.append)
+    assert len(result.runs) == 2 and precisions == ["bf16", "bf16"]
+    assert "precision bf16" in "\n".join(lines) and cold_starts[0]["precision"] == "bf16"
+    assert loads == [tiny_head] and saves == []
+    assert tiny_head.read_bytes() == before
     assert load_checkpoint(tiny_head)["feature_spec"]["extract"]["config"]["precision"] == "fp32"
-    with bench_checkpoint(tiny_head, None, tmp_path) as path:
+    with bench_checkpoint(tiny_head) as path:
         assert path == tiny_head
+
+
+def test_the_cold_start_process_takes_the_precision(tiny_head: Path, tmp_path: Path, monkeypatch) -> None:
+    """`score --recipe-precision` (hidden, for the bench): stage one of that run uses it."""
+    configs = []
+    real_model = stream.FeatureModel
+
+    def model(spec, config, device):
+        configs.append(config)
+        return real_model(spec, config, device)
+
+    monkeypatch.setattr(stream, "FeatureModel", model)
+    video = tmp_path / "v.mp4"
+    media.make_video(video, n_frames=32, fps=25, seed=1)
+    res = _cli(["score", "--stream", video, "--head", tiny_head, "-o", tmp_path / "o", "--device", "cpu",
+                "--random-weights", "--recipe-precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    assert [c.precision for c in configs] == ["bf16"]
 
 
 def test_bench_score_cli(tiny_head: Path, monkeypatch) -> None:
@@ -54,12 +109,13 @@ def test_bench_score_cli(tiny_head: Path, monkeypatch) -> None:
     assert res.exit_code == 2 and "unknown stage" in res.output
 
 
+@pytest.mark.slow
 def test_bench_score_with_the_bundled_demo_head(tmp_path: Path) -> None:
     """The default head: the real Kinetics-400 I3D, 1 crop (skipped without its weights)."""
     from vadpipe.extractors.i3d import i3d_kinetics400
 
     try:
-        i3d_kinetics400(pretrained=True)
+        i3d_kinetics400()
     except WeightsNotFoundError as e:
         pytest.skip(f"Kinetics-400 I3D weights not installed: {e}")
     lines: list[str] = []

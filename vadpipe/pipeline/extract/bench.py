@@ -7,10 +7,21 @@ Timing lives here, never in pass/fail tests. Each stage is measured on its own:
 * model: clips/s of crop + normalise + backbone on resized clips already in (pinned)
   memory (all crops of a clip count as one clip), after warm-up, synchronised;
 * end to end: clips/s of ``vadpipe extract`` on the video (workers, batching, writing).
+
+Every stage's line also gives the peak resident memory (RSS) of this process during that
+stage, everything it holds included (Linux: the peak is reset before each stage through
+``/proc/self/clear_refs``;
+elsewhere it is the process's peak so far), and for the end-to-end stage with decoding
+workers the largest peak of a child process (the workers; a forked child counts the pages
+it shares with this process). Extraction keeps memory bounded whatever a video's
+length, so the end-to-end peak of a long video stays within a constant of a short one's
+(``tests/pipeline/extract/test_memory.py`` checks that).
 """
 
 from __future__ import annotations
 
+import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +33,33 @@ import torch
 from vadpipe.errors import VideoDecodeError
 from vadpipe.pipeline.benchmark import StageResult, make_synthetic_video, repeat_until
 from vadpipe.pipeline.extract.config import ExtractConfig
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux ``/proc/self/clear_refs``);
+    ``False`` where the system cannot (the peak then counts from the process start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    """Peak resident memory in MiB: this process's since its start or the last
+    :func:`reset_peak_rss` (``VmHWM``, else ``ru_maxrss``); with ``children``, the largest
+    peak of the child processes waited for so far (e.g. decoding workers)."""
+    if not children:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
 
 
 def bench_decode(video: str, backend: str) -> StageResult:
@@ -122,24 +160,48 @@ def run_extract_bench(video: str | None, config: ExtractConfig, *, seconds: floa
             echo(f"video: {video}")
         echo(f"device: {config.device}, precision {config.precision}, crops {config.crops}, "
              f"batch {config.batch_clips} clips, workers {config.workers}, torch threads {torch.get_num_threads()}")
+        per_stage = reset_peak_rss()
+        if not per_stage:
+            echo("peak RSS: this system cannot reset it per stage; each value is the process's peak so far")
+
+        def line(result: StageResult) -> str:
+            text = f"{result.line()}   peak RSS {peak_rss_mib():.0f} MiB"
+            if result.stage == "end to end" and config.workers:
+                text += f" (largest child process, e.g. a worker: {peak_rss_mib(children=True):.0f} MiB)"
+            return text
+
         for stage in stages:
             if stage == "decode":
-                for backend in ("decord", "pyav"):
+                for backend in _decode_backends():
+                    reset_peak_rss()
                     try:
                         results.append(bench_decode(video, backend))
                     except VideoDecodeError as e:
                         echo(f"decode ({backend}) failed: {e}")
                         continue
-                    echo(results[-1].line())
+                    echo(line(results[-1]))
                 continue
+            reset_peak_rss()
             if stage == "preprocess":
                 results.append(bench_preprocess(video, config))
             elif stage == "model":
                 results.append(bench_model(config, iters=model_iters))
             elif stage == "e2e":
                 results.append(bench_end_to_end(video, config))
-            echo(results[-1].line())
+            echo(line(results[-1]))
     return results
+
+
+def _decode_backends() -> tuple[str, ...]:
+    """decord and PyAV, and torchcodec's CPU decoder where it can run here."""
+    from vadpipe.errors import ConfigError
+    from vadpipe.pipeline.extract.decode import check_backend
+
+    try:
+        check_backend("torchcodec")
+    except ConfigError:
+        return ("decord", "pyav")
+    return ("decord", "pyav", "torchcodec")
 
 
 # ----------------------------------------------------------------------------- multi-device scaling

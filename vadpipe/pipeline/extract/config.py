@@ -1,4 +1,15 @@
-"""The configuration of a stage-one extraction run, serialised beside its outputs."""
+"""The configuration of a stage-one extraction run, serialised beside its outputs.
+
+:class:`ExtractConfig` is flat on the command line and on disk (``extract-<time>.json``), and
+falls into three typed parts, each field in exactly one:
+
+* :class:`FeatureSettings` (:attr:`ExtractConfig.features`): what the numbers in the feature
+  files depend on; with the weights' sha256 it makes the ``config_hash`` that decides
+  whether an earlier output can be kept;
+* :class:`RunOptions` (:attr:`ExtractConfig.run`): speed and placement on one machine;
+* :class:`EngineOptions` (:attr:`ExtractConfig.engine_options`): how the run is spread over
+  processes, devices and machines.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +18,55 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from vadpipe.errors import ConfigError
-from vadpipe.extractors.presets import ClipPreset
+from vadpipe.extractors.presets import N_CROPS, ClipPreset
 from vadpipe.manifests.features import LAYOUTS
 from vadpipe.pipeline.extract.clips import ClipSpec
 
+__all__ = ["PRECISIONS", "EngineOptions", "ExtractConfig", "FeatureSettings", "RunOptions"]
+
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-CROP_COUNTS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The settings that change the numbers in the feature files (hashed with the weights).
+
+    ``random_weights`` is not here: it changes the weights, whose tag (``"random"``) takes the
+    place of the sha256 in the hash.
+    """
+
+    backbone: str
+    clip: ClipSpec
+    preset: ClipPreset | None
+    crops: int
+    fps: float | None
+    layout: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Speed and placement on one machine: changing them keeps earlier outputs valid."""
+
+    device: str
+    batch_clips: int
+    workers: int
+    decoder: str
+    channels_last: bool
+    random_weights: bool
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the run is spread over processes, devices and machines."""
+
+    devices: tuple[str, ...]
+    engine: str
+    ray_address: str | None
+
+
+def _part(config: "ExtractConfig", cls: type) -> object:
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -60,8 +114,8 @@ class ExtractConfig:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.crops not in CROP_COUNTS:
-            raise ConfigError(f"crops must be one of {CROP_COUNTS}, got {self.crops}")
+        if self.crops not in N_CROPS:
+            raise ConfigError(f"crops must be one of {N_CROPS}, got {self.crops}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.precision not in PRECISIONS:
@@ -73,6 +127,21 @@ class ExtractConfig:
         if self.fps is not None and self.fps <= 0:
             raise ConfigError(f"fps must be positive, got {self.fps}")
 
+    @property
+    def features(self) -> FeatureSettings:
+        """The settings the feature values depend on."""
+        return _part(self, FeatureSettings)  # type: ignore[return-value]
+
+    @property
+    def run(self) -> RunOptions:
+        """Speed and placement options."""
+        return _part(self, RunOptions)  # type: ignore[return-value]
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """Engine options."""
+        return _part(self, EngineOptions)  # type: ignore[return-value]
+
     def with_preset(self, preset: ClipPreset) -> "ExtractConfig":
         """This config with ``preset`` filled in (the backbone's default when unset)."""
         return self if self.preset is not None else replace(self, preset=preset)
@@ -80,19 +149,10 @@ class ExtractConfig:
     def feature_hash(self, weights_sha256: str) -> str:
         """Short hash of the settings that change the numbers in the feature files.
 
-        Speed-only settings (device, batch size, workers, decoder, memory format) are
-        left out: changing them does not invalidate earlier outputs.
+        :attr:`features` and the weights' sha256: run and engine options are left out, so
+        changing them does not invalidate earlier outputs.
         """
-        shaping = {
-            "backbone": self.backbone,
-            "weights": weights_sha256,
-            "clip": asdict(self.clip),
-            "preset": asdict(self.preset) if self.preset else None,
-            "crops": self.crops,
-            "fps": self.fps,
-            "layout": self.layout,
-            "precision": self.precision,
-        }
+        shaping = {"weights": weights_sha256, **asdict(self.features)}
         blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -14,26 +14,24 @@ settings and whose files are intact, unless ``force`` is set.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from vadpipe import __version__
 from vadpipe.errors import ConfigError
 from vadpipe.extractors.registry import get_backbone
-from vadpipe.manifests.atomic import atomic_write_text
+from vadpipe.extractors.weights import loaded_weights_sha256
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
+from vadpipe.manifests.runs import RunRecord, new_run_path, utc_now
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.decode import check_backend
 from vadpipe.pipeline.extract.engines import is_distributed, run_engine
-from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.extract.model import RANDOM_WEIGHTS_TAG, FeatureModel
 from vadpipe.pipeline.extract.sources import VideoJob
-from vadpipe.pipeline.extract.writer import ExtractSummary, RunContext, is_intact, remove_leftovers
+from vadpipe.pipeline.extract.writer import ExtractSummary, OnVideo, RunContext, is_intact, remove_leftovers
 
 __all__ = ["extract"]
 
@@ -45,6 +43,7 @@ def extract(
     *,
     force: bool = False,
     progress: bool = True,
+    on_video: OnVideo | None = None,
 ) -> ExtractSummary:
     """Extract features of ``jobs`` into ``out_dir`` and record them in ``features.csv``.
 
@@ -58,6 +57,10 @@ def extract(
             :func:`vadpipe.pipeline.extract.engines.run_engine`.
         force: recompute videos that an earlier run already finished.
         progress: show a progress bar on stderr.
+        on_video: ``on_video(row, features)`` for every video this run finishes, once its row
+            is in ``features.csv``; ``features`` is the array just written (``None`` for a
+            failed video, or one a multi-device worker wrote). See
+            :class:`~vadpipe.pipeline.extract.writer.RunContext`.
 
     Returns:
         An :class:`ExtractSummary`; its ``exit_code`` is 1 when any video failed.
@@ -67,8 +70,9 @@ def extract(
         ConfigError: invalid settings or device.
     """
     t0 = time.time()
-    root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    from vadpipe.manifests.atomic import ensure_writable_dir  # before any work: a clear error, not a traceback
+
+    root = ensure_writable_dir(out_dir)
     spec = get_backbone(config.backbone)
     if spec.nodes > 1 and config.crops != 1:
         raise ConfigError(f"backbone {spec.name!r} yields {spec.nodes} patch nodes per clip from one view; use --crops 1")
@@ -76,15 +80,15 @@ def extract(
     if config.engine == "local":  # Ray decodes on the cluster's nodes, which may differ from this one
         check_backend(config.decoder)
     config = config.with_preset(spec.preset)
-    # Distributed engines build their models in their workers; the driver only needs the
-    # weights' sha256 (for the config hash), which a CPU build gives without a GPU.
-    device = torch.device("cpu") if distributed else resolve_device(config.device)
-    model = FeatureModel(spec, config, device)
+    # Distributed engines build their models in their workers, which check that they loaded
+    # the file whose sha256 the run records; the driver reads it from the weights entry.
     if distributed:
-        weights_sha256 = model.weights_sha256
-        del model
         model = None
+        weights_sha256 = RANDOM_WEIGHTS_TAG if config.random_weights else loaded_weights_sha256(spec.weights)
+        device = None
     else:
+        device = resolve_device(config.device)
+        model = FeatureModel(spec, config, device)
         weights_sha256 = model.weights_sha256
     config_hash = config.feature_hash(weights_sha256)
     manifest = root / MANIFEST_NAME
@@ -105,25 +109,18 @@ def extract(
         rows[job.path] = FeatureRow(video=job.path, backbone=spec.name, status="skipped",
                                     error="not processed yet (run interrupted)")
 
-    run_record = {
-        "vadpipe_version": __version__,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "config_hash": config_hash,
-        "weights_sha256": weights_sha256,
-        "weights": {"name": spec.weights.name, "source": spec.weights.source, "license": spec.weights.license},
-        "device": str(device) if model is not None else ",".join(config.devices) or config.device,
-        "engine": config.engine,
-        "torch": torch.__version__,
-        "inputs": len(jobs),
-        "to_process": len(todo),
-    }
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    run_file = root / f"extract-{stamp}.json"
-    atomic_write_text(run_file, json.dumps(run_record, indent=2))
+    run_record = RunRecord(
+        vadpipe_version=__version__, started=utc_now(), config=config.to_dict(), config_hash=config_hash,
+        weights_sha256=weights_sha256,
+        weights={"name": spec.weights.name, "source": spec.weights.source, "license": spec.weights.license},
+        device=str(device) if model is not None else ",".join(config.devices) or config.device,
+        engine=config.engine, torch=torch.__version__, inputs=len(jobs), to_process=len(todo),
+    )
+    run_file = new_run_path(root)
+    run_record.write(run_file)
 
     ctx = RunContext(root=root, config=config, spec=spec, config_hash=config_hash, weights_sha256=weights_sha256,
-                     rows=rows, manifest=manifest, summary=summary)
+                     rows=rows, manifest=manifest, summary=summary, on_video=on_video)
     if todo:
         ctx.write()
         try:
@@ -131,10 +128,7 @@ def extract(
         finally:
             ctx.write()
     summary.seconds = time.time() - t0
-    run_record.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      ok=summary.ok, failed=summary.failed, skipped=summary.skipped,
-                      clips=summary.clips, seconds=round(summary.seconds, 3))
-    if summary.per_device:
-        run_record["per_device"] = summary.per_device
-    atomic_write_text(run_file, json.dumps(run_record, indent=2))
+    run_record.finish(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, clips=summary.clips,
+                      seconds=summary.seconds, per_device=summary.per_device)
+    run_record.write(run_file)
     return summary

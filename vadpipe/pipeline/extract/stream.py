@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vadpipe.errors import VadpipeError, VideoTooShortError
-from vadpipe.pipeline.extract.clips import iter_clips
+from vadpipe.pipeline.extract.clips import count_clips, iter_clips
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.decode import open_video
 from vadpipe.pipeline.extract.sources import VideoJob
@@ -36,11 +36,16 @@ class ClipBatch:
         job: index of the video in the run's list of jobs.
         start: index of the first clip in the video.
         data: ``[n, 3, T, h, w]`` uint8 (a tensor; the Ray engine ships it as a NumPy array).
+        n_clips_hint: the clips the whole video is expected to give (from the container's
+            frame count; ``0``: unknown), for the consumer to size the video's feature
+            array once (:class:`~vadpipe.pipeline.extract.model.FeatureBuffer`). An
+            estimate: a decoder may deliver fewer frames.
     """
 
     job: int
     start: int
     data: torch.Tensor
+    n_clips_hint: int = 0
 
 
 @dataclass
@@ -95,17 +100,18 @@ class ClipStream(IterableDataset):
         try:
             with open_video(job.path, backend=cfg.decoder, fps=cfg.fps) as reader:
                 done.fps = float(reader.info.fps)
+                hint = count_clips(reader.expected_frames, cfg.clip)
                 pending: list[np.ndarray] = []
                 start = 0
                 for clip in iter_clips(reader.iter_chunks(), cfg.clip):
                     pending.append(clip)
                     if len(pending) == cfg.batch_clips:
-                        yield self._batch(index, start, pending)
+                        yield self._batch(index, start, pending, hint)
                         done.n_batches += 1
                         start += len(pending)
                         pending = []
                 if pending:
-                    yield self._batch(index, start, pending)
+                    yield self._batch(index, start, pending, hint)
                     done.n_batches += 1
                     start += len(pending)
                 done.n_frames = reader.frames_read
@@ -124,9 +130,10 @@ class ClipStream(IterableDataset):
             done.error = f"unexpected {type(e).__name__}: {e} (please report this)"
         yield done
 
-    def _batch(self, index: int, start: int, clips: list[np.ndarray]) -> ClipBatch:
+    def _batch(self, index: int, start: int, clips: list[np.ndarray], hint: int = 0) -> ClipBatch:
         frames = torch.from_numpy(np.stack(clips))  # [n, T, H, W, 3]
-        return ClipBatch(job=index, start=start, data=resize_clips(frames, self.config.preset))  # [n, 3, T, h, w]
+        return ClipBatch(job=index, start=start, data=resize_clips(frames, self.config.preset),  # [n, 3, T, h, w]
+                         n_clips_hint=hint)
 
 
 def worker_init(_: int) -> None:

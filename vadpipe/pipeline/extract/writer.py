@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,8 +25,11 @@ from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import VideoDone
 
-__all__ = ["ExtractSummary", "RunContext", "WriteContext", "finish_video", "output_path", "is_intact",
-           "remove_leftovers", "backbone_by_name"]
+#: ``on_video(row, features)``: see :class:`RunContext`.
+OnVideo = Callable[[FeatureRow, "np.ndarray | None"], None]
+
+__all__ = ["ExtractSummary", "OnVideo", "RunContext", "WriteContext", "finish_video", "output_path",
+           "is_intact", "remove_leftovers", "backbone_by_name", "video_array"]
 
 
 @dataclass
@@ -95,6 +99,13 @@ class RunContext:
     Only the process that owns the context writes ``features.csv``: engines send each
     finished video's row to :meth:`record` (in the driver), so rows are never lost or
     duplicated however many workers produce them.
+
+    ``on_video(row, features)``, when set, is called by :meth:`record` once the row is in
+    ``features.csv``: ``features`` is the float32 ``[n_clips, crops, D]`` array just written
+    when the video was finished in this process (local and Ray engines), ``None`` for a
+    failed video or one a worker process wrote (multi-device engine), whose file is then
+    the copy to read. This is how ``vadpipe score`` scores what stage one wrote without
+    reading it back.
     """
 
     root: Path
@@ -105,9 +116,11 @@ class RunContext:
     rows: dict[str, FeatureRow]
     manifest: Path
     summary: ExtractSummary
+    on_video: OnVideo | None = None
 
-    def record(self, row: FeatureRow) -> None:
-        """Store ``row`` (keyed by its video), count it, and rewrite the manifest atomically."""
+    def record(self, row: FeatureRow, features: np.ndarray | None = None) -> None:
+        """Store ``row`` (keyed by its video), count it, rewrite the manifest atomically, then
+        hand the row and its ``features`` (see the class docstring) to ``on_video``."""
         self.rows[row.video] = row
         if row.status == "ok":
             self.summary.ok += 1
@@ -115,6 +128,8 @@ class RunContext:
             self.summary.failed += 1
             self.summary.failures.append((row.video, row.error))
         self.write()
+        if self.on_video is not None:
+            self.on_video(row, features if row.status == "ok" else None)
 
     def write(self) -> None:
         """Rewrite ``features.csv`` from the rows held now (atomic)."""
@@ -170,6 +185,16 @@ def backbone_by_name(name: str, module: str | None = None) -> BackboneSpec:
     return get_backbone(name)
 
 
+def video_array(parts: list[tuple[int, torch.Tensor | np.ndarray]]) -> np.ndarray:
+    """One video's features ``[n_clips, crops or nodes, D]`` (float32, host) from its ``parts``:
+    the buffer itself for :func:`~vadpipe.pipeline.extract.model.finished_videos`'s single part
+    (no copy), else the chunks concatenated in clip order."""
+    if len(parts) == 1 and parts[0][0] == 0 and isinstance(parts[0][1], np.ndarray):
+        return parts[0][1]
+    ordered = sorted(parts, key=lambda p: p[0])
+    return torch.cat([torch.as_tensor(p[1]) for p in ordered]).cpu().numpy()
+
+
 def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
                  parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
     """Write one video's features (atomically) and return its manifest row.
@@ -190,8 +215,7 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
         row.status, row.error = "failed", done.error
         row.seconds = round(time.time() - done.started, 3)
         return row
-    parts = sorted(parts, key=lambda p: p[0])
-    feats = torch.cat([torch.as_tensor(p[1]) for p in parts]).cpu().numpy()  # float32 [n_clips, crops or nodes, D]
+    feats = video_array(parts)  # float32 [n_clips, crops or nodes, D]
     row.n_clips = feats.shape[0]
     row.feature_path = output_path(job, config, spec)
     if config.layout == "per-crop":

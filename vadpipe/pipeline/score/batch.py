@@ -16,10 +16,16 @@ Output folder::
     OUT/events.json                every video's events, threshold and its source
     OUT/scores_manifest.csv        one row per video: status, error, paths, max score, events
     report.html                    with ``report=``: one self-contained page for the batch
+
+One run reads the checkpoint once (or is given the loaded head) and scores each video as
+soon as stage one has written its features, from the array in memory
+(stage one's ``on_video`` callback, :func:`~vadpipe.pipeline.extract.runner.extract`); only videos stage one skips, because an earlier
+run extracted them, are read from their files.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -33,15 +39,16 @@ import torch
 
 from vadpipe.errors import ConfigError, VadpipeError
 from vadpipe.extractors.registry import get_backbone
-from vadpipe.manifests.atomic import atomic_write_text
-from vadpipe.manifests.datasets import DatasetRow, video_key
+from vadpipe.heads.data import load_features
+from vadpipe.manifests.atomic import atomic_write_text, ensure_writable_dir
+from vadpipe.manifests.datasets import video_key
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
-from vadpipe.pipeline.extract.config import ExtractConfig
+from vadpipe.pipeline.extract.config import PRECISIONS, ExtractConfig
 from vadpipe.pipeline.extract.runner import extract
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.writer import ExtractSummary
 from vadpipe.pipeline.score import events as ev
-from vadpipe.pipeline.train.apply import LoadedHead, build_gt, evaluate_scores, load_head, score_rows
+from vadpipe.pipeline.train.apply import LoadedHead, build_gt, evaluate_scores, load_head, score_features
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +118,9 @@ class ScoreSummary:
     out_dir: Path
     metrics: dict[str, float] | None = None
     report: Path | None = None
+    #: seconds spent in the head (inside ``extraction.seconds`` for the videos stage one
+    #: extracted in this run: each is scored as soon as its features are written)
+    head_seconds: float = 0.0
 
     @property
     def failed(self) -> list[ScoredVideo]:
@@ -186,6 +196,36 @@ def checkpoint_recipe(
     return replace(config, **speed)
 
 
+def with_recipe_precision(loaded: LoadedHead, precision: str) -> LoadedHead:
+    """``loaded`` with the precision of its recorded extraction recipe replaced, in memory.
+
+    A benchmark setting (``vadpipe bench score --precision``): bf16/fp16 features differ
+    slightly from the fp32 ones a head was trained on. The head module is shared with
+    ``loaded``; its checkpoint file is neither read nor written.
+
+    Raises:
+        ConfigError: an unknown precision, or a checkpoint that records no recipe.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    spec = copy.deepcopy(loaded.feature_spec)
+    recipe = spec.get("extract")
+    if not recipe:
+        where = loaded.source or f"the {loaded.name} head"
+        raise ConfigError(f"{where} records no extraction recipe whose precision --precision could set")
+    recipe["config"]["precision"] = precision
+    return replace(loaded, feature_spec=spec)
+
+
+def head_for_run(checkpoint: str | os.PathLike | LoadedHead, device: torch.device) -> LoadedHead:
+    """The head a run scores with, on ``device``: ``checkpoint`` itself when it is already
+    loaded (its file is not read again), else the head read from that file."""
+    if isinstance(checkpoint, LoadedHead):
+        checkpoint.head.to(device).eval()
+        return checkpoint
+    return load_head(checkpoint, device)
+
+
 def _registered(name: Any) -> str | None:
     from vadpipe.extractors.registry import list_backbones
 
@@ -207,7 +247,7 @@ def resolve_threshold(options: ScoreOptions, loaded: LoadedHead) -> tuple[float,
 
 def score_videos(
     jobs: list[VideoJob],
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | LoadedHead,
     out_dir: str | os.PathLike,
     *,
     options: ScoreOptions = ScoreOptions(),
@@ -220,26 +260,32 @@ def score_videos(
 ) -> ScoreSummary:
     """Score ``jobs`` with the head in ``checkpoint`` (module docstring: outputs).
 
-    Features already in ``features_dir``'s manifest with the same recipe are reused.
-    A video that cannot be decoded fails its own row; the batch goes on.
+    Features already in ``features_dir``'s manifest with the same recipe are reused (read
+    from their files); the others are scored from the arrays stage one writes, as each
+    video is finished. A video that cannot be decoded fails its own row; the batch goes on.
+
+    Args:
+        checkpoint: the head's checkpoint file (read once), or the head already loaded
+            from one (:func:`~vadpipe.pipeline.train.apply.load_head`; not read again).
 
     Raises:
         ConfigError: a checkpoint/backbone mismatch (before any video is decoded).
         WeightsNotFoundError: the backbone's weights are not installed.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(out_dir)  # before any work: a clear error, not a traceback
     feats_dir = Path(features_dir) if features_dir else out / "features"
     speed = dict(speed or {})
     from vadpipe.pipeline.device import resolve_device
 
     device = resolve_device(speed.get("device", "auto"))
-    loaded = load_head(checkpoint, device)
+    loaded = head_for_run(checkpoint, device)
+    source = loaded.source or str(checkpoint)
     config = checkpoint_recipe(loaded, backbone=backbone, speed=speed)
-    threshold, source = resolve_threshold(options, loaded)
+    threshold, threshold_source = resolve_threshold(options, loaded)
 
-    extraction = extract(jobs, feats_dir, config, force=force, progress=progress)
-    rows = {r.video: r for r in read_manifest(feats_dir / MANIFEST_NAME)}
+    scorer = StageOneScorer(loaded, device)
+    extraction = extract(jobs, feats_dir, config, force=force, progress=progress, on_video=scorer)
+    rows = _stage_one_rows(jobs, scorer.rows, feats_dir)
     results: list[ScoredVideo] = []
     t0 = time.time()
     for job in jobs:
@@ -249,13 +295,14 @@ def score_videos(
             results.append(ScoredVideo(video=job.path, status="failed", error=reason, name=job.rel_name))
             continue
         try:
-            results.append(_score_one(job, row, loaded, device, feats_dir, out, config, threshold, options))
+            scores = scorer.scores_of(row, feats_dir)
+            results.append(_score_one(job, row, scores, out, config, threshold, options))
         except VadpipeError as e:
             results.append(ScoredVideo(video=job.path, status="failed", error=f"{type(e).__name__}: {e}",
                                        name=job.rel_name))
 
-    summary = ScoreSummary(videos=results, threshold=threshold, threshold_source=source,
-                           extraction=extraction, out_dir=out)
+    summary = ScoreSummary(videos=results, threshold=threshold, threshold_source=threshold_source,
+                           extraction=extraction, out_dir=out, head_seconds=scorer.seconds)
     ok = [v for v in results if v.status == "ok"]
     gt_intervals: dict[str, list[tuple[float, float]]] = {}
     if options.gt and ok:
@@ -268,23 +315,89 @@ def score_videos(
             plot_scores(png, v.times, v.scores, threshold, v.events, gt_intervals.get(v.video), title=v.name)
             v.plot = str(png.relative_to(out))
     ev.write_events_json(out / EVENTS_NAME, {v.name: v.events for v in ok}, threshold=threshold,
-                         threshold_source=source, min_gap=options.min_gap, min_duration=options.min_duration,
-                         extra={"checkpoint": str(checkpoint), "head": loaded.name, "backbone": config.backbone})
-    _write_manifest(out / SCORES_MANIFEST_NAME, results, threshold, str(checkpoint), time.time() - t0)
+                         threshold_source=threshold_source, min_gap=options.min_gap,
+                         min_duration=options.min_duration,
+                         extra={"checkpoint": source, "head": loaded.name, "backbone": config.backbone})
+    _write_manifest(out / SCORES_MANIFEST_NAME, results, threshold, source, time.time() - t0)
     if options.report:
-        summary.report = _report(Path(options.report), ok, gt_intervals, summary, loaded, str(checkpoint), config,
-                                 options)
+        summary.report = _report(Path(options.report), ok, gt_intervals, summary, loaded, source, config, options)
     if echo:
         for v in ok:
             echo(ev.format_events_table(v.name, v.events))
     return summary
 
 
-def _score_one(job: VideoJob, row: FeatureRow, loaded: LoadedHead, device: torch.device, feats_dir: Path, out: Path,
-               config: ExtractConfig, threshold: float, options: ScoreOptions) -> ScoredVideo:
-    ds_row = DatasetRow(video=job.path, feature_path=row.feature_path, label="normal")
-    scores = score_rows(loaded, [ds_row], feats_dir, device)[job.path]
-    scores = np.asarray(scores, dtype=np.float64)
+def score_clip_features(loaded: LoadedHead, feats: np.ndarray, device: torch.device) -> np.ndarray:
+    """Snippet scores ``[n_clips]`` (float64) of one video's features as stage one writes
+    them, ``[n_clips, crops, D]``: the head's input is ``[crops, n_clips, D]``
+    (:func:`~vadpipe.pipeline.train.apply.score_features`)."""
+    return np.asarray(score_features(loaded, feats.transpose(1, 0, 2), device), dtype=np.float64)
+
+
+class StageOneScorer:
+    """The head's side of the hand-over: stage one's ``on_video`` (:func:`~vadpipe.pipeline.extract.runner.extract`).
+
+    Called with each video stage one finishes, it keeps the video's manifest row and scores
+    the written array at once, so no video's features stay in memory after it is scored.
+    A :class:`~vadpipe.errors.VadpipeError` of one video is kept for that video (raised
+    again by :meth:`scores_of`); the extraction goes on.
+    """
+
+    def __init__(self, loaded: LoadedHead, device: torch.device) -> None:
+        self.loaded = loaded
+        self.device = device
+        #: manifest rows of the videos stage one finished in this run, by video path
+        self.rows: dict[str, FeatureRow] = {}
+        self._scores: dict[str, np.ndarray | VadpipeError] = {}
+        #: seconds spent in the head
+        self.seconds = 0.0
+
+    def __call__(self, row: FeatureRow, feats: np.ndarray | None) -> None:
+        self.rows[row.video] = row
+        if feats is None:
+            return
+        try:
+            self._scores[row.video] = self._timed(score_clip_features, feats)
+        except VadpipeError as e:
+            self._scores[row.video] = e
+
+    def scores_of(self, row: FeatureRow, feats_dir: Path) -> np.ndarray:
+        """Scores ``[n_clips]`` of an ``ok`` row: those computed when stage one handed its
+        features over, else (a video extracted by an earlier run) from its file(s).
+
+        Raises:
+            VadpipeError: what scoring this video raised (bad features, a mismatch).
+        """
+        got = self._scores.get(row.video)
+        if isinstance(got, VadpipeError):
+            raise got
+        if got is not None:
+            return got
+        feats = load_features(row.feature_path, feats_dir)  # [crops, n_clips, D]
+        return np.asarray(self._timed(score_features, feats), dtype=np.float64)
+
+    def _timed(self, fn: Callable[[LoadedHead, np.ndarray, torch.device], np.ndarray],
+               feats: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return fn(self.loaded, feats, self.device)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def _stage_one_rows(jobs: list[VideoJob], handed: dict[str, FeatureRow], feats_dir: Path) -> dict[str, FeatureRow]:
+    """Every job's manifest row: those stage one handed over in this run, and from
+    ``features.csv`` (read only when needed) those it did not (skipped, or interrupted)."""
+    rows = dict(handed)
+    if any(job.path not in rows for job in jobs):
+        for row in read_manifest(feats_dir / MANIFEST_NAME):
+            rows.setdefault(row.video, row)
+    return rows
+
+
+def _score_one(job: VideoJob, row: FeatureRow, scores: np.ndarray, out: Path, config: ExtractConfig,
+               threshold: float, options: ScoreOptions) -> ScoredVideo:
+    """One video's clip times, events and ``scores.csv`` from its snippet ``scores [n_clips]``."""
     times = ev.uniform_clip_times(scores.size, row.fps, config.clip.length, config.clip.stride)
     events = ev.find_events(scores, times, threshold, options.min_gap, options.min_duration)
     v = ScoredVideo(video=job.path, status="ok", name=job.rel_name, feature_path=row.feature_path, fps=row.fps,

@@ -10,14 +10,18 @@ Two numbers, both on a generated 320×240, 30 fps H.264 video (the same generato
   line (imports done, head and backbone loaded, video opened) is reported too.
 * **throughput**: :func:`vadpipe.pipeline.score.batch.score_videos` on the whole video (stage one,
   head, events, plot, outputs), split into stage one (decode + backbone, including building
-  the model) and the rest; the head alone is timed again on the written features. Reported as
-  seconds per minute of video. Each run recomputes the features (``force``); the first run
-  in a process also pays CUDA initialisation, so more than one run is made by default.
+  the model) and the rest; the head's own time in the run (it scores the features stage one
+  hands over in memory) is reported too. Reported as seconds per minute of video. Each run
+  recomputes the features (``force``); the first run in a process also pays CUDA (and the
+  head's first call) initialisation, so more than one run is made by default.
 
 The head is the bundled demo head (``vadpipe demo``; I3D, 1 crop) unless ``--head`` is given.
-``--precision`` changes the precision of the head's recorded extraction recipe in a temporary
-copy of the checkpoint (scoring otherwise always uses the recipe's precision): a benchmark
-setting, since bf16/fp16 features differ slightly from the fp32 ones the head was trained on.
+Its checkpoint is read once; every throughput run gets the loaded head. ``--precision``
+changes the precision of the head's recorded extraction recipe in memory
+(:func:`~vadpipe.pipeline.score.batch.with_recipe_precision`; the cold-start process is told
+with ``score --recipe-precision``), never in a file: scoring otherwise always uses the
+recipe's precision, since bf16/fp16 features differ slightly from the fp32 ones the head was
+trained on.
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from vadpipe.errors import ConfigError, VadpipeError
+
+if TYPE_CHECKING:  # the score pipeline's imports are made where a measurement runs
+    from vadpipe.pipeline.extract.config import ExtractConfig
+    from vadpipe.pipeline.train.apply import LoadedHead
 
 #: Seconds to wait for the first clip score of the cold-start process.
 COLD_START_TIMEOUT = 600.0
@@ -55,6 +63,7 @@ class ThroughputRun:
     """One :func:`score_videos` run on the video."""
 
     total_s: float
+    #: stage one without the head's time (the head scores each video inside stage one)
     stage_one_s: float
     head_s: float
     clips: int
@@ -89,50 +98,53 @@ def describe_device(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def bench_checkpoint(head: str | os.PathLike | None, precision: str | None, tmp: Path) -> Iterator[Path]:
-    """The checkpoint to benchmark: ``head`` or the bundled demo head, with the recipe's
-    precision replaced by ``precision`` (in a copy under ``tmp``) when given."""
-    from vadpipe.pipeline.train.loop import load_checkpoint, save_checkpoint
+def bench_checkpoint(head: str | os.PathLike | None) -> Iterator[Path]:
+    """The checkpoint file to benchmark: ``head``, or the bundled demo head."""
+    if head is not None:
+        yield Path(head)
+        return
+    from vadpipe.pipeline.demo import DEMO_HEAD, data_path
 
-    with contextlib.ExitStack() as stack:
-        if head is None:
-            from vadpipe.pipeline.demo import DEMO_HEAD, data_path
-
-            path = stack.enter_context(data_path(DEMO_HEAD))
-        else:
-            path = Path(head)
-        ckpt = load_checkpoint(path)
-        recipe = ckpt.get("feature_spec", {}).get("extract")
-        if precision is not None and recipe and recipe["config"].get("precision") != precision:
-            recipe["config"]["precision"] = precision
-            path = tmp / f"bench_{precision}.pt"
-            save_checkpoint(path, ckpt)
-        elif precision is not None and not recipe:
-            raise ConfigError(f"{path} records no extraction recipe whose precision --precision could set")
+    with data_path(DEMO_HEAD) as path:
         yield Path(path)
 
 
-def warm_weights(checkpoint: Path, speed: dict) -> str:
-    """Build the checkpoint's backbone once (weights located, hash-checked, converted if
-    needed) so that the cold start measures a run with cached weights; returns its name."""
-    from vadpipe.extractors.registry import get_backbone
-    from vadpipe.pipeline.score.batch import checkpoint_recipe
+def bench_head(checkpoint: Path, precision: str | None, device: torch.device) -> LoadedHead:
+    """The benchmark's head, read from ``checkpoint`` once, with the recipe's precision
+    replaced by ``precision`` in memory when given (the file is left as it is).
+
+    Raises:
+        ConfigError: ``precision`` is given but the checkpoint records no recipe.
+    """
+    from vadpipe.pipeline.score.batch import with_recipe_precision
     from vadpipe.pipeline.train.apply import load_head
 
-    loaded = load_head(checkpoint, torch.device("cpu"))
-    config = checkpoint_recipe(loaded, speed=speed)
-    get_backbone(config.backbone).build(not config.random_weights)
-    return config.backbone
+    loaded = load_head(checkpoint, device)
+    return loaded if precision is None else with_recipe_precision(loaded, precision)
+
+
+def warm_weights(recipe: ExtractConfig) -> str:
+    """Locate, hash-check and (once) convert the recipe's weights, without building a model, so
+    that the cold start measures a run with cached weights; returns the backbone's name."""
+    from vadpipe.extractors.registry import get_backbone
+    from vadpipe.extractors.weights import loaded_weights_sha256
+
+    if not recipe.random_weights:
+        loaded_weights_sha256(get_backbone(recipe.backbone).weights)
+    return recipe.backbone
 
 
 def measure_cold_start(video: str, checkpoint: Path, out: Path, *, device: str, random_weights: bool = False,
-                       timeout: float = COLD_START_TIMEOUT) -> ColdStart:
+                       precision: str | None = None, timeout: float = COLD_START_TIMEOUT) -> ColdStart:
     """Start ``python -m vadpipe.cli score --stream`` and time its first clip score; the
-    process is stopped once it has printed it."""
+    process is stopped once it has printed it. ``precision`` replaces the recipe's there
+    (``--recipe-precision``)."""
     import vadpipe
 
     cmd = [sys.executable, "-m", "vadpipe.cli", "score", "--stream", video, "--head", str(checkpoint), "-o", str(out),
            "--device", device] + (["--random-weights"] if random_weights else [])
+    if precision is not None:
+        cmd += ["--recipe-precision", precision]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     package_root = str(Path(vadpipe.__file__).resolve().parents[1])  # the same vadpipe as this process
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
@@ -165,34 +177,20 @@ def measure_cold_start(video: str, checkpoint: Path, out: Path, *, device: str, 
             proc.stdout.close()
 
 
-def measure_throughput(video: str, checkpoint: Path, out: Path, *, speed: dict, plots: bool = True) -> ThroughputRun:
-    """One :func:`score_videos` run on ``video`` (features recomputed), and the head alone."""
-    from vadpipe.manifests.datasets import DatasetRow
-    from vadpipe.manifests.features import MANIFEST_NAME, read_manifest
-    from vadpipe.pipeline.device import resolve_device
+def measure_throughput(video: str, loaded: LoadedHead, out: Path, *, speed: dict, plots: bool = True) -> ThroughputRun:
+    """One :func:`score_videos` run on ``video`` (features recomputed) with the loaded head."""
     from vadpipe.pipeline.extract.sources import discover
     from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
-    from vadpipe.pipeline.train.apply import load_head, score_rows
 
     t = time.perf_counter()
-    summary = score_videos(discover([video]), checkpoint, out, options=ScoreOptions(plots=plots), speed=speed,
+    summary = score_videos(discover([video]), loaded, out, options=ScoreOptions(plots=plots), speed=speed,
                            force=True, progress=False)
     total = time.perf_counter() - t
     if summary.failed:
         raise VadpipeError(f"scoring the benchmark video failed: {summary.failed[0].error}")
-    device = resolve_device(speed.get("device", "auto"))
-    loaded = load_head(checkpoint, device)
-    (row,) = read_manifest(out / "features" / MANIFEST_NAME)
-    rows = [DatasetRow(video=row.video, feature_path=row.feature_path, label="normal")]
-    score_rows(loaded, rows, out / "features", device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    score_rows(loaded, rows, out / "features", device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    head_s = time.perf_counter() - t
-    return ThroughputRun(total_s=total, stage_one_s=summary.extraction.seconds, head_s=head_s, clips=row.n_clips)
+    (scored,) = summary.videos
+    return ThroughputRun(total_s=total, stage_one_s=summary.extraction.seconds - summary.head_seconds,
+                         head_s=summary.head_seconds, clips=int(scored.scores.size))
 
 
 def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None = None, seconds: float = 60.0,
@@ -215,6 +213,7 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
     from vadpipe.pipeline.benchmark import make_synthetic_video
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
     from vadpipe.pipeline.extract.decode import open_video
+    from vadpipe.pipeline.score.batch import checkpoint_recipe
 
     if seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")
@@ -223,7 +222,9 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
              "random_weights": random_weights}
     with tempfile.TemporaryDirectory(prefix="vadpipe-bench-score-") as tmp_name:
         tmp = Path(tmp_name)
-        with bench_checkpoint(head, precision, tmp) as checkpoint:
+        with bench_checkpoint(head) as checkpoint:
+            loaded = bench_head(checkpoint, precision, dev)  # the bench's one read of the checkpoint
+            recipe = checkpoint_recipe(loaded, speed=speed)
             if video is None:
                 video = str(make_synthetic_video(tmp / "bench_320x240.mp4", seconds=seconds, width=320, height=240,
                                                  fps=30))
@@ -234,26 +235,22 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
                 n = sum(len(chunk) for chunk in reader.iter_chunks())  # exact, not the container's hint
                 video_seconds = n / reader.info.fps
             result = ScoreBench(device=describe_device(dev), video=label, video_seconds=video_seconds)
-            backbone = warm_weights(checkpoint, speed)
-            from vadpipe.pipeline.score.batch import checkpoint_recipe
-            from vadpipe.pipeline.train.apply import load_head
-
-            recipe = checkpoint_recipe(load_head(checkpoint, torch.device("cpu")), speed=speed)
+            backbone = warm_weights(recipe)
             echo(f"video: {label} ({video_seconds:.1f} s)")
             echo(f"head: {head or 'bundled demo head'} ({backbone}, {recipe.crops} crop(s), precision "
                  f"{recipe.precision}); device: {result.device}")
             if cold_start:
                 result.cold_start = measure_cold_start(video, checkpoint, tmp / "cold", device=device,
-                                                       random_weights=random_weights)
+                                                       random_weights=random_weights, precision=precision)
                 cs = result.cold_start
                 echo(f"cold start: first clip score {cs.first_score_s:.2f} s after process start "
                      f"(imports + head + backbone loaded, video open: {cs.ready_s:.2f} s)")
             if throughput:
                 for k in range(runs):
-                    run = measure_throughput(video, checkpoint, tmp / f"run{k}", speed=speed)
+                    run = measure_throughput(video, loaded, tmp / f"run{k}", speed=speed)
                     result.runs.append(run)
                     echo(f"run {k + 1}: {run.total_s:.2f} s for {video_seconds:.1f} s of video ({run.clips} clips) = "
                          f"{result.per_minute(run.total_s):.2f} s per minute of video; stage one (decode + "
                          f"{backbone}, model build included) {run.stage_one_s:.2f} s, head + events + plot + files "
-                         f"{run.rest_s:.2f} s (head alone {run.head_s * 1e3:.1f} ms)")
+                         f"{run.rest_s:.2f} s (head {run.head_s * 1e3:.1f} ms)")
     return result

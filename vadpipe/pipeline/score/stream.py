@@ -37,21 +37,23 @@ import torch
 
 from vadpipe.errors import VadpipeError, VideoDecodeError
 from vadpipe.extractors.registry import get_backbone
-from vadpipe.heads.data import l2_normalize_segments
+from vadpipe.manifests.atomic import ensure_writable_dir
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.clips import iter_clips
 from vadpipe.pipeline.extract.decode import open_video
-from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.extract.model import FeatureBuffer, FeatureModel
 from vadpipe.pipeline.extract.transforms import resize_clips
 from vadpipe.pipeline.score import events as ev
 from vadpipe.pipeline.score.batch import (
     EVENTS_NAME,
     ScoreOptions,
     checkpoint_recipe,
+    head_for_run,
     resolve_threshold,
+    score_clip_features,
     write_clip_scores,
 )
-from vadpipe.pipeline.train.apply import load_head
+from vadpipe.pipeline.train.apply import LoadedHead
 
 #: Frames decoded per chunk when streaming (small: a clip is scored as soon as it is complete).
 STREAM_CHUNK = 8
@@ -139,7 +141,7 @@ def _stream_chunks(fileobj: BinaryIO, what: str) -> tuple[Iterator[np.ndarray], 
 
 def stream_score(
     source: str,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | LoadedHead,
     out_dir: str | os.PathLike,
     *,
     options: ScoreOptions = ScoreOptions(),
@@ -153,11 +155,12 @@ def stream_score(
 
     Writes ``OUT/<name>/scores.csv`` and ``OUT/events.json`` at the end, like the batch path.
     A decoding failure stops the stream with ``error`` set; the clips scored before it are
-    kept and written.
+    kept and written. ``checkpoint`` is a head checkpoint file or the head already loaded
+    from one (not read again).
     """
     speed = dict(speed or {})
     device = resolve_device(speed.get("device", "auto"))
-    loaded = load_head(checkpoint, device)
+    loaded = head_for_run(checkpoint, device)
     config = checkpoint_recipe(loaded, backbone=backbone, speed=speed)
     config = config.with_preset(get_backbone(config.backbone).preset)
     model = FeatureModel(get_backbone(config.backbone), config, device)
@@ -165,25 +168,20 @@ def stream_score(
     context = head.causal_context
     causal = context is not None
     keep = context if causal else window
-    l2 = bool(getattr(head.config, "l2_normalize", False))
     threshold, threshold_source = resolve_threshold(options, loaded)
 
     name = "stdin" if source == "-" else Path(source).stem
-    out = Path(out_dir)
+    out = ensure_writable_dir(out_dir)  # before the video is opened: a clear error, not a traceback
     recent: deque[np.ndarray] = deque(maxlen=keep)  # [crops, D] per clip
-    all_feats: list[np.ndarray] = []  # [crops, D] per clip: small (kB per clip), for the final pass
+    all_feats = FeatureBuffer()  # [n_clips, crops, D] in one growing array, for the final pass
     streamed: list[float] = []
     latencies: list[float] = []
     error = ""
     stride, length = config.clip.stride, config.clip.length
 
     def head_scores(feats: list[np.ndarray] | deque) -> np.ndarray:
-        x = np.stack(list(feats)).transpose(1, 0, 2)  # [N, T, D]
-        if l2:
-            x = l2_normalize_segments(x)
-        with torch.inference_mode():
-            s = head.snippet_scores(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)[None])
-        return s[0].float().cpu().numpy()
+        """Scores ``[T]`` of ``T`` clips' features ``[crops, D]``, as the batch path computes them."""
+        return score_clip_features(loaded, np.stack(list(feats)), device)
 
     fps = 0.0
     try:
@@ -205,9 +203,9 @@ def stream_score(
             for i, clip in enumerate(iter_clips(chunks, config.clip)):
                 ready = time.perf_counter()
                 feats = model([resize_clips(torch.from_numpy(np.array(clip))[None], config.preset)])  # copy: clips are read-only views
-                f = feats[0].cpu().numpy()  # [crops, D]
+                f = feats[0].cpu().numpy().copy()  # [crops, D], not a view pinning the model's output
                 recent.append(f)
-                all_feats.append(f)
+                all_feats.add(i, f[None])
                 score = float(head_scores(recent)[-1])
                 streamed.append(score)
                 latencies.append(time.perf_counter() - ready)
@@ -222,15 +220,16 @@ def stream_score(
         error = f"{type(e).__name__}: {e}"
 
     scores = np.asarray(streamed, dtype=np.float64)
-    if all_feats and not causal:
-        scores = head_scores(all_feats).astype(np.float64)
+    if all_feats.end and not causal:
+        scores = score_clip_features(loaded, all_feats.array(), device).astype(np.float64)
     times = ev.uniform_clip_times(scores.size, fps, length, stride) if fps > 0 else np.zeros((0, 2))
     events = ev.find_events(scores, times, threshold, options.min_gap, options.min_duration) if scores.size else []
     if scores.size:
         write_clip_scores(out / name / "scores.csv", scores, times, length, stride)
         ev.write_events_json(out / EVENTS_NAME, {name: events}, threshold=threshold, threshold_source=threshold_source,
                              min_gap=options.min_gap, min_duration=options.min_duration,
-                             extra={"checkpoint": str(checkpoint), "head": loaded.name, "causal": causal})
+                             extra={"checkpoint": loaded.source or str(checkpoint), "head": loaded.name,
+                                    "causal": causal})
     if not error and not scores.size:
         error = f"{source}: no complete {length}-frame clip was decoded"
     if echo:

@@ -1,5 +1,11 @@
 """Applying a trained head to a dataset: snippet scores, ``scores.csv``, frame-level evaluation.
 
+Two ways in: :func:`score_rows` reads a dataset's feature files (``vadpipe eval``,
+``vadpipe apply``); :func:`score_features` takes one video's features already in memory
+(``vadpipe score`` hands stage one's output over without reading it back). Both give the
+head the same input: float32 ``[N, T, D]``, L2-normalised per snippet when the head's config
+asks for it (:func:`head_input`).
+
 ``scores.csv`` has one row per snippet: ``video, feature_path, clip, start_frame,
 end_frame, score``. Frames are 0-based and ``end_frame`` is exclusive; snippet ``i`` covers
 ``[i * clip_len, (i + 1) * clip_len)``, the clips stage one cut with its default stride.
@@ -19,15 +25,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vadpipe.errors import ConfigError
+from vadpipe.errors import ConfigError, FeatureLoadError
 from vadpipe.heads.base import AnomalyHead, get_head
-from vadpipe.heads.data import FeatureDataset
+from vadpipe.heads.data import FeatureDataset, l2_normalize_segments
 from vadpipe.manifests.atomic import atomic_write_text
 from vadpipe.manifests.datasets import DatasetRow, video_key
 from vadpipe.pipeline.train import metrics as ev
 from vadpipe.pipeline.train.loop import build_head, load_checkpoint, video_scores
+from vadpipe.registry import Registry
 
-GT_KINDS = ("ucf", "xd", "sh-masks", "csv")
+GtBuilder = Callable[[str, dict[str, int], "str | None"], "tuple[dict[str, np.ndarray], dict[str, str] | None]"]
+
+
+def _ucf_gt(source: str, n_frames: dict[str, int], convention: str | None):
+    gt = ev.ucf_crime_gt(source, n_frames, convention=convention or "rtfm")
+    return gt, {video_key(k): v for k, v in ev.ucf_crime_classes(source).items()}
+
+
+#: Ground-truth kinds of ``--gt KIND:PATH``: ``build(source, n_frames, convention) -> (masks, classes)``.
+GT_KINDS: Registry[GtBuilder] = Registry("ground-truth kind")
+GT_KINDS.register("ucf", _ucf_gt)  # Temporal_Anomaly_Annotation.txt; convention rtfm (sultani, vadclip)
+GT_KINDS.register("xd", lambda source, n_frames, convention: (
+    ev.xd_violence_gt(source, n_frames, convention=convention or "vadclip"), None))  # annotations.txt
+GT_KINDS.register("sh-masks", lambda source, n_frames, convention: (
+    ev.shanghaitech_gt(source, n_frames), None))  # folder of test_frame_mask/<id>.npy
+GT_KINDS.register("csv", lambda source, n_frames, convention: (
+    ev.intervals_csv_gt(source, n_frames), None))  # video,start,end
 SCORE_COLUMNS = ("video", "feature_path", "clip", "start_frame", "end_frame", "score")
 
 
@@ -41,11 +64,22 @@ class LoadedHead:
     selection: str
     #: the validation-optimal threshold the training run stored (``None``: none, or not finite)
     threshold: float | None = None
+    #: the checkpoint file it was loaded from ("" when built in memory)
+    source: str = ""
+
+    @property
+    def l2_normalize(self) -> bool:
+        """True when the head takes every snippet L2-normalised (Sultani's protocol)."""
+        return bool(getattr(self.head.config, "l2_normalize", False))
 
 
 def load_head(checkpoint: str | os.PathLike, device: torch.device) -> LoadedHead:
     """Rebuild a head from a checkpoint written by :func:`vadpipe.pipeline.train.loop.train`
-    (or ``vadpipe weights import rtfm|mgfn``), in eval mode on ``device``."""
+    (or ``vadpipe weights import rtfm|mgfn``), in eval mode on ``device``.
+
+    The file is read once here; callers that apply the head several times (a ``score`` run,
+    a benchmark) pass the returned object on instead of loading the checkpoint again.
+    """
     ckpt = load_checkpoint(checkpoint)
     spec = get_head(ckpt["head"])
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["head_config"].items()}
@@ -53,12 +87,23 @@ def load_head(checkpoint: str | os.PathLike, device: torch.device) -> LoadedHead
     head.load_state_dict(ckpt["state_dict"])
     threshold = ckpt.get("threshold")
     threshold = None if threshold is None or not math.isfinite(float(threshold)) else float(threshold)
-    return LoadedHead(head.to(device).eval(), spec.name, dict(ckpt["feature_spec"]), str(ckpt["selection"]), threshold)
+    return LoadedHead(head.to(device).eval(), spec.name, dict(ckpt["feature_spec"]), str(ckpt["selection"]), threshold,
+                      source=str(checkpoint))
 
 
 def check_features(loaded: LoadedHead, dataset: FeatureDataset) -> None:
     """Refuse features whose size or crop count differ from what the head was trained on."""
     n, _, d = dataset.features(0).shape
+    check_feature_shape(loaded, n, d)
+
+
+def check_feature_shape(loaded: LoadedHead, n: int, d: int) -> None:
+    """Refuse ``n`` crops of ``d``-D features when the head was trained on another crop
+    count or feature size.
+
+    Raises:
+        ConfigError: naming what the head was trained on.
+    """
     want = loaded.feature_spec
     if int(want.get("dim", d)) != d:
         raise ConfigError(
@@ -72,9 +117,42 @@ def check_features(loaded: LoadedHead, dataset: FeatureDataset) -> None:
 def score_rows(loaded: LoadedHead, rows: list[DatasetRow], root: str | os.PathLike | None,
                device: torch.device) -> dict[str, np.ndarray]:
     """Snippet scores ``{video: [T]}`` of every row (full length, crop-averaged)."""
-    dataset = FeatureDataset(rows, root, mode="eval", l2_normalize=bool(getattr(loaded.head.config, "l2_normalize", False)))
+    dataset = FeatureDataset(rows, root, mode="eval", l2_normalize=loaded.l2_normalize)
     check_features(loaded, dataset)
     return {r.video: s for r, s in zip(rows, video_scores(loaded.head, dataset, device))}
+
+
+def head_input(loaded: LoadedHead, feats: np.ndarray) -> np.ndarray:
+    """What the head takes for one video: ``feats [N, T, D]`` as contiguous float32,
+    L2-normalised per snippet when the head asks for it (the eval-mode
+    :class:`~vadpipe.heads.data.FeatureDataset` item, without a dataset).
+
+    Raises:
+        FeatureLoadError: ``feats`` is not ``[N, T, D]`` with ``T >= 1``.
+    """
+    if feats.ndim != 3 or feats.shape[1] == 0:
+        raise FeatureLoadError(f"a video's features must be [N, T, D] with T >= 1, got shape {tuple(feats.shape)}")
+    x = np.ascontiguousarray(feats, dtype=np.float32)
+    if loaded.l2_normalize:
+        x = l2_normalize_segments(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@torch.no_grad()
+def score_features(loaded: LoadedHead, feats: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """Snippet scores ``[T]`` (float32, crop-averaged) of one video's features ``[N, T, D]``.
+
+    The numbers are :func:`score_rows`' for the same features: the same checks, the same
+    input (:func:`head_input`), one ``[1, N, T, D]`` forward pass.
+
+    Raises:
+        ConfigError: the crop count or feature size is not the head's.
+        FeatureLoadError: ``feats`` is not ``[N, T, D]``.
+    """
+    x = head_input(loaded, feats)
+    check_feature_shape(loaded, x.shape[0], x.shape[2])
+    head = loaded.head.eval()
+    return head.snippet_scores(torch.from_numpy(x).to(device)[None])[0].float().cpu().numpy()
 
 
 def write_scores_csv(path: str | os.PathLike, rows: list[DatasetRow], scores: dict[str, np.ndarray],
@@ -98,17 +176,7 @@ def build_gt(kind: str, source: str | os.PathLike, n_frames: dict[str, int], con
     or ``sultani``/``vadclip``), ``xd`` (``annotations.txt``), ``sh-masks`` (folder of
     ``test_frame_mask/<id>.npy``) or ``csv`` (``video,start,end``).
     """
-    if kind == "ucf":
-        gt = ev.ucf_crime_gt(source, n_frames, convention=convention or "rtfm")
-        classes = {video_key(k): v for k, v in ev.ucf_crime_classes(source).items()}
-        return gt, classes
-    if kind == "xd":
-        return ev.xd_violence_gt(source, n_frames, convention=convention or "vadclip"), None
-    if kind == "sh-masks":
-        return ev.shanghaitech_gt(source, n_frames), None
-    if kind == "csv":
-        return ev.intervals_csv_gt(source, n_frames), None
-    raise ConfigError(f"unknown ground-truth kind {kind!r}; choose one of {', '.join(GT_KINDS)}")
+    return GT_KINDS.get(kind)(str(source), n_frames, convention)
 
 
 def parse_gt(spec: str) -> tuple[str, str]:

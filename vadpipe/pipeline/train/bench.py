@@ -27,14 +27,14 @@ def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int 
     """
     import resource
 
-    from vadpipe.heads.base import get_head, schedule_overrides
+    from vadpipe.heads.base import get_head, make_config, schedule_overrides, validate_settings
     from vadpipe.pipeline.device import resolve_device
     from vadpipe.pipeline.train.loop import build_head
 
     dev = resolve_device(device)
     spec = get_head(head)
-    overrides = dict(overrides or {})
-    crop_instances = spec.sampling(spec.config_cls(**overrides)).instances == "crop"
+    overrides = validate_settings(spec, dict(overrides or {}))  # a bad --set value: one clear error
+    crop_instances = spec.sampling(make_config(spec, overrides)).instances == "crop"
     # the schedule on UCF-Crime's 1,610 training videos (each crop an instance where the head says so)
     schedule, overrides = schedule_overrides(spec, overrides, UCF_TRAIN_VIDEOS * (crops if crop_instances else 1))
     model, cfg = build_head(spec, overrides, dim)

@@ -28,22 +28,34 @@ import torch
 
 from vadpipe import __version__
 from vadpipe.errors import ConfigError
-from vadpipe.heads.base import AnomalyHead, HeadSpec, TrainSampling, config_setting, get_head, schedule_overrides
+from vadpipe.heads.base import (
+    AnomalyHead,
+    HeadSpec,
+    TrainSampling,
+    config_setting,
+    get_head,
+    make_config,
+    schedule_overrides,
+    validate_settings,
+)
 from vadpipe.heads.data import (
     BalancedBatchSampler,
     EpochBatchSampler,
     FeatureDataset,
+    check_dataset_features,
     training_batch,
     training_instances,
 )
-from vadpipe.manifests.atomic import atomic_open
-from vadpipe.manifests.datasets import DatasetRow
+from vadpipe.manifests.atomic import atomic_open, ensure_writable_dir, ensure_writable_file
+from vadpipe.manifests.datasets import DatasetRow, check_labels
 from vadpipe.pipeline.train.metrics import roc_auc
 
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("val", "test", "last")
 TRAIN_SPLITS = ("holdout", "full")
+#: ``vadpipe train --protocol``: the training split each protocol trains on.
+PROTOCOLS = {"holdout": "holdout", "paper": "full"}
 LAST_SELECTION = (
     "last step, no held-out videos (the papers' protocol: trained on the full training split); "
     "the threshold comes from the training videos"
@@ -130,7 +142,7 @@ def build_head(spec: HeadSpec, overrides: dict[str, Any], feature_dim: int | Non
         for name in _DIM_FIELDS:
             if name in fields and name not in values:
                 values[name] = feature_dim
-    config = spec.config_cls(**values)
+    config = make_config(spec, values)
     return spec.build(config), config
 
 
@@ -170,7 +182,29 @@ def video_level_validation(head: AnomalyHead, dataset: FeatureDataset, device: t
     labels = np.array(dataset.labels)
     if labels.min() == labels.max():
         raise ConfigError("the validation set needs both normal and anomalous videos")
+    if not np.isfinite(scores).all():
+        raise _diverged(None, head.config, "the head's scores are NaN or Inf")
     return float(roc_auc(labels, scores)), float(validation_threshold(scores, labels))
+
+
+def _diverged(step: int | None, head_cfg: Any, what: str) -> ConfigError:
+    """The error of a run whose weights blew up (the features were checked: finite)."""
+    lr = getattr(head_cfg, "lr", None)
+    hint = (f"lower the learning rate (lr={lr:g}), e.g. --set lr={lr / 10:g}" if isinstance(lr, (int, float)) and lr > 0
+            else "lower the learning rate (--set lr=...)")
+    at = f" at step {step}" if step is not None else ""
+    return ConfigError(f"training diverged{at}: {what} (the features are finite); {hint}")
+
+
+@torch.no_grad()
+def _blew_up(head: AnomalyHead, features: torch.Tensor) -> bool:
+    """Whether ``head``'s weights, or its scores of (finite) ``features``, are NaN or Inf."""
+    if not all(bool(torch.isfinite(p).all()) for p in head.parameters()):
+        return True
+    try:
+        return not bool(torch.isfinite(head.snippet_scores(features)).all())
+    except RuntimeError:
+        return False
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -179,15 +213,17 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, fh)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a vadpipe checkpoint safely (``weights_only=True``)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {path} does not exist") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "vadpipe-head/1":
-        raise ConfigError(f"{path} is not a vadpipe head checkpoint (use `vadpipe weights import` for official files)")
-    return ckpt
+def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Load a vadpipe checkpoint safely (``weights_only=True``) and check it fits its head
+    (:func:`vadpipe.heads.checkpoints.read_vadpipe_checkpoint`); ``resume`` also requires
+    the training state.
+
+    Raises:
+        CheckpointError: anything that is not a loadable vadpipe checkpoint, in one line.
+    """
+    from vadpipe.heads.checkpoints import read_vadpipe_checkpoint
+
+    return read_vadpipe_checkpoint(path, resume=resume)
 
 
 def train(
@@ -223,13 +259,19 @@ def train(
         raise ConfigError("selection='test' needs a test set with ground truth")
     if config.selection == "test":
         log.warning(TEST_SELECTION_WARNING)
-    seed_everything(config.seed)
     from vadpipe.pipeline.device import resolve_device
 
-    device = resolve_device(config.device)
     spec = get_head(config.head)
-    _check_overrides(spec, config.overrides)
-    defaults = spec.config_cls(**config.overrides)
+    settings = validate_settings(spec, config.overrides)  # types and ranges, before any work
+    defaults = make_config(spec, settings)
+    out = ensure_writable_dir(out_dir)
+    ckpt = load_checkpoint(resume, resume=True) if resume is not None else None
+    check_labels(train_rows, "training set")
+    if val_rows:
+        check_labels(val_rows, "validation set")
+    check_dataset_features(list(train_rows) + list(val_rows), root, what="training set (with its validation videos)")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
     sampling = spec.sampling(defaults)
     l2 = bool(config_setting(defaults, ("l2_normalize",), False))
     train_set = FeatureDataset(train_rows, root, mode="train", n_segments=sampling.length, cache=config.cache,
@@ -238,7 +280,7 @@ def train(
     selection = config.selection if val_rows or config.selection == "test" else "last"
     fspec = feature_spec(train_set)
     instances = training_instances(train_set, sampling, fspec["crops"])
-    steps, overrides = schedule_overrides(spec, config.overrides, len(instances), config.steps)
+    steps, overrides = schedule_overrides(spec, settings, len(instances), config.steps)
     head, head_cfg = build_head(spec, overrides, fspec["dim"])
     head.to(device)
     optimizer = spec.optimizer(head.parameters(), head_cfg)
@@ -249,13 +291,10 @@ def train(
     schedule = schedule_line(spec.name, sampling, len(instances), steps, len(train_rows))
     log.info(schedule)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     step, best_metric, best_step, bad_evals = 0, -math.inf, 0, 0
     threshold: float | None = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
+    if ckpt is not None:
         if ckpt["head"] != spec.name or ckpt["head_config"] != _plain(head_cfg):
             raise ConfigError(f"{resume} was trained with another head or head settings; start a new run")
         head.load_state_dict(ckpt["state_dict"])
@@ -294,13 +333,20 @@ def train(
         head.train()
         normal, abnormal, masks = training_batch(train_set, [instances[i] for i in indices], sampling)
         kwargs = {k: m.to(device) for k, m in masks.items()}
-        loss, parts = head.loss(normal.to(device), abnormal.to(device), **kwargs)
+        try:
+            loss, parts = head.loss(normal.to(device), abnormal.to(device), **kwargs)
+        except RuntimeError:  # e.g. BCE refusing NaN scores: a user error when the weights diverged
+            if _blew_up(head, normal.to(device)):
+                raise _diverged(step + 1, head_cfg, "the head's weights or scores are NaN or Inf") from None
+            raise
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
         bar.update(1)
         loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise _diverged(step, head_cfg, f"the loss is {loss_value}")
         bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": loss_value, **parts}.items()})
         if step % config.eval_every == 0 or step == steps:
             if selection == "last":  # the paper protocol: no held-out videos, the last step is kept
@@ -386,6 +432,7 @@ def import_official_head(head: str, path: str | Path, out: str | Path, overrides
     """
     from vadpipe.heads.checkpoints import load_official_state_dict
 
+    out = ensure_writable_file(out)
     spec = get_head(head)
     model, cfg = build_head(spec, overrides or {})
     load_official_state_dict(path, head, model)
@@ -396,7 +443,5 @@ def import_official_head(head: str, path: str | Path, out: str | Path, overrides
         "selection": OFFICIAL_SELECTION, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": 0, "history": [],
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, payload)
     return out

@@ -193,6 +193,20 @@ class VideoReader:
         self._iterators.add(gen)
         return gen
 
+    @property
+    def expected_frames(self) -> int:
+        """Frames a full iteration is expected to yield, known before decoding: the packets
+        FFmpeg will show, or with ``fps`` the resampled count from their timestamps. An
+        estimate (a decoder may drop frames, see the package docstring); the exact count
+        is :attr:`frames_read` after a full iteration."""
+        p = self._probe
+        if self._fps is None:
+            return p.n_shown
+        if not len(p.pts):
+            return 0
+        end = Fraction(int(p.pts[-1]) - int(p.pts[0])) * p.time_base + 1 / p.native_fps
+        return math.ceil(end * self._fps)
+
     def read_all(self) -> np.ndarray:
         """All frames at once, uint8 ``[N, H, W, 3]``: for tests and short videos only."""
         return np.concatenate(list(self.iter_chunks()), axis=0)

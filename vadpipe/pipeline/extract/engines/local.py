@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import ClipStream, worker_init
-from vadpipe.pipeline.extract.writer import RunContext, finish_video
+from vadpipe.pipeline.extract.writer import RunContext, finish_video, video_array
 
 __all__ = ["run_local"]
 
@@ -31,9 +31,11 @@ def run_local(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progre
     t_start = time.time()
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
     try:
+        # each video's features in one array as they come (memory bounded whatever its length)
         for done, parts in finished_videos(loader, model, config.batch_clips):
             summary.clips += sum(len(f) for _, f in parts)
-            ctx.record(finish_video(ctx, todo[done.job], done, parts))
+            row = finish_video(ctx, todo[done.job], done, parts)
+            ctx.record(row, video_array(parts) if row.status == "ok" else None)
             bar.update(1)
             elapsed = time.time() - t_start
             bar.set_postfix(clips_per_s=f"{summary.clips / max(elapsed, 1e-9):.1f}", failed=summary.failed)

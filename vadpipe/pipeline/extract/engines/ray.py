@@ -94,10 +94,10 @@ import torch
 from vadpipe.errors import ConfigError, WeightsIntegrityError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.pipeline.extract.config import ExtractConfig
-from vadpipe.pipeline.extract.model import FeatureModel
+from vadpipe.pipeline.extract.model import FeatureBuffer, FeatureModel
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import ClipBatch, ClipStream, VideoDone
-from vadpipe.pipeline.extract.writer import RunContext, finish_video
+from vadpipe.pipeline.extract.writer import RunContext, finish_video, video_array
 
 log = logging.getLogger(__name__)
 
@@ -287,22 +287,28 @@ class _FeatureWorker:
 
 @dataclass
 class _Video:
-    """A video in flight: its decode stream and the feature chunks received so far."""
+    """A video in flight: its decode stream and the feature chunks received so far (copied
+    into one array as they come: memory does not grow by an object per chunk)."""
 
     index: int
     job: VideoJob
     started: float
     gen: Any = None  # ray.ObjectRefGenerator until its stream ends
-    parts: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    features: FeatureBuffer = field(default_factory=FeatureBuffer)
     done: VideoDone | None = None
     calls: int = 0  # model calls out for this video
 
     def add(self, result: _Features | VideoDone) -> None:
         """Take one model result: a feature chunk or the video's :class:`VideoDone`."""
-        if isinstance(result, _Features):  # copied: arrays from the object store are read-only
-            self.parts.append((result.start, np.array(result.feats)))
+        if isinstance(result, _Features):  # copied, so the object store's (read-only) array is freed
+            self.features.add(result.start, result.feats)
         else:
             self.done = result
+
+    @property
+    def parts(self) -> list[tuple[int, np.ndarray]]:
+        """:func:`finish_video`'s ``parts``: the features received, in clip order."""
+        return self.features.parts()
 
     @property
     def lost(self) -> bool:
@@ -313,7 +319,7 @@ class _Video:
     @property
     def complete(self) -> bool:
         """The ``done`` record is here, and so is every chunk (unless decoding failed)."""
-        return self.done is not None and (bool(self.done.error) or len(self.parts) == self.done.n_batches)
+        return self.done is not None and (bool(self.done.error) or self.features.batches == self.done.n_batches)
 
     def record_item(self, error: str = "") -> VideoDone:
         """The :class:`VideoDone` :func:`finish_video` takes, timed on the driver's clock
@@ -460,7 +466,9 @@ def _drive(ray: Any, ctx: RunContext, todo: list[VideoJob], decode: Any, slots: 
         if video.gen is not None:
             _cancel(ray, video.gen)
             video.gen = None
-        ctx.record(finish_video(ctx, video.job, video.record_item(error), [] if error else video.parts))
+        parts = [] if error else video.parts
+        row = finish_video(ctx, video.job, video.record_item(error), parts)
+        ctx.record(row, video_array(parts) if row.status == "ok" else None)
         bar.update(1)
         bar.set_postfix(clips_per_s=f"{summary.clips / max(time.time() - t_start, 1e-9):.1f}", failed=summary.failed)
 
