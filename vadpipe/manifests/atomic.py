@@ -119,3 +119,46 @@ def ensure_writable_file(path: str | os.PathLike) -> Path:
 def _reason(e: OSError) -> str:
     """The operating system's reason of ``e`` (``Permission denied``, ``Read-only file system``)."""
     return e.strerror or str(e)
+
+
+#: Lock file a run holds in its output folder (see :func:`folder_lock`).
+LOCK_NAME = ".vadpipe.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold the output folder ``folder`` for one run: a second run on it is refused at once.
+
+    The lock is a POSIX record lock (``fcntl.lockf``) on ``folder/.vadpipe.lock``: it belongs
+    to this process only (not to forked decoding workers) and the system drops it when the
+    process ends however it ends, so a killed run never leaves the folder locked. The file
+    says who holds it (pid and ``what``) for the message of the refused run. Where ``fcntl``
+    does not exist (Windows) no lock is taken.
+
+    Raises:
+        ConfigError: another process holds the folder (naming its pid and command).
+    """
+    from vadpipe.errors import ConfigError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield Path(folder)
+        return
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            raise ConfigError(f"{folder} is in use by {holder}: wait for that run to finish, or write to "
+                              "another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what})".encode(), 0)
+        try:
+            yield Path(folder)
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing drops the lock

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,7 @@ from vadpipe import __version__
 from vadpipe.errors import ConfigError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.extractors.weights import loaded_weights_sha256
+from vadpipe.manifests.atomic import ensure_writable_dir, folder_lock
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
 from vadpipe.manifests.runs import RunRecord, new_run_path, utc_now
 from vadpipe.pipeline.device import resolve_device
@@ -67,12 +69,17 @@ def extract(
 
     Raises:
         WeightsNotFoundError: the backbone's weights are not installed.
-        ConfigError: invalid settings or device.
+        ConfigError: invalid settings or device; another run is writing to ``out_dir``
+            (:func:`~vadpipe.manifests.atomic.folder_lock`).
     """
     t0 = time.time()
-    from vadpipe.manifests.atomic import ensure_writable_dir  # before any work: a clear error, not a traceback
+    root = ensure_writable_dir(out_dir)  # before any work: a clear error, not a traceback
+    with folder_lock(root, "vadpipe extract"):  # one run per output folder at a time
+        return _extract(jobs, root, config, force=force, progress=progress, on_video=on_video, t0=t0)
 
-    root = ensure_writable_dir(out_dir)
+
+def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: bool, progress: bool,
+             on_video: OnVideo | None, t0: float) -> ExtractSummary:
     spec = get_backbone(config.backbone)
     if spec.nodes > 1 and config.crops != 1:
         raise ConfigError(f"backbone {spec.name!r} yields {spec.nodes} patch nodes per clip from one view; use --crops 1")
