@@ -52,3 +52,7 @@ class EvaluationError(VadpipeError):
 
 class WorkerError(VadpipeError):
     """A worker process of a multi-device run stopped before it could take work."""
+
+
+class DiskFullError(VadpipeError):
+    """A write failed because the disk (or the user's quota) is full; nothing half-written is left."""

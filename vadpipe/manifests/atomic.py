@@ -7,6 +7,7 @@ never a half-written file, even if the process is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -37,8 +38,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if "w" not in mode:
         raise ValueError(f"atomic_open writes only; got mode {mode!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + TMP_MARKER, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + TMP_MARKER, dir=target.parent)
+    except OSError as e:
+        _raise_if_full(e, target)
+        raise
     try:
         os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, mode) as fh:
@@ -46,10 +51,26 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            _raise_if_full(e, target)
         raise
+
+
+#: ``errno`` values of a full disk or an exhausted quota.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _raise_if_full(e: OSError, target: Path) -> None:
+    """Turn a full disk into :class:`~vadpipe.errors.DiskFullError` (one clear line for the CLI)."""
+    if e.errno in _FULL:
+        from vadpipe.errors import DiskFullError
+
+        raise DiskFullError(f"no space left on the device writing {target} ({os.strerror(e.errno)}): nothing "
+                            "half-written was kept; free some space and run the same command again (finished "
+                            "work is kept and skipped)") from e
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
