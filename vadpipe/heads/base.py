@@ -144,6 +144,18 @@ SETTING_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 }
 
 
+def check_setting_names(spec: "HeadSpec", overrides: dict[str, Any]) -> dict[str, dataclasses.Field]:
+    """The fields of ``spec.config_cls`` by name; :class:`~vadpipe.errors.ConfigError` naming
+    any of ``overrides`` that is not one of them (and the known ones)."""
+    from vadpipe.errors import ConfigError
+
+    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise ConfigError(f"head {spec.name!r} has no setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return fields
+
+
 def validate_settings(spec: "HeadSpec", overrides: dict[str, Any]) -> dict[str, Any]:
     """Check head settings (``--set KEY=VALUE``, presets) against the field types of
     ``spec.config_cls`` (int, float, bool, str, ``Literal``, tuples, ``Optional``, dicts) and
@@ -159,10 +171,7 @@ def validate_settings(spec: "HeadSpec", overrides: dict[str, Any]) -> dict[str, 
     """
     from vadpipe.errors import ConfigError
 
-    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
-    unknown = set(overrides) - set(fields)
-    if unknown:
-        raise ConfigError(f"head {spec.name!r} has no setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+    fields = check_setting_names(spec, overrides)
     hints = typing.get_type_hints(spec.config_cls)
     out: dict[str, Any] = {}
     for key, value in overrides.items():

@@ -32,6 +32,7 @@ from vadpipe.heads.base import (
     AnomalyHead,
     HeadSpec,
     TrainSampling,
+    check_setting_names,
     config_setting,
     get_head,
     make_config,
@@ -136,7 +137,7 @@ def seed_everything(seed: int) -> None:
 def build_head(spec: HeadSpec, overrides: dict[str, Any], feature_dim: int | None = None) -> tuple[AnomalyHead, Any]:
     """The head and its config, with ``overrides`` and (when the config has such a field)
     the input feature size taken from the data."""
-    fields = _check_overrides(spec, overrides)
+    fields = check_setting_names(spec, overrides)
     values = dict(overrides)
     if feature_dim is not None:
         for name in _DIM_FIELDS:
@@ -144,15 +145,6 @@ def build_head(spec: HeadSpec, overrides: dict[str, Any], feature_dim: int | Non
                 values[name] = feature_dim
     config = make_config(spec, values)
     return spec.build(config), config
-
-
-def _check_overrides(spec: HeadSpec, overrides: dict[str, Any]) -> set[str]:
-    """The head config's field names; raises ``ConfigError`` naming unknown overrides."""
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ConfigError(f"head {spec.name!r} has no setting(s) {sorted(unknown)}; known: {sorted(fields)}")
-    return fields
 
 
 def feature_spec(dataset: FeatureDataset) -> dict[str, int]:
