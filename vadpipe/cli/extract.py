@@ -95,6 +95,8 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     if not jobs:
         raise VadpipeError(f"no videos found in {', '.join(inputs)}")
     summary = run_extract(jobs, out, config, force=force, progress=not quiet)
+    for path, why in summary.redone:
+        click.echo(f"recomputed: {path}: {why}", err=True)
     for path, err in summary.failures:
         click.echo(f"failed: {err}" if path in err else f"failed: {path}: {err}", err=True)
     click.echo(summary.line(), err=True)

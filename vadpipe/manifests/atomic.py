@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -73,10 +74,43 @@ def _raise_if_full(e: OSError, target: Path) -> None:
                             "work is kept and skipped)") from e
 
 
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Save ``array`` as ``.npy`` at ``path`` atomically."""
+class _HashingWriter:
+    """A write-only file wrapper that feeds every byte written to a sha256."""
+
+    def __init__(self, fh: IO[bytes]):
+        self._fh = fh
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.hash.update(data)
+        return self._fh.write(data)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> str:
+    """Save ``array`` as ``.npy`` at ``path`` atomically.
+
+    Returns:
+        The sha256 (hex) of the file's bytes, computed while writing (no second read).
+    """
     with atomic_open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+        writer = _HashingWriter(fh)
+        np.save(writer, array, allow_pickle=False)
+    return writer.hash.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of the file at ``path``, read in ``chunk``-byte pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_stamp(path: str | os.PathLike) -> str:
+    """``"<size>:<mtime_ns>"`` of ``path``: changes whenever the file is rewritten or replaced."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -145,6 +179,11 @@ def _reason(e: OSError) -> str:
 #: Lock file a run holds in its output folder (see :func:`folder_lock`).
 LOCK_NAME = ".vadpipe.lock"
 
+#: Lock files this process holds now. POSIX record locks belong to the process, and closing
+#: *any* descriptor of the file drops them, so a nested lock of the same folder (``score``
+#: writing its features into its own output folder) must not open the file again.
+_HELD: set[str] = set()
+
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
@@ -153,8 +192,9 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     The lock is a POSIX record lock (``fcntl.lockf``) on ``folder/.vadpipe.lock``: it belongs
     to this process only (not to forked decoding workers) and the system drops it when the
     process ends however it ends, so a killed run never leaves the folder locked. The file
-    says who holds it (pid and ``what``) for the message of the refused run. Where ``fcntl``
-    does not exist (Windows) no lock is taken.
+    says who holds it (pid and ``what``) for the message of the refused run. A folder this
+    process holds already is held again at no cost (nested runs). Where ``fcntl`` does not
+    exist (Windows) no lock is taken.
 
     Raises:
         ConfigError: another process holds the folder (naming its pid and command).
@@ -167,6 +207,10 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
         yield Path(folder)
         return
     path = Path(folder) / LOCK_NAME
+    key = os.path.realpath(path)
+    if key in _HELD:
+        yield Path(folder)
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -177,9 +221,11 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
                               "another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({what})".encode(), 0)
+        _HELD.add(key)
         try:
             yield Path(folder)
         finally:
+            _HELD.discard(key)
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing drops the lock

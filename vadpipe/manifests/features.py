@@ -17,18 +17,28 @@ crops              int     crops per clip (1, 5 or 10); for patch-node backbones
 dim                int     feature size D
 layout             str     ``single`` ([n_clips, crops, D]) or ``per-crop`` ([n_clips, D] each)
 decoder            str     backend that decoded the video (``decord`` or ``pyav``), plus
-                           ``(fallback: reason)`` when ``auto`` could not use decord
+                           ``(fallback: reason)`` when ``auto`` could not use decord, plus
+                           ``; notes`` on what else was done to the frames (frames scaled
+                           where the size changes mid-stream)
 config_hash        str     hash of the extraction settings that shape the features
 status             str     ``ok``, ``failed`` or ``skipped`` (not reached: run interrupted)
 error              str     why the row failed, empty otherwise
 seconds            float   wall time spent on this video
+sha256             str     sha256 of the feature file as written (``;``-joined in crop
+                           order for ``per-crop``); empty for rows of older manifests
+file_stamp         str     ``<size>:<mtime_ns>`` of each feature file when written (same
+                           joining): a re-run re-hashes only files whose stamp changed
+rotation           int     degrees (counterclockwise) the frames were turned to show them
+                           upright, as the container's display matrix asks; 0: none
 =================  ======  =============================================================
 
-The file is always rewritten whole and atomically, so it is never half-written.
+The file is always rewritten whole and atomically, so it is never half-written. The last
+three columns are optional when reading (manifests written before they existed).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -63,6 +73,9 @@ class FeatureRow:
     status: str = "skipped"
     error: str = ""
     seconds: float = 0.0
+    sha256: str = ""
+    file_stamp: str = ""
+    rotation: int = 0
 
     def feature_files(self, root: str | os.PathLike) -> list[Path]:
         """Absolute paths of this row's feature files (one, or one per crop)."""
@@ -73,7 +86,12 @@ class FeatureRow:
 
 
 COLUMNS = tuple(f.name for f in fields(FeatureRow))
-_INT_COLUMNS = ("n_frames", "n_clips", "crops", "dim")
+#: Columns added after the first release: read as ``""`` when a manifest lacks them.
+OPTIONAL_COLUMNS = ("sha256", "file_stamp", "rotation")
+#: What to tell a user whose ``features.csv`` cannot be trusted.
+_DAMAGED_HINT = ("restore the file, or move it away to recompute every video of this folder "
+                 "(its feature files are then rewritten)")
+_INT_COLUMNS = ("n_frames", "n_clips", "crops", "dim", "rotation")
 _FLOAT_COLUMNS = ("fps", "seconds")
 
 
@@ -86,11 +104,19 @@ def read_manifest(path: str | os.PathLike) -> list[FeatureRow]:
     """
     path = Path(path)
     df = read_string_csv(path, "manifest")
+    for c in OPTIONAL_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(
-            f"{path} is not a vadpipe features manifest: missing column(s) {', '.join(missing)}"
+            f"{path} is not a vadpipe features manifest: missing column(s) {', '.join(missing)}; {_DAMAGED_HINT}"
         )
+    short = _short_line(path)
+    if short is not None:
+        line, n, want = short
+        raise ManifestError(f"{path}:{line}: {n} of {want} fields (the file is cut short or was edited); "
+                            f"{_DAMAGED_HINT}")
     rows: list[FeatureRow] = []
     seen: set[str] = set()
     for i, rec in enumerate(df[list(COLUMNS)].to_dict("records")):
@@ -112,6 +138,18 @@ def read_manifest(path: str | os.PathLike) -> list[FeatureRow]:
         seen.add(row.video)
         rows.append(row)
     return rows
+
+
+def _short_line(path: Path) -> tuple[int, int, int] | None:
+    """``(line, fields, header fields)`` of the first data line with fewer fields than the
+    header (pandas pads such a line with empty cells, which would hide a cut-off file)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        for row in reader:
+            if row and len(row) < len(header):
+                return reader.line_num, len(row), len(header)
+    return None
 
 
 def write_manifest(path: str | os.PathLike, rows: list[FeatureRow]) -> None:

@@ -34,8 +34,9 @@ from vadpipe.pipeline.extract.writer import ExtractSummary, RunContext, finish_v
 CFG = ExtractConfig(backbone="tiny", crops=5, random_weights=True, device="cpu", batch_clips=2)
 RAY_CFG = replace(CFG, engine="ray")
 #: Columns that may differ between engines: wall time per video (measured differently:
-#: the local engine from decode start, the Ray engine from the video's submission).
-TIMING_COLUMNS = ("seconds",)
+#: the local engine from decode start, the Ray engine from the video's submission) and
+#: when the feature files were written (their mtime stamp).
+TIMING_COLUMNS = ("seconds", "file_stamp")
 
 
 @pytest.fixture(scope="module")

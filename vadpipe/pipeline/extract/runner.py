@@ -33,7 +33,7 @@ from vadpipe.pipeline.extract.decode import check_backend
 from vadpipe.pipeline.extract.engines import is_distributed, run_engine
 from vadpipe.pipeline.extract.model import RANDOM_WEIGHTS_TAG, FeatureModel
 from vadpipe.pipeline.extract.sources import VideoJob
-from vadpipe.pipeline.extract.writer import ExtractSummary, OnVideo, RunContext, is_intact, remove_leftovers
+from vadpipe.pipeline.extract.writer import ExtractSummary, OnVideo, RunContext, damage, remove_leftovers
 
 __all__ = ["extract"]
 
@@ -106,12 +106,17 @@ def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: 
         rows = {r.video: r for r in read_manifest(manifest)}
     summary = ExtractSummary(manifest=str(manifest))
     todo: list[VideoJob] = []
+    restamped = False
     for job in jobs:
         old = rows.get(job.path)
-        if (not force and old is not None and old.status == "ok"
-                and old.config_hash == config_hash and is_intact(old, root)):
-            summary.skipped += 1
-            continue
+        if not force and old is not None and old.status == "ok" and old.config_hash == config_hash:
+            stamp = old.file_stamp
+            why = damage(old, root)  # never trust a file that is gone, cut short, reshaped or rewritten
+            if not why:
+                summary.skipped += 1
+                restamped |= old.file_stamp != stamp
+                continue
+            summary.redone.append((job.path, why))
         todo.append(job)
         rows[job.path] = FeatureRow(video=job.path, backbone=spec.name, status="skipped",
                                     error="not processed yet (run interrupted)")
@@ -128,8 +133,9 @@ def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: 
 
     ctx = RunContext(root=root, config=config, spec=spec, config_hash=config_hash, weights_sha256=weights_sha256,
                      rows=rows, manifest=manifest, summary=summary, on_video=on_video)
-    if todo:
+    if todo or restamped:
         ctx.write()
+    if todo:
         try:
             run_engine(ctx, todo, model, progress=progress)
         finally:

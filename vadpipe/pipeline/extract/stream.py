@@ -21,7 +21,7 @@ from vadpipe.pipeline.extract.clips import count_clips, iter_clips
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.decode import open_video
 from vadpipe.pipeline.extract.sources import VideoJob
-from vadpipe.pipeline.extract.transforms import resize_clips
+from vadpipe.pipeline.extract.transforms import resize_chunk, stack_resized
 
 __all__ = ["ClipBatch", "ClipStream", "VideoDone", "worker_init"]
 
@@ -59,7 +59,9 @@ class VideoDone:
         started: when decoding started (``time.time()``).
         n_frames: frames decoded; ``fps``: the stream's (or the resampled) frame rate.
         n_clips: clips yielded; ``n_batches``: :class:`ClipBatch` items yielded.
-        decoder: the backend that decoded, with the fallback reason if any.
+        decoder: the backend that decoded, with the fallback reason and what else was done
+            to the frames (:attr:`~vadpipe.pipeline.extract.decode.VideoInfo.notes`), if any.
+        rotation: degrees the frames were turned to show them upright (display matrix).
         error: why the video failed (``""``: it did not).
     """
 
@@ -71,6 +73,7 @@ class VideoDone:
     n_clips: int = 0
     n_batches: int = 0
     decoder: str = ""
+    rotation: int = 0
     error: str = ""
 
 
@@ -101,9 +104,12 @@ class ClipStream(IterableDataset):
             with open_video(job.path, backend=cfg.decoder, fps=cfg.fps) as reader:
                 done.fps = float(reader.info.fps)
                 hint = count_clips(reader.expected_frames, cfg.clip)
-                pending: list[np.ndarray] = []
+                pending: list[np.ndarray] = []  # resized clips [T, h, w, 3]
                 start = 0
-                for clip in iter_clips(reader.iter_chunks(), cfg.clip):
+                # Frames are resized once, as they are decoded: full-size frames are held for
+                # one chunk only (a 4K clip would be 400 MB), and overlapping clips share them.
+                chunks = (resize_chunk(c, cfg.preset) for c in reader.iter_chunks())
+                for clip in iter_clips(chunks, cfg.clip):
                     pending.append(clip)
                     if len(pending) == cfg.batch_clips:
                         yield self._batch(index, start, pending, hint)
@@ -117,7 +123,9 @@ class ClipStream(IterableDataset):
                 done.n_frames = reader.frames_read
                 done.n_clips = start
                 info = reader.info  # after decoding: auto may have switched backend part-way
-                done.decoder = info.backend + (f" (fallback: {info.fallback_reason})" if info.fallback_reason else "")
+                done.decoder = (info.backend + (f" (fallback: {info.fallback_reason})" if info.fallback_reason else "")
+                                + (f"; {info.notes}" if info.notes else ""))
+                done.rotation = info.rotation
             if start == 0:
                 raise VideoTooShortError(
                     f"{job.path}: {done.n_frames} frame(s) decoded, fewer than one "
@@ -131,8 +139,7 @@ class ClipStream(IterableDataset):
         yield done
 
     def _batch(self, index: int, start: int, clips: list[np.ndarray], hint: int = 0) -> ClipBatch:
-        frames = torch.from_numpy(np.stack(clips))  # [n, T, H, W, 3]
-        return ClipBatch(job=index, start=start, data=resize_clips(frames, self.config.preset),  # [n, 3, T, h, w]
+        return ClipBatch(job=index, start=start, data=stack_resized(clips),  # [n, 3, T, h, w]
                          n_clips_hint=hint)
 
 

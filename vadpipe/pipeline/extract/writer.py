@@ -19,7 +19,7 @@ import torch
 
 from vadpipe.errors import ConfigError
 from vadpipe.extractors.registry import BackboneSpec, get_backbone
-from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy
+from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy, file_sha256, file_stamp
 from vadpipe.manifests.features import FeatureRow, write_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.sources import VideoJob
@@ -29,7 +29,7 @@ from vadpipe.pipeline.extract.stream import VideoDone
 OnVideo = Callable[[FeatureRow, "np.ndarray | None"], None]
 
 __all__ = ["ExtractSummary", "OnVideo", "RunContext", "WriteContext", "finish_video", "output_path",
-           "is_intact", "remove_leftovers", "backbone_by_name", "video_array"]
+           "damage", "remove_leftovers", "backbone_by_name", "video_array"]
 
 
 @dataclass
@@ -40,6 +40,9 @@ class ExtractSummary:
     ``cuda:1``) its ``videos``, ``clips``, ``startup_s`` (process start to model ready),
     ``active_s`` (model ready to the end of its work, or its death) and, when it stopped
     abnormally, ``exit`` (its exit code or error).
+
+    ``redone`` lists ``(video, reason)`` for each video an earlier run had finished whose
+    feature files were damaged (see :func:`damage`) and so were computed again.
     """
 
     ok: int = 0
@@ -49,6 +52,7 @@ class ExtractSummary:
     seconds: float = 0.0
     manifest: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
+    redone: list[tuple[str, str]] = field(default_factory=list)
     per_device: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -58,8 +62,9 @@ class ExtractSummary:
     def line(self) -> str:
         """One-line summary for the terminal."""
         rate = self.clips / self.seconds if self.seconds > 0 else 0.0
+        again = f" ({len(self.redone)} again: damaged outputs)" if self.redone else ""
         return (
-            f"{self.ok} extracted, {self.skipped} already done, {self.failed} failed; "
+            f"{self.ok} extracted{again}, {self.skipped} already done, {self.failed} failed; "
             f"{self.clips} clips in {self.seconds:.1f} s ({rate:.1f} clips/s); manifest: {self.manifest}"
         )
 
@@ -71,17 +76,41 @@ def output_path(job: VideoJob, config: ExtractConfig, spec: BackboneSpec) -> str
     return f"{job.rel_name}_{spec.file_suffix or spec.name}.npy"
 
 
-def is_intact(row: FeatureRow, root: Path) -> bool:
-    """True when every feature file of an ``ok`` row exists and has the recorded shape."""
+def damage(row: FeatureRow, root: Path) -> str:
+    """Why the feature files of the ``ok`` row ``row`` cannot be trusted; ``""`` when intact.
+
+    A file must exist, parse as ``.npy`` with its full data present, hold float32 of the
+    recorded shape and, when the row records a ``sha256`` (every row written since that
+    column exists), still have those bytes. The hash is recomputed only for a file whose
+    ``<size>:<mtime_ns>`` stamp differs from the recorded one (rewritten, or copied to
+    another folder); when the bytes still match, ``row.file_stamp`` is updated so the next
+    run does not hash it again.
+    """
     want = (row.n_clips, row.crops, row.dim) if row.layout == "single" else (row.n_clips, row.dim)
-    for f in row.feature_files(root):
+    files = row.feature_files(root)
+    hashes = row.sha256.split(";") if row.sha256 else []
+    stamps = row.file_stamp.split(";") if row.file_stamp else []
+    if hashes and len(hashes) != len(files):
+        return f"the manifest records {len(hashes)} sha256 value(s) for {len(files)} feature file(s)"
+    new_stamps: list[str] = []
+    for i, f in enumerate(files):
+        name = f.relative_to(root) if f.is_relative_to(root) else f
+        if not f.is_file():
+            return f"feature file {name} is missing"
         try:
-            arr = np.load(f, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            return False
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)  # reads the header; maps the data
+        except (OSError, ValueError) as e:
+            return f"feature file {name} is unreadable or cut short ({e})"
         if arr.shape != want or arr.dtype != np.float32:
-            return False
-    return True
+            return f"feature file {name} holds {arr.dtype}{list(arr.shape)}, the manifest says float32{list(want)}"
+        del arr
+        stamp = file_stamp(f)
+        new_stamps.append(stamp)
+        if hashes and (i >= len(stamps) or stamps[i] != stamp) and file_sha256(f) != hashes[i]:
+            return f"feature file {name} changed since it was written (its sha256 differs from the manifest's)"
+    if hashes:
+        row.file_stamp = ";".join(new_stamps)
+    return ""
 
 
 def remove_leftovers(root: Path) -> None:
@@ -210,6 +239,7 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
         video=job.path, backbone=spec.name, weights_sha256=ctx.weights_sha256,
         n_frames=done.n_frames, fps=round(done.fps, 6), crops=max(config.crops, spec.nodes),
         dim=spec.feature_dim, layout=config.layout, decoder=done.decoder, config_hash=ctx.config_hash,
+        rotation=done.rotation,
     )
     if done.error:
         row.status, row.error = "failed", done.error
@@ -219,10 +249,12 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
     row.n_clips = feats.shape[0]
     row.feature_path = output_path(job, config, spec)
     if config.layout == "per-crop":
-        for k in range(config.crops):
-            atomic_save_npy(ctx.root / row.feature_path.format(k=k), np.ascontiguousarray(feats[:, k]))
+        written = {row.feature_path.format(k=k): np.ascontiguousarray(feats[:, k]) for k in range(config.crops)}
     else:
-        atomic_save_npy(ctx.root / row.feature_path, feats)
+        written = {row.feature_path: feats}
+    hashes = [atomic_save_npy(ctx.root / name, arr) for name, arr in written.items()]
+    row.sha256 = ";".join(hashes)
+    row.file_stamp = ";".join(file_stamp(ctx.root / name) for name in written)
     row.status = "ok"
     row.seconds = round(time.time() - done.started, 3)
     return row

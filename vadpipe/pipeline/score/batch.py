@@ -40,7 +40,7 @@ import torch
 from vadpipe.errors import ConfigError, VadpipeError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.heads.data import load_features
-from vadpipe.manifests.atomic import atomic_write_text, ensure_writable_dir
+from vadpipe.manifests.atomic import atomic_write_text, ensure_writable_dir, folder_lock
 from vadpipe.manifests.datasets import video_key
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
 from vadpipe.pipeline.extract.config import PRECISIONS, ExtractConfig
@@ -269,10 +269,20 @@ def score_videos(
             from one (:func:`~vadpipe.pipeline.train.apply.load_head`; not read again).
 
     Raises:
-        ConfigError: a checkpoint/backbone mismatch (before any video is decoded).
+        ConfigError: a checkpoint/backbone mismatch (before any video is decoded); another
+            run is writing to ``out_dir`` (:func:`~vadpipe.manifests.atomic.folder_lock`).
         WeightsNotFoundError: the backbone's weights are not installed.
     """
     out = ensure_writable_dir(out_dir)  # before any work: a clear error, not a traceback
+    with folder_lock(out, "vadpipe score"):  # one run per output folder at a time
+        return _score_videos(jobs, checkpoint, out, options=options, backbone=backbone, speed=speed,
+                             features_dir=features_dir, force=force, progress=progress, echo=echo)
+
+
+def _score_videos(jobs: list[VideoJob], checkpoint: str | os.PathLike | LoadedHead, out: Path, *,
+                  options: ScoreOptions, backbone: str | None, speed: dict[str, Any] | None,
+                  features_dir: str | os.PathLike | None, force: bool, progress: bool,
+                  echo: Callable[[str], None] | None) -> ScoreSummary:
     feats_dir = Path(features_dir) if features_dir else out / "features"
     speed = dict(speed or {})
     from vadpipe.pipeline.device import resolve_device

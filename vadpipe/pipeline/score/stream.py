@@ -37,7 +37,7 @@ import torch
 
 from vadpipe.errors import VadpipeError, VideoDecodeError
 from vadpipe.extractors.registry import get_backbone
-from vadpipe.manifests.atomic import ensure_writable_dir
+from vadpipe.manifests.atomic import ensure_writable_dir, folder_lock
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.clips import iter_clips
 from vadpipe.pipeline.extract.decode import open_video
@@ -157,7 +157,20 @@ def stream_score(
     A decoding failure stops the stream with ``error`` set; the clips scored before it are
     kept and written. ``checkpoint`` is a head checkpoint file or the head already loaded
     from one (not read again).
+
+    Raises:
+        ConfigError: another run is writing to ``out_dir``
+            (:func:`~vadpipe.manifests.atomic.folder_lock`), or a checkpoint/backbone mismatch.
     """
+    out = ensure_writable_dir(out_dir)  # before the video is opened: a clear error, not a traceback
+    with folder_lock(out, "vadpipe score --stream"):  # one run per output folder at a time
+        return _stream_score(source, checkpoint, out, options=options, backbone=backbone, speed=speed,
+                             follow=follow, window=window, echo=echo)
+
+
+def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: Path, *, options: ScoreOptions,
+                  backbone: str | None, speed: dict[str, Any] | None, follow: float, window: int,
+                  echo: Callable[[str], None] | None) -> StreamResult:
     speed = dict(speed or {})
     device = resolve_device(speed.get("device", "auto"))
     loaded = head_for_run(checkpoint, device)
@@ -171,7 +184,6 @@ def stream_score(
     threshold, threshold_source = resolve_threshold(options, loaded)
 
     name = "stdin" if source == "-" else Path(source).stem
-    out = ensure_writable_dir(out_dir)  # before the video is opened: a clear error, not a traceback
     recent: deque[np.ndarray] = deque(maxlen=keep)  # [crops, D] per clip
     all_feats = FeatureBuffer()  # [n_clips, crops, D] in one growing array, for the final pass
     streamed: list[float] = []

@@ -41,6 +41,26 @@ sizes, 4:4:4, non-zero start times, variable frame rate); HEVC, VP8, AV1 and MPE
 MKV/MP4 were checked the same way by hand. Opening costs one demux pass over the file
 (about 25 us per packet with PyAV, plus decord's own index under ``"auto"``).
 
+Rotation and size changes
+-------------------------
+Frames are handed out upright: a display rotation stored by the container (the display
+matrix of a phone video, 90/180/270 degrees counterclockwise; FFmpeg >= 7 gives it to every
+decoded frame, and the probe decodes the first frame to read it) is applied with
+``np.rot90``, as players, the ffmpeg command, OpenCV and torchcodec do, and recorded in
+:attr:`VideoInfo.rotation`. Any other angle is not applied and said in
+:attr:`VideoInfo.notes`. decord is not used for rotated files: it turns 180 degrees itself
+and fails on 90/270 (decord2 3.4.0); torchcodec is not used either.
+
+Where the frame size changes mid-stream (a camera that switched resolution), PyAV scales
+the later frames to the first frame's size with bicubic swscale, as the ffmpeg command
+does (measured against Debian's ffmpeg 5.1 command on such a file: mean difference 0.15
+levels, max 11, from the two swscale versions), and says how many in ``notes``. decord
+and torchcodec scale such frames their own way (decord: up to 11 levels from PyAV) and
+the probe cannot see the size without decoding, so for H.264/HEVC the probe compares the
+sequence parameter sets (SPS) of every keyframe with the first (NAL headers only, no
+decoding): if any differs, ``auto`` and the torchcodec backends use PyAV. Other codecs
+that change size mid-stream are not detected.
+
 Truncated and corrupt files
 ---------------------------
 Opening demuxes the whole video stream once (cheap: no decoding). A file is declared
@@ -87,7 +107,8 @@ videos of ``tests/pipeline/extract/test_decode.py`` and ``tests/pipeline/extract
   mean ~0.6);
 * wrong frames: MPEG-TS and MPEG-PS (torchcodec's index starts at the wrong frame, and it
   raises part-way), AVI with B-frames (frame times are not the packet times);
-* torchcodec applies a rotation stored in the container (phone videos); PyAV does not.
+* torchcodec applies a rotation stored in the container (phone videos) itself; vadpipe
+  turns PyAV's frames the same way (see below) and keeps torchcodec off such files.
 
 So a torchcodec backend decodes a file only when all of these hold, and otherwise uses
 PyAV and says why in :attr:`VideoInfo.fallback_reason` (as ``"auto"`` does for decord):

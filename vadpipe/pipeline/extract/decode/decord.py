@@ -49,6 +49,12 @@ def _decord_verdict(info: _Probe, threads: int) -> tuple[Any | None, str | None]
                       f"{info.n_packets} frames, FFmpeg shows {info.n_shown}")
     if info.n_missing_pts:
         return None, f"{info.n_missing_pts} packet(s) without timestamps"
+    if info.sps_changes:
+        return None, (f"{info.sps_changes} keyframe(s) change the sequence parameters (the frame size may change "
+                      "mid-stream): decord would scale such frames its own way")
+    if info.rotation or info.odd_rotation:
+        return None, (f"display rotation of {info.rotation or info.odd_rotation:g} degrees: decord turns only some "
+                      "rotations itself (and fails on 90/270)")
     try:
         vr = _open_decord(info.path, threads)
     except ImportError as e:

@@ -59,6 +59,12 @@ class VideoInfo:
         fallback_reason: why ``backend="auto"`` did not use decord, or why a torchcodec
             backend handed the file to PyAV; ``None`` when the chosen backend decodes
             (or ``"decord"``/``"pyav"`` was forced).
+        rotation: degrees (counterclockwise: 0, 90, 180 or 270) the frames are turned by to
+            show them upright, as the container's display matrix asks (phone videos);
+            ``width``/``height`` are the turned frames' size.
+        notes: what else was done to the frames (set after decoding: frames scaled to the
+            first frame's size where the size changes mid-stream, a rotation that is not a
+            multiple of 90 degrees and was not applied); ``None`` when nothing.
     """
 
     path: str
@@ -68,6 +74,8 @@ class VideoInfo:
     n_frames_hint: int | None
     backend: str
     fallback_reason: str | None
+    rotation: int = 0
+    notes: str | None = None
 
 
 @dataclass
@@ -90,6 +98,14 @@ class _Probe:
     n_discarded: int        # packets the demuxer flags as discard (hidden by an edit list)
     n_missing_pts: int      # shown packets without a presentation timestamp
     pts: np.ndarray         # int64, sorted presentation timestamps of the shown packets
+    rotation: int = 0       # display rotation applied to every frame (degrees counterclockwise)
+    sps_changes: int = 0    # H.264/HEVC: times a keyframe carries other sequence parameters than the first
+    odd_rotation: float = 0.0  # a display rotation that is not a multiple of 90 degrees (not applied)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the frames as handed out, after :attr:`rotation`."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
     @property
     def n_shown(self) -> int:
@@ -239,6 +255,104 @@ def _video_stream(container: Any, path: str) -> Any:
     return best if best in video else video[0]
 
 
+#: NAL unit type of a sequence parameter set, by codec: ``type(first byte of the NAL unit)``.
+_SPS_NAL_TYPE = {"h264": lambda b: b & 0x1F == 7, "hevc": lambda b: (b >> 1) & 0x3F == 33}
+
+
+class _ParameterSets:
+    """Counts the keyframes whose in-band sequence parameter sets (SPS) differ from the
+    stream's first ones: where they do, the frame size may change mid-stream (a camera that
+    switched resolution), which decord and torchcodec hide by scaling the frames their own
+    way. Reads only NAL unit headers of keyframe packets, no decoding."""
+
+    def __init__(self, codec: str | None, extradata: bytes | None):
+        self.codec = codec
+        self.changes = 0
+        self._is_sps = _SPS_NAL_TYPE.get(codec or "")
+        self._length_size: int | None = None  # NAL length prefix of MP4/Matroska packets; None: Annex B
+        self._first: bytes | None = None
+        ex = bytes(extradata or b"")
+        if codec == "h264" and len(ex) > 6 and ex[0] == 1:  # avcC
+            self._length_size = (ex[4] & 3) + 1
+            if ex[5] & 0x1F:
+                n = int.from_bytes(ex[6:8], "big")
+                self._first = ex[8:8 + n] or None
+        elif codec == "hevc" and len(ex) > 22 and ex[0] == 1:  # hvcC
+            self._length_size = (ex[21] & 3) + 1
+            self._first = _hvcc_sps(ex)
+
+    def scan(self, data: bytes) -> None:
+        for nal in _nal_units(data, self._length_size):
+            if nal and self._is_sps(nal[0]):
+                if self._first is None:
+                    self._first = nal
+                elif nal != self._first:
+                    self.changes += 1
+                return
+
+
+def _nal_units(data: bytes, length_size: int | None) -> list[bytes]:
+    """The NAL units of one packet: length-prefixed (MP4/Matroska) or Annex B (start codes)."""
+    if length_size is None:
+        return [part.rstrip(b"\x00") for part in data.split(b"\x00\x00\x01")[1:]]
+    out, i = [], 0
+    while i + length_size <= len(data):
+        n = int.from_bytes(data[i:i + length_size], "big")
+        i += length_size
+        if n <= 0 or i + n > len(data):
+            break
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+def _hvcc_sps(ex: bytes) -> bytes | None:
+    """The first SPS stored in an HEVC ``hvcC`` record, if any."""
+    i, arrays = 23, ex[22]
+    for _ in range(arrays):
+        if i + 3 > len(ex):
+            return None
+        kind, count = ex[i] & 0x3F, int.from_bytes(ex[i + 1:i + 3], "big")
+        i += 3
+        for _ in range(count):
+            n = int.from_bytes(ex[i:i + 2], "big")
+            if kind == 33:
+                return ex[i + 2:i + 2 + n]
+            i += 2 + n
+    return None
+
+
+def quarter_turns(angle: float) -> tuple[int, float]:
+    """``(rotation applied, angle not applied)`` for a display rotation of ``angle`` degrees
+    (counterclockwise, FFmpeg's convention): a multiple of 90 degrees (within 1) is applied
+    as 0/90/180/270; any other angle is left alone and returned second."""
+    turns = round(angle / 90.0)
+    if abs(angle - 90.0 * turns) <= 1.0:
+        return int(turns % 4) * 90, 0.0
+    return 0, float(angle)
+
+
+def _first_picture(path: str) -> tuple[np.ndarray, float] | None:
+    """PyAV's first presented frame (RGB ``[H, W, 3]`` as stored, not rotated) and its
+    display rotation (degrees counterclockwise; FFmpeg >= 7 hands the container's display
+    matrix to every decoded frame); ``None`` when no frame can be decoded."""
+    try:
+        container = _open_container(path)
+    except VideoDecodeError:
+        return None
+    try:
+        stream = _video_stream(container, path)
+        for frame in container.decode(stream):
+            return frame.to_ndarray(format="rgb24"), float(frame.rotation or 0.0)
+    except MemoryError:
+        raise
+    except Exception:
+        return None
+    finally:
+        container.close()
+    return None
+
+
 def _parse_duration_tag(value: str | None) -> float | None:
     """``HH:MM:SS.fffffffff`` (Matroska ``DURATION`` tag) to seconds."""
     if not value:
@@ -284,8 +398,11 @@ def _probe_unguarded(path: str) -> _Probe:
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1_000_000)
         n_packets = n_empty = n_discarded = n_missing = 0
         pts: list[int] = []
+        params = _ParameterSets(ctx.name if ctx.name in _SPS_NAL_TYPE else None, ctx.extradata)
         try:
             for packet in container.demux(stream):
+                if packet.is_keyframe and params.codec:
+                    params.scan(bytes(packet))
                 if packet.size == 0:
                     # the final flush packet has no timestamp; a timestamped empty packet is a
                     # dropped frame (AVI) that headers count but that decodes to nothing
@@ -311,9 +428,13 @@ def _probe_unguarded(path: str) -> _Probe:
             claimed_duration = _parse_duration_tag(stream.metadata.get("DURATION"))
             if claimed_duration is None and len(container.streams) == 1 and container.duration:
                 claimed_duration = container.duration / 1_000_000
+        first = _first_picture(path)
+        if first is not None:  # the first decoded frame's size is the output size (as with ffmpeg)
+            width, height = first[0].shape[1], first[0].shape[0]
+        rotation, odd = quarter_turns(first[1] if first is not None else 0.0)
         info = _Probe(
             path=path, container=fmt, codec=ctx.name, codec_id=_codec_id(ctx), pix_fmt=ctx.pix_fmt,
-            width=width, height=height,
+            width=width, height=height, rotation=rotation, odd_rotation=odd, sps_changes=params.changes,
             native_fps=_native_fps(stream, pts_arr), time_base=time_base,
             claimed_frames=claimed_frames, claimed_duration=claimed_duration,
             n_packets=n_packets, n_empty=n_empty, n_discarded=n_discarded, n_missing_pts=n_missing,

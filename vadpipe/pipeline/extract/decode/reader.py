@@ -162,15 +162,18 @@ class VideoReader:
         else:
             self._vr, reason = _decord_verdict(self._probe, self._threads)
             chosen = "decord" if self._vr is not None else "pyav"
+        width, height = self._probe.display_size
         self.info = VideoInfo(
             path=self.path,
-            width=self._probe.width,
-            height=self._probe.height,
+            width=width,
+            height=height,
             fps=float(self._fps if self._fps is not None else self._probe.native_fps),
             n_frames_hint=self._probe.n_frames_hint,
             backend=chosen,
             fallback_reason=reason,
+            rotation=self._probe.rotation,
         )
+        self._scaled: dict[tuple[int, int], int] = {}  # PyAV: frame size -> frames scaled from it
 
     # -- public -------------------------------------------------------------------
 
@@ -233,10 +236,12 @@ class VideoReader:
 
     def _iterate(self) -> Iterator[np.ndarray]:
         self.frames_read = 0
+        self._scaled.clear()
         try:
             for chunk in self._chunks(self.info.backend):
                 self.frames_read += len(chunk)
                 yield chunk
+            self._note_changes()
             return
         except _BackendFailed as e:
             # torchcodec disagreed with the container part-way, or raised (a corrupt file
@@ -258,6 +263,18 @@ class VideoReader:
             chunk, skip = chunk[skip:], 0
             self.frames_read += len(chunk)
             yield chunk
+        self._note_changes()
+
+    def _note_changes(self) -> None:
+        """Record in ``info.notes`` what was done to the frames besides decoding them."""
+        notes = []
+        w, h = self._probe.width, self._probe.height
+        for (fw, fh), n in sorted(self._scaled.items()):
+            notes.append(f"{n} frame(s) scaled from {fw}x{fh} to {w}x{h} (the frame size changes mid-stream; "
+                         "the first frame's size is kept, as ffmpeg does)")
+        if self._probe.odd_rotation:
+            notes.append(f"display rotation of {self._probe.odd_rotation:g} degrees not applied (not a multiple of 90)")
+        self.info = replace(self.info, notes="; ".join(notes) or None)
 
     def _chunks(self, backend: str) -> Iterator[np.ndarray]:
         if backend == "decord" and self._fps is None:
@@ -297,6 +314,7 @@ class VideoReader:
         """Consecutive ``get_batch`` calls over 0..n-1: sequential decoding, no seeks."""
         vr = vr if vr is not None else self._take_decord()
         n = len(vr)
+        want = (self._probe.height, self._probe.width, 3)
         for start in range(0, n, self.chunk_size):
             stop = min(n, start + self.chunk_size)
             try:
@@ -307,6 +325,9 @@ class VideoReader:
                 raise _fail(self.path, f"decord failed to decode frames {start}..{stop - 1} of {n} "
                                        f"({_brief(e)}); the file is corrupt: re-encode it or fetch it "
                                        "again") from e
+            if chunk.shape[1:] != want:  # the frame size changed mid-stream: PyAV scales such frames
+                raise _fail(self.path, f"decord returned frames of {chunk.shape[1:]} at frame {start}, "
+                                       f"the stream starts at {want}")
             yield chunk
 
     def _decord_frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
@@ -387,13 +408,21 @@ class VideoReader:
             stream.codec_context.thread_count = self._threads
             time_base = Fraction(stream.time_base) if stream.time_base else self._probe.time_base
             period = 1 / self._probe.native_fps
+            width, height = self._probe.width, self._probe.height  # of the first frame: kept throughout
+            turns = self._probe.rotation // 90
             frames = container.decode(stream)
             origin: int | None = None
             t = -period
             while True:
                 try:
                     frame = next(frames)
-                    rgb = frame.to_ndarray(format="rgb24")
+                    if (frame.width, frame.height) == (width, height):
+                        rgb = frame.to_ndarray(format="rgb24")
+                    else:  # a size change mid-stream: scale to the first frame's size, as ffmpeg does
+                        rgb = frame.to_ndarray(width=width, height=height, format="rgb24",
+                                               interpolation="BICUBIC")
+                        size = (frame.width, frame.height)
+                        self._scaled[size] = self._scaled.get(size, 0) + 1
                 except StopIteration:
                     break
                 except MemoryError:
@@ -409,7 +438,7 @@ class VideoReader:
                         origin = int(frame.pts) - int((t + period) / time_base)
                     t = Fraction(int(frame.pts) - origin) * time_base
                 decoded += 1
-                yield rgb, t
+                yield (np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb), t
         finally:
             container.close()
         if decoded == 0:

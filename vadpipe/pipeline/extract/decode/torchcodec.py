@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vadpipe.errors import ConfigError, VideoDecodeError
+from vadpipe.errors import ConfigError
 from vadpipe.pipeline.extract.decode.info import (
     DECODERS,
     DECORD_PIXEL_FORMATS,
@@ -17,9 +17,8 @@ from vadpipe.pipeline.extract.decode.info import (
     TORCHCODEC_CODECS,
     TORCHCODEC_CONTAINERS,
     _brief,
-    _open_container,
+    _first_picture,
     _Probe,
-    _video_stream,
 )
 
 # ----------------------------------------------------------------------------- torchcodec side
@@ -118,25 +117,6 @@ def _tensor_to_numpy(t: Any) -> np.ndarray:
     return np.ascontiguousarray(t.cpu().numpy(), dtype=np.uint8)
 
 
-def _pyav_first_frame(path: str) -> np.ndarray | None:
-    """PyAV's first presented frame (RGB), or ``None`` when it cannot decode one."""
-    try:
-        container = _open_container(path)
-    except VideoDecodeError:
-        return None
-    try:
-        stream = _video_stream(container, path)
-        for frame in container.decode(stream):
-            return frame.to_ndarray(format="rgb24")
-    except MemoryError:
-        raise
-    except Exception:
-        return None
-    finally:
-        container.close()
-    return None
-
-
 def _expected_seconds(info: _Probe) -> np.ndarray:
     """The container's presentation times of the shown frames, in seconds, as torchcodec reports them."""
     return info.pts.astype(np.float64) * float(info.time_base)
@@ -192,9 +172,13 @@ def _torchcodec_verdict(info: _Probe, backend: str, threads: int) -> tuple[Any |
                                   "--decoder torchcodec")
             return None, f"NVDEC cannot decode this video, torchcodec would decode it on the CPU ({status})"
     meta = dec.metadata
+    if info.sps_changes:
+        return None, (f"{info.sps_changes} keyframe(s) change the sequence parameters (the frame size may change "
+                      "mid-stream): torchcodec would scale such frames its own way")
     rotation = getattr(meta, "rotation", None)
-    if rotation:
-        return None, f"the container stores a {rotation:g} degree rotation: torchcodec applies it, PyAV does not"
+    if rotation or info.rotation or info.odd_rotation:
+        angle = info.rotation or info.odd_rotation or rotation
+        return None, f"the container stores a {angle:g} degree display rotation: PyAV's frames are turned by vadpipe"
     n = len(dec)
     if n != info.n_shown:
         return None, f"torchcodec frame count {n} != container {info.n_shown}"
@@ -212,9 +196,10 @@ def _torchcodec_verdict(info: _Probe, backend: str, threads: int) -> tuple[Any |
     if abs(t0 - expected) > _TORCHCODEC_PTS_TOLERANCE_S:
         return None, (f"torchcodec's first frame is at {t0:.6f} s, the container's at {expected:.6f} s "
                       "(its frame index does not follow the presentation order)")
-    ref = _pyav_first_frame(info.path)
-    if ref is None:
+    first = _first_picture(info.path)
+    if first is None:
         return None, "PyAV cannot decode the first frame to compare with"
+    ref = first[0]
     reason = _pixels_differ(got, ref, cuda)
     if reason is not None:
         return None, reason
