@@ -8,13 +8,20 @@ says ``always``; only the first one (which renames the file away) when it says `
 ``VADPIPE_TINY_KILL_ONCE=<path>`` with ``VADPIPE_TINY_KILL_AFTER=N`` (default 1; multi-device
 tests): the first process to reach its N-th forward creates ``<path>`` (holding its pid) and
 SIGKILLs itself, as an out-of-memory kill would; processes that find ``<path>`` run on.
+``VADPIPE_TINY_DISK_FULL_AFTER=N`` (multi-device tests): in a spawned worker process (never
+in the process that runs the tests), ``np.save`` fails with ENOSPC from its ``N + 1``-th call
+on, after writing a few bytes, as a disk that fills up would.
 """
 
 from __future__ import annotations
 
+import errno
+import multiprocessing
 import os
 import signal
 import time
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -45,6 +52,26 @@ def _crash_if_asked() -> None:
 
 
 _forwards = 0
+
+
+def _fill_disk_if_asked() -> None:
+    """The ``VADPIPE_TINY_DISK_FULL_AFTER`` hook (see the module docstring)."""
+    after = os.environ.get("VADPIPE_TINY_DISK_FULL_AFTER")
+    if after is None or multiprocessing.parent_process() is None:
+        return
+    real_save, calls = np.save, [0]
+
+    def save(fh, array, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] > int(after):
+            fh.write(b"\x93NUMPY partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(fh, array, *args, **kwargs)
+
+    np.save = save
+
+
+_fill_disk_if_asked()
 
 
 def _sigkill_once_if_asked() -> None:

@@ -4,6 +4,7 @@ that finishes without redoing the videos that were already written."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,78 @@ def test_every_atomic_write_reports_a_full_disk_and_keeps_the_old_file(tmp_path:
     with pytest.raises(DiskFullError, match="no space left on the device writing .*t.txt"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_a_full_disk_in_a_device_worker_stops_the_run_and_a_rerun_finishes_it(tmp_path: Path, monkeypatch) -> None:
+    """Multi-device engine: the first worker whose disk fills stops the whole run with the same
+    one error (not one failed row per video, worker after worker); nothing half-written is kept,
+    unfinished videos stay ``skipped`` and the re-run completes them."""
+    src = tmp_path / "videos"
+    for i in range(4):
+        media.make_video(src / f"v{i}.mp4", n_frames=20, seed=60 + i)
+    out = tmp_path / "out"
+    args = ["extract", str(src), "-o", str(out), "--backbone", "tiny", "--random-weights", "--crops", "1",
+            "--devices", "cpu,cpu", "--workers", "0", "-q"]
+    monkeypatch.setenv("VADPIPE_PLUGINS", "tests.helpers.tiny_backbone")
+    with monkeypatch.context() as m:
+        m.setenv("VADPIPE_TINY_DISK_FULL_AFTER", "1")  # each worker writes one file, then the disk is full
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: worker for cpu#") and "no space left on the device writing" in line
+    assert not list(out.rglob(f"*{TMP_MARKER}*"))
+    rows = {Path(r.video).name: r.status for r in read_manifest(out / "features.csv")}
+    assert set(rows.values()) <= {"ok", "skipped"} and "skipped" in rows.values()  # no video failed for it
+    done = sum(s == "ok" for s in rows.values())
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert f"{4 - done} extracted, {done} already done" in again.output
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 1 MiB tmpfs mounted under ``tmp_path`` (skipped where mounting is not allowed: not
+    root, or a container without CAP_SYS_ADMIN)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                                                   capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_real_full_disk_is_one_line_and_a_rerun_after_freeing_space_finishes(tmp_path: Path,
+                                                                               small_tmpfs: Path) -> None:
+    """No mocking: a real file system runs out of space part-way through a run."""
+    src = tmp_path / "videos"
+    for i in range(6):
+        media.make_video(src / f"v{i}.mp4", n_frames=20, seed=80 + i)
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb", buffering=0) as fh:  # fill the disk to the last block ...
+        with pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+    os.truncate(filler, os.path.getsize(filler) - 24 * 1024)  # ... then free six 4 KiB blocks
+    out = small_tmpfs / "out"
+    args = ["extract", str(src), "-o", str(out), "--backbone", "tiny", "--random-weights", "--crops", "1",
+            "--device", "cpu", "--workers", "0", "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert "no space left on the device writing" in line
+    assert not list(small_tmpfs.rglob(f"*{TMP_MARKER}*"))
+    done = 0
+    if (out / "features.csv").exists():  # readable and whole, whatever write hit the full disk
+        rows = read_manifest(out / "features.csv")
+        assert {r.status for r in rows} <= {"ok", "skipped"}
+        done = sum(r.status == "ok" for r in rows)
+    filler.unlink()  # space freed
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert f"{6 - done} extracted, {done} already done" in again.output

@@ -34,7 +34,9 @@ Data flow::
   that dies (SIGKILL, OOM, a CUDA error) fails the videos it held, with the reason, and the
   other workers go on with the queue; when every worker has stopped, the videos never
   started fail too. A re-run retries all of them. An exception while a worker starts (bad
-  device, weights) is raised again in the driver, same type and message. On Ctrl-C or any
+  device, weights) is raised again in the driver, same type and message, and so is a full
+  disk in any worker (:class:`~vadpipe.errors.DiskFullError`: the run stops as it does in
+  one process, rather than failing every video one worker after the other). On Ctrl-C or any
   driver exception the workers are terminated and the manifest keeps its ``skipped`` rows;
   workers whose driver was killed exit by themselves (they watch their parent).
 """
@@ -57,7 +59,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from vadpipe.errors import ConfigError, WeightsIntegrityError, WorkerError
+from vadpipe.errors import ConfigError, DiskFullError, WeightsIntegrityError, WorkerError
 from vadpipe.manifests.features import FeatureRow
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.config import ExtractConfig
@@ -230,7 +232,7 @@ def _worker_body(args: _WorkerArgs, tasks: Any, conn: Connection) -> None:
         text = f"{type(e).__name__}: {e}".strip()
         log.debug("worker for %s failed\n%s", args.label, traceback.format_exc())
         try:
-            conn.send(("crash", text))
+            conn.send(("crash", text, isinstance(e, DiskFullError)))
         except OSError:
             pass
         sys.exit(1)
@@ -378,6 +380,8 @@ def run_multi(ctx: RunContext, todo: list[VideoJob], *, progress: bool) -> None:
             raise exc
         elif kind == "crash":
             w.crash = msg[1]
+            if msg[2]:  # a full disk stops the whole run, as in one process: the others would fail too
+                raise DiskFullError(f"worker for {w.label}: " + msg[1].removeprefix("DiskFullError: "))
         elif kind == "bye":
             w.bye, w.ended_at = True, time.time()
 
