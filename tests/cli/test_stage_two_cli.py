@@ -68,6 +68,69 @@ def test_eval_writes_scores_and_reports_metrics(trained: dict, tmp_path: Path) -
     assert len(frames) == 16 * len(scores)
 
 
+def test_eval_compares_with_another_scores_file(trained: dict, tmp_path: Path) -> None:
+    """``--compare``: the other file's AUC and the difference, from the scores as written."""
+    import json
+
+    from vadpipe.pipeline.train.metrics import expand_scores, roc_auc
+
+    gt = _intervals_csv(tmp_path / "gt.csv", trained["truth"])
+    args = ["eval", "--checkpoint", trained["ckpt"], "--data", trained["test_csv"], "--gt", f"csv:{gt}",
+            "--device", "cpu"]
+    assert _run(args + ["-o", tmp_path / "a"]).exit_code == 0
+    other = pd.read_csv(tmp_path / "a" / "scores.csv")
+    other["score"] = np.random.default_rng(0).random(len(other))  # a chance-level "method"
+    other.to_csv(tmp_path / "other.csv", index=False)
+    res = _run(args + ["-o", tmp_path / "b", "--compare", tmp_path / "other.csv", "--bootstrap", 50])
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("compare: ")]
+    cmp = json.loads((tmp_path / "b" / "compare.json").read_text())
+    truth = {k: np.repeat(v, 16) for k, v in trained["truth"].items()}
+    names = sorted(truth)
+    y = np.concatenate([truth[n] for n in names])
+    by_video = {v: g.sort_values("clip").score.to_numpy() for v, g in other.groupby("video")}
+    from vadpipe.manifests.datasets import video_key
+
+    x = np.concatenate([expand_scores(by_video[next(v for v in by_video if video_key(v) == n)]) for n in names])
+    assert cmp["auc_b"] == pytest.approx(roc_auc(y, x), abs=1e-12) and cmp["resamples"] == 50
+    assert cmp["diff"] == pytest.approx(cmp["auc_a"] - cmp["auc_b"]) and cmp["low"] > 0  # clearly better
+    assert f"AUC this {cmp['auc_a']:.4f}, other {cmp['auc_b']:.4f}" in line
+    other.iloc[1:].to_csv(tmp_path / "short.csv", index=False)  # one clip lost: not the same features
+    bad = _run(args + ["-o", tmp_path / "c", "--compare", tmp_path / "short.csv"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
+
+
+def test_eval_warns_of_gt_past_the_scores_and_strict_gt_stops(trained: dict, tmp_path: Path) -> None:
+    gt = _intervals_csv(tmp_path / "gt.csv", trained["truth"])
+    with open(gt, "a") as fh:
+        fh.write(f"{next(iter(trained['truth']))},100000,100016\n")  # an event long after the video's end
+    args = ["eval", "--checkpoint", trained["ckpt"], "--data", trained["test_csv"], "--gt", f"csv:{gt}",
+            "--device", "cpu", "-o", tmp_path / "ev"]
+    res = _run(args)
+    assert res.exit_code == 0 and "WARNING: the GT of 1 video(s) reaches past" in res.output, res.output
+    strict = _run(args + ["--strict-gt"])
+    assert strict.exit_code == 2 and "(--strict-gt)" in strict.output and "Traceback" not in strict.output
+
+
+def test_eval_does_not_import_stage_one(trained: dict, tmp_path: Path) -> None:
+    """Evaluating scores needs no video decoding or backbone: no torchvision, no torch._dynamo,
+    nothing of stage one is imported (each cost seconds at start-up)."""
+    import subprocess
+    import sys
+
+    from tests.helpers.paths import REPO
+
+    gt = _intervals_csv(tmp_path / "gt.csv", trained["truth"])
+    code = ("import sys\nfrom vadpipe.cli import main\n"
+            f"main(['eval', '--checkpoint', {str(trained['ckpt'])!r}, '--data', {str(trained['test_csv'])!r}, "
+            f"'--gt', 'csv:{gt}', '--device', 'cpu', '-o', {str(tmp_path / 'ev')!r}], standalone_mode=False)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'decord', 'av', 'pytorchvideo')"
+            " or m.startswith(('torch._dynamo', 'vadpipe.pipeline.extract', 'vadpipe.extractors'))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_features_of_another_size_are_refused(trained: dict, tmp_path: Path) -> None:
     other, _ = make_dataset(tmp_path / "wide", 2, 2, dim=48, seed=9)
     res = _run(["apply", "--checkpoint", trained["ckpt"], "--data", other, "--device", "cpu", "-o", tmp_path / "a"])

@@ -207,7 +207,8 @@ def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
     return {"backbone": recipe["backbone"], "clip_len": recipe["config"]["clip"]["length"], "extract": recipe}
 
 
-def _score_command(checkpoint, data, out, device, gt, convention) -> None:
+def _score_command(checkpoint, data, out, device, gt, convention, compare=None, resamples=1000,
+                   strict_gt=False) -> None:
     from vadpipe.heads.data import check_dataset_features
     from vadpipe.manifests.atomic import ensure_writable_dir
     from vadpipe.manifests.datasets import dataset_root, read_dataset
@@ -223,9 +224,21 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
     scoring.write_scores_csv(out / "scores.csv", rows, scores)
     click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
     if gt:
-        result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv")
+        result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv",
+                                         strict_gt=strict_gt)
         for line in scoring.result_lines(result, loaded.selection):
             click.echo(line)
+    if compare:
+        import dataclasses
+        import json
+
+        from vadpipe.manifests.atomic import atomic_write_text
+
+        other = scoring.read_scores_csv(compare)
+        cmp = scoring.compare_scores(scores, other, gt, convention=convention, resamples=resamples)
+        click.echo("compare: " + cmp.line("this", "other"))
+        atomic_write_text(out / "compare.json", json.dumps({"this": str(checkpoint), "other": str(compare),
+                                                           **dataclasses.asdict(cmp)}, indent=2) + "\n")
 
 
 @main.command()
@@ -238,9 +251,17 @@ def _score_command(checkpoint, data, out, device, gt, convention) -> None:
                    "vadclip for XD (0-based, exclusive ends)].")
 @click.option("-o", "--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def eval(checkpoint, data, gt, gt_convention, out, device) -> None:  # noqa: A001 (command name)
+@click.option("--compare", default=None, type=click.Path(exists=True, dir_okay=False), metavar="OTHER_SCORES",
+              help="Another scores.csv of the same test set: AUC difference with a paired bootstrap CI "
+                   "(videos resampled), also written to OUT/compare.json.")
+@click.option("--bootstrap", "resamples", default=1000, show_default=True, type=click.IntRange(1),
+              help="Resamples for --compare.")
+@click.option("--strict-gt", is_flag=True,
+              help="Stop when annotated frames reach past a video's scored T x 16 frames (default: a warning).")
+def eval(checkpoint, data, gt, gt_convention, out, device, compare, resamples,  # noqa: A001 (command name)
+         strict_gt) -> None:
     """Score a dataset and report frame-level ROC-AUC, AP (both ways), FAR and per-class AUC."""
-    _score_command(checkpoint, data, out, device, gt, gt_convention)
+    _score_command(checkpoint, data, out, device, gt, gt_convention, compare, resamples, strict_gt)
 
 
 @main.command()

@@ -8,6 +8,10 @@ import pandas as pd
 
 from vadpipe.errors import ManifestError
 
+#: ``float_format`` of score columns: nine significant digits, so every float32 score reads
+#: back exactly (``%.6g`` lost up to 5e-7, enough to reorder near-tied scores and move an AUC).
+FLOAT32_FORMAT = "%.9g"
+
 
 def read_string_csv(path: str | os.PathLike, what: str) -> pd.DataFrame:
     """Every cell as ``str`` (empty cells as ``""``), header names stripped of spaces.

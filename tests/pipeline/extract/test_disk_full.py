@@ -35,13 +35,18 @@ def _fill_disk_after(monkeypatch, n_saves: int) -> None:
     monkeypatch.setattr(atomic.np, "save", save)
 
 
-def test_a_full_disk_is_one_line_and_a_rerun_finishes_the_rest(tmp_path: Path, monkeypatch) -> None:
+def _extract_args(tmp_path: Path, out: Path, n_videos: int, seed: int, *device: str) -> list[str]:
+    """``n_videos`` short videos and the ``vadpipe extract`` arguments that write them to ``out``."""
     src = tmp_path / "videos"
-    for i in range(4):
-        media.make_video(src / f"v{i}.mp4", n_frames=20, seed=50 + i)
+    for i in range(n_videos):
+        media.make_video(src / f"v{i}.mp4", n_frames=20, seed=seed + i)
+    return ["extract", str(src), "-o", str(out), "--backbone", "tiny", "--random-weights", "--crops", "1",
+            *(device or ("--device", "cpu")), "--workers", "0", "-q"]
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_finishes_the_rest(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "out"
-    args = ["extract", str(src), "-o", str(out), "--backbone", "tiny", "--random-weights", "--crops", "1",
-            "--device", "cpu", "--workers", "0", "-q"]
+    args = _extract_args(tmp_path, out, 4, 50)
     with monkeypatch.context() as m:
         _fill_disk_after(m, 2)
         res = CliRunner().invoke(main, args)
@@ -76,12 +81,8 @@ def test_a_full_disk_in_a_device_worker_stops_the_run_and_a_rerun_finishes_it(tm
     """Multi-device engine: the first worker whose disk fills stops the whole run with the same
     one error (not one failed row per video, worker after worker); nothing half-written is kept,
     unfinished videos stay ``skipped`` and the re-run completes them."""
-    src = tmp_path / "videos"
-    for i in range(4):
-        media.make_video(src / f"v{i}.mp4", n_frames=20, seed=60 + i)
     out = tmp_path / "out"
-    args = ["extract", str(src), "-o", str(out), "--backbone", "tiny", "--random-weights", "--crops", "1",
-            "--devices", "cpu,cpu", "--workers", "0", "-q"]
+    args = _extract_args(tmp_path, out, 4, 60, "--devices", "cpu,cpu")
     monkeypatch.setenv("VADPIPE_PLUGINS", "tests.helpers.tiny_backbone")
     with monkeypatch.context() as m:
         m.setenv("VADPIPE_TINY_DISK_FULL_AFTER", "1")  # each worker writes one file, then the disk is full
@@ -119,18 +120,14 @@ def small_tmpfs(tmp_path: Path):
 def test_a_real_full_disk_is_one_line_and_a_rerun_after_freeing_space_finishes(tmp_path: Path,
                                                                                small_tmpfs: Path) -> None:
     """No mocking: a real file system runs out of space part-way through a run."""
-    src = tmp_path / "videos"
-    for i in range(6):
-        media.make_video(src / f"v{i}.mp4", n_frames=20, seed=80 + i)
+    out = small_tmpfs / "out"
+    args = _extract_args(tmp_path, out, 6, 80)
     filler = small_tmpfs / "filler"
     with open(filler, "wb", buffering=0) as fh:  # fill the disk to the last block ...
         with pytest.raises(OSError):
             while True:
                 fh.write(b"\0" * 4096)
     os.truncate(filler, os.path.getsize(filler) - 24 * 1024)  # ... then free six 4 KiB blocks
-    out = small_tmpfs / "out"
-    args = ["extract", str(src), "-o", str(out), "--backbone", "tiny", "--random-weights", "--crops", "1",
-            "--device", "cpu", "--workers", "0", "-q"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     (line,) = [ln for ln in res.output.splitlines() if ln.startswith("error:")]

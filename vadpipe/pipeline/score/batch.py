@@ -43,6 +43,7 @@ from vadpipe.heads.data import load_features
 from vadpipe.manifests.atomic import atomic_write_text, ensure_writable_dir, folder_lock
 from vadpipe.manifests.datasets import video_key
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
+from vadpipe.manifests.tables import FLOAT32_FORMAT
 from vadpipe.pipeline.extract.config import PRECISIONS, ExtractConfig
 from vadpipe.pipeline.extract.runner import extract
 from vadpipe.pipeline.extract.sources import VideoJob
@@ -425,7 +426,7 @@ def write_clip_scores(path: Path, scores: np.ndarray, times: np.ndarray, clip_le
     df = pd.DataFrame({"clip": i, "start_frame": i * stride, "end_frame": i * stride + clip_len,
                        "start_time": times[:, 0], "end_time": times[:, 1], "score": scores})
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT32_FORMAT))
 
 
 def _write_manifest(path: Path, results: list[ScoredVideo], threshold: float, checkpoint: str, seconds: float) -> None:

@@ -30,6 +30,7 @@ from vadpipe.heads.base import AnomalyHead, get_head
 from vadpipe.heads.data import FeatureDataset, l2_normalize_segments
 from vadpipe.manifests.atomic import atomic_write_text
 from vadpipe.manifests.datasets import DatasetRow, video_key
+from vadpipe.manifests.tables import FLOAT32_FORMAT, read_string_csv
 from vadpipe.pipeline.train import metrics as ev
 from vadpipe.pipeline.train.loop import build_head, load_checkpoint, video_scores
 from vadpipe.registry import Registry
@@ -52,6 +53,30 @@ GT_KINDS.register("sh-masks", lambda source, n_frames, convention: (
 GT_KINDS.register("csv", lambda source, n_frames, convention: (
     ev.intervals_csv_gt(source, n_frames), None))  # video,start,end
 SCORE_COLUMNS = ("video", "feature_path", "clip", "start_frame", "end_frame", "score")
+
+
+def _ucf_intervals(source: str, convention: str | None):
+    return {v: [ev._interval_slice(a, b, convention or "rtfm") for a, b in pairs]
+            for v, (_, pairs) in ev.read_ucf_crime_annotations(source).items()}
+
+
+def _xd_intervals(source: str, convention: str | None):
+    return {v: [ev._interval_slice(a, b, convention or "vadclip") for a, b in pairs]
+            for v, pairs in ev.read_xd_violence_annotations(source).items()}
+
+
+def _csv_intervals(source: str, convention: str | None):
+    out: dict[str, list[tuple[int, int]]] = {}
+    for r in read_string_csv(source, "intervals").to_dict("records"):
+        pairs = out.setdefault(video_key(r["video"]), [])
+        if str(r.get("start", "")).strip():
+            pairs.append((int(r["start"]), int(r["end"])))
+    return out
+
+
+#: GT kinds stated as intervals: ``intervals(source, convention) -> {video: [(start, end)]}``
+#: (0-based, end exclusive), to find annotations that reach past the scored frames.
+GT_INTERVALS = {"ucf": _ucf_intervals, "xd": _xd_intervals, "csv": _csv_intervals}
 
 
 @dataclass
@@ -165,7 +190,62 @@ def write_scores_csv(path: str | os.PathLike, rows: list[DatasetRow], scores: di
         frames.append(pd.DataFrame({"video": r.video, "feature_path": r.feature_path, "clip": i,
                                     "start_frame": i * clip_len, "end_frame": (i + 1) * clip_len, "score": s}))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT32_FORMAT))
+
+
+def read_scores_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{video: snippet scores [T]}`` from a ``scores.csv`` written by ``vadpipe eval`` or
+    ``vadpipe apply`` (clips in order).
+
+    Raises:
+        ManifestError: not such a file, bad numbers, or a video whose clips are not
+            ``0 .. T-1`` once each.
+    """
+    from vadpipe.errors import ManifestError
+    from vadpipe.manifests.tables import read_string_csv
+
+    df = read_string_csv(path, "scores file")
+    missing = [c for c in ("video", "clip", "score") if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path} is not a vadpipe scores.csv: missing column(s) {', '.join(missing)}")
+    try:
+        clips = df["clip"].astype(int).to_numpy()
+        values = df["score"].astype(float).to_numpy()
+    except ValueError as e:
+        raise ManifestError(f"{path}: bad number ({e})") from e
+    out: dict[str, np.ndarray] = {}
+    for video, idx in df.groupby("video", sort=True).indices.items():
+        order = np.argsort(clips[idx], kind="stable")
+        if not np.array_equal(clips[idx][order], np.arange(idx.size)):
+            raise ManifestError(f"{path}: the clips of {video} are not 0..{idx.size - 1} once each")
+        out[str(video)] = values[idx][order]
+    return out
+
+
+def compare_scores(scores: dict[str, np.ndarray], other: dict[str, np.ndarray], gt: str, *,
+                   clip_len: int = ev.CLIP_LEN, convention: str | None = None,
+                   resamples: int = ev.BOOTSTRAP_RESAMPLES, seed: int = 0) -> ev.PairedComparison:
+    """:func:`~vadpipe.pipeline.train.metrics.paired_bootstrap_auc` of two snippet score sets
+    on the GT source ``"KIND:PATH"``, both evaluated as :func:`evaluate_scores` does
+    (``T × clip_len`` frames per video); the two must have the same videos and snippet counts.
+
+    Raises:
+        EvaluationError: different videos or snippet counts.
+    """
+    from vadpipe.errors import EvaluationError
+
+    a = {video_key(v): s for v, s in scores.items()}
+    b = {video_key(v): s for v, s in other.items()}
+    differ = sorted(v for v in set(a) & set(b) if a[v].size != b[v].size)
+    if differ:
+        raise EvaluationError(f"{len(differ)} video(s) have other snippet counts in the two score sets "
+                              f"(first: {differ[0]}: {a[differ[0]].size} vs {b[differ[0]].size}); compare scores "
+                              "of the same features")
+    kind, source = parse_gt(gt)
+    gt_masks, _ = build_gt(kind, source, {v: s.size * clip_len for v, s in a.items()}, convention)
+    return ev.paired_bootstrap_auc({v: ev.expand_scores(s, clip_len) for v, s in a.items()},
+                                   {v: ev.expand_scores(s, clip_len) for v, s in b.items()},
+                                   gt_masks, resamples=resamples, seed=seed)
 
 
 def build_gt(kind: str, source: str | os.PathLike, n_frames: dict[str, int], convention: str | None = None
@@ -189,19 +269,35 @@ def parse_gt(spec: str) -> tuple[str, str]:
 
 def evaluate_scores(scores: dict[str, np.ndarray], gt: str, *, clip_len: int = ev.CLIP_LEN,
                     convention: str | None = None,
-                    frame_scores_csv: str | os.PathLike | None = None) -> ev.EvalResult:
+                    frame_scores_csv: str | os.PathLike | None = None, strict_gt: bool = False) -> ev.EvalResult:
     """Frame-level metrics of snippet ``scores`` against a GT source ``"KIND:PATH"``.
 
     Each video is evaluated on ``T × clip_len`` frames (RTFM's protocol: GT built from the
-    snippet count), snippet scores repeated ``clip_len`` times.
+    snippet count), snippet scores repeated ``clip_len`` times. Annotated frames past that
+    length are cut; for interval GT (``ucf``, ``xd``, ``csv``) the result's ``warnings``
+    say which videos lost GT that way (:func:`~vadpipe.pipeline.train.metrics.gt_cut_warning`),
+    and ``strict_gt`` makes it an error (RTFM's own script stops on such a mismatch).
+
+    Raises:
+        EvaluationError: with ``strict_gt``, annotated frames past a video's scored length.
     """
+    from vadpipe.errors import EvaluationError
+
     kind, source = parse_gt(gt)
     n_frames = {video_key(v): int(s.size) * clip_len for v, s in scores.items()}
     gt_masks, classes = build_gt(kind, source, n_frames, convention)
+    warnings = []
+    if kind in GT_INTERVALS:
+        cuts = ev.annotated_cut(GT_INTERVALS[kind](source, convention), n_frames)
+        if cuts:
+            if strict_gt:
+                raise EvaluationError(ev.gt_cut_warning(cuts, clip_len) + " (--strict-gt)")
+            warnings.append(ev.gt_cut_warning(cuts, clip_len))
     frame_scores = {video_key(v): ev.expand_scores(s, clip_len) for v, s in scores.items()}
     if classes is not None:
         classes = {k: c for k, c in classes.items() if k in frame_scores}
     result = ev.evaluate(frame_scores, gt_masks, classes)
+    result.warnings.extend(warnings)
     if frame_scores_csv is not None:
         ev.write_frame_scores_csv(frame_scores_csv, frame_scores, gt_masks)
     return result
@@ -224,7 +320,7 @@ def test_set_auc(test_csv: str | os.PathLike, gt: str, device: torch.device) -> 
 
 def result_lines(result: ev.EvalResult, selection: str = "val") -> list[str]:
     """Human-readable report lines of an evaluation."""
-    lines = []
+    lines = [f"WARNING: {w}" for w in result.warnings]
     if selection != "val":
         lines.append(f"WARNING: {selection}")
     lines.append(f"videos {result.n_videos}, frames {result.n_frames}")

@@ -88,6 +88,32 @@ def _mask(n: int, intervals: Iterable[tuple[int, int]]) -> np.ndarray:
     return m
 
 
+def annotated_cut(intervals: Mapping[str, Iterable[tuple[int, int]]],
+                  n_frames: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """``{video: (annotated frames past its length, annotated frames)}`` for the videos of
+    ``n_frames`` whose anomalous intervals (0-based, end exclusive) reach past the
+    ``n_frames`` that are evaluated: the frames GT builders clip away silently."""
+    keyed = _keyed(intervals, "intervals")
+    out = {}
+    for name, n in _keyed(n_frames, "n_frames").items():
+        mask_all = _mask(max([int(b) for _, b in keyed.get(name, ())] + [int(n)]), keyed.get(name, ()))
+        cut = int(mask_all[int(n):].sum())
+        if cut:
+            out[name] = (cut, int(mask_all.sum()))
+    return out
+
+
+def gt_cut_warning(cuts: Mapping[str, tuple[int, int]], clip_len: int) -> str:
+    """One line about :func:`annotated_cut`'s videos: how many, how many lose all their GT
+    (and so count as normal videos), the first names, and the likely cause."""
+    lost = sorted(v for v, (cut, total) in cuts.items() if cut == total)
+    first = ", ".join(f"{v} ({cuts[v][0]} of {cuts[v][1]} frames)" for v in sorted(cuts)[:3])
+    return (f"the GT of {len(cuts)} video(s) reaches past their scored T × {clip_len} frames and is cut "
+            f"({len(lost)} lose all of it and count as normal{': ' + ', '.join(lost[:3]) if lost else ''}); first: "
+            f"{first}. The features are shorter than the annotated videos: check that they were extracted from "
+            f"the same videos (and clip length) as the GT")
+
+
 def _no_line(source: str | os.PathLike, what: str, missing: list[str]) -> EvaluationError:
     """The error for videos an annotation file has no line for (first five named)."""
     more = f" … ({len(missing)} in all)" if len(missing) > 5 else ""
@@ -544,6 +570,8 @@ class EvalResult:
     n_videos: int = 0
     n_frames: int = 0
     videos_without_scores: list[str] = field(default_factory=list)
+    #: problems with the GT worth a user's attention (see :func:`gt_cut_warning`)
+    warnings: list[str] = field(default_factory=list)
 
 
 def evaluate(
@@ -650,3 +678,95 @@ def validation_threshold(scores: Sequence[float] | np.ndarray, labels: Sequence[
     # J · P · N in integers, so that equal J values tie exactly (no float rounding)
     j = tp.astype(np.int64) * neg.size - fp.astype(np.int64) * pos.size
     return float(cand[int(np.argmax(j))])
+
+
+#: Resamples of :func:`paired_bootstrap_auc` unless told otherwise.
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass
+class PairedComparison:
+    """Two score sets on the same ground truth (see :func:`paired_bootstrap_auc`).
+
+    ``diff = auc_a - auc_b`` on the full test set; ``low``/``high`` the percentile
+    confidence interval of the difference at ``level``; ``p_not_better`` the fraction of
+    resamples where ``a`` is not better than ``b`` (difference ``<= 0``), a one-sided
+    bootstrap p-value for "a beats b".
+    """
+
+    auc_a: float
+    auc_b: float
+    diff: float
+    low: float
+    high: float
+    p_not_better: float
+    level: float
+    resamples: int
+    n_videos: int
+
+    def line(self, name_a: str = "a", name_b: str = "b") -> str:
+        pct = f"{100 * self.level:g}%"
+        return (f"AUC {name_a} {self.auc_a:.4f}, {name_b} {self.auc_b:.4f}: difference {self.diff:+.4f}, "
+                f"{pct} CI [{self.low:+.4f}, {self.high:+.4f}] (paired bootstrap over {self.n_videos} videos, "
+                f"{self.resamples} resamples); P(difference <= 0) = {self.p_not_better:.3f}")
+
+
+def paired_bootstrap_auc(
+    frame_scores_a: Mapping[str, object],
+    frame_scores_b: Mapping[str, object],
+    gt: Mapping[str, np.ndarray],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedComparison:
+    """Frame-level ROC-AUC of two score sets on the same GT, with a paired bootstrap of
+    their difference.
+
+    The unit resampled is the **video** (frames of one video are not independent): each
+    resample draws as many videos as the test set has, with replacement, and computes both
+    AUCs on the concatenated frames of the same draw. Draws: ``rng =
+    np.random.default_rng(seed)``, then per resample ``rng.integers(0, n, n)`` indexing the
+    videos in sorted-name order; a draw without both anomalous and normal frames is drawn
+    again (it has no AUC). The interval is the ``(1 ± level) / 2`` percentiles of the
+    resampled differences.
+
+    Raises:
+        EvaluationError: the two sets do not score the same videos with the same number of
+            frames, or :func:`evaluate`'s checks fail.
+    """
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError(f"level must be in (0, 1) and resamples >= 1, got {level}, {resamples}")
+    videos_a, _ = _aligned(frame_scores_a, gt)
+    videos_b, _ = _aligned(frame_scores_b, gt)
+    names_a, names_b = [v[0] for v in videos_a], [v[0] for v in videos_b]
+    if names_a != names_b:
+        only = sorted(set(names_a) ^ set(names_b))
+        raise EvaluationError(f"the two score sets cover different videos ({len(only)} in one only: "
+                              f"{', '.join(only[:5])}{' …' if len(only) > 5 else ''}); compare scores of one test set")
+    if not videos_a:
+        raise EvaluationError("no videos to evaluate")
+    gts = [g for _, _, g in videos_a]
+    xa = [s for _, s, _ in videos_a]
+    xb = [s for _, s, _ in videos_b]
+    y = np.concatenate(gts)
+    if not 0 < int(y.sum()) < y.size:
+        raise EvaluationError("the ground truth needs both anomalous and normal frames to compute AUC")
+    auc_a, auc_b = roc_auc(y, np.concatenate(xa)), roc_auc(y, np.concatenate(xb))
+    has_pos = np.array([bool(g.any()) for g in gts])
+    has_neg = np.array([not bool(g.all()) for g in gts])
+    rng = np.random.default_rng(seed)
+    n = len(gts)
+    diffs = np.empty(resamples)
+    k = 0
+    while k < resamples:
+        idx = rng.integers(0, n, n)
+        if not (has_pos[idx].any() and has_neg[idx].any()):
+            continue
+        yy = np.concatenate([gts[i] for i in idx])
+        diffs[k] = roc_auc(yy, np.concatenate([xa[i] for i in idx])) - roc_auc(yy, np.concatenate([xb[i] for i in idx]))
+        k += 1
+    tail = (1 - level) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return PairedComparison(auc_a=auc_a, auc_b=auc_b, diff=auc_a - auc_b, low=float(low), high=float(high),
+                            p_not_better=float(np.mean(diffs <= 0)), level=level, resamples=resamples, n_videos=n)
