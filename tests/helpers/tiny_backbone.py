@@ -22,7 +22,6 @@ import signal
 import time
 
 import numpy as np
-
 import torch
 from torch import nn
 

@@ -63,7 +63,8 @@ def reference(videos: Path, bad: list[Path], tmp_path_factory) -> Path:
 
 def _rows(out: Path) -> dict[str, dict]:
     """Manifest rows by video, without the timing column."""
-    return {r.video: {k: v for k, v in asdict(r).items() if k not in ("seconds", "file_stamp")} for r in read_manifest(out / "features.csv")}
+    return {r.video: {k: v for k, v in asdict(r).items() if k not in ("seconds", "file_stamp")}
+            for r in read_manifest(out / "features.csv")}
 
 
 def _assert_same_as(out: Path, reference: Path, videos: list[str] | None = None) -> None:

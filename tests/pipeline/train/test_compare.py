@@ -40,7 +40,8 @@ def _reference(a, b, gt, resamples, seed, level):
         diffs.append(roc_auc_score(y, np.concatenate([a[names[i]] for i in idx]))
                      - roc_auc_score(y, np.concatenate([b[names[i]] for i in idx])))
     y = np.concatenate([gt[n] for n in names])
-    full = roc_auc_score(y, np.concatenate([a[n] for n in names])) - roc_auc_score(y, np.concatenate([b[n] for n in names]))
+    full = (roc_auc_score(y, np.concatenate([a[n] for n in names]))
+            - roc_auc_score(y, np.concatenate([b[n] for n in names])))
     tail = (1 - level) / 2
     return full, *np.quantile(diffs, [tail, 1 - tail]), float(np.mean(np.asarray(diffs) <= 0))
 

@@ -16,6 +16,7 @@ the GT is longer.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vadpipe.errors import ConfigError, FeatureLoadError
+from vadpipe.errors import ConfigError, EvaluationError, FeatureLoadError
 from vadpipe.heads.base import AnomalyHead, get_head
 from vadpipe.heads.data import FeatureDataset, l2_normalize_segments
 from vadpipe.manifests.atomic import atomic_write_text
@@ -35,7 +36,10 @@ from vadpipe.pipeline.train import metrics as ev
 from vadpipe.pipeline.train.loop import build_head, load_checkpoint, video_scores
 from vadpipe.registry import Registry
 
-GtBuilder = Callable[[str, dict[str, int], "str | None"], "tuple[dict[str, np.ndarray], dict[str, str] | None]"]
+log = logging.getLogger(__name__)
+
+GtBuilder = Callable[[str, dict[str, int], "str | None"],
+                     "tuple[dict[str, np.ndarray], dict[str, str | tuple[str, ...]] | None]"]
 
 
 def _ucf_gt(source: str, n_frames: dict[str, int], convention: str | None):
@@ -43,11 +47,20 @@ def _ucf_gt(source: str, n_frames: dict[str, int], convention: str | None):
     return gt, {video_key(k): v for k, v in ev.ucf_crime_classes(source).items()}
 
 
+def _xd_gt(source: str, n_frames: dict[str, int], convention: str | None):
+    gt = ev.xd_violence_gt(source, n_frames, convention=convention or "vadclip")
+    try:  # classes from the names (multi-label); names without XD's label part get no per-class AUC
+        classes = ev.xd_violence_classes(n_frames)
+    except EvaluationError as e:
+        log.warning("no per-class AUC: %s", e)
+        classes = None
+    return gt, classes
+
+
 #: Ground-truth kinds of ``--gt KIND:PATH``: ``build(source, n_frames, convention) -> (masks, classes)``.
 GT_KINDS: Registry[GtBuilder] = Registry("ground-truth kind")
 GT_KINDS.register("ucf", _ucf_gt)  # Temporal_Anomaly_Annotation.txt; convention rtfm (sultani, vadclip)
-GT_KINDS.register("xd", lambda source, n_frames, convention: (
-    ev.xd_violence_gt(source, n_frames, convention=convention or "vadclip"), None))  # annotations.txt
+GT_KINDS.register("xd", _xd_gt)  # annotations.txt
 GT_KINDS.register("sh-masks", lambda source, n_frames, convention: (
     ev.shanghaitech_gt(source, n_frames), None))  # folder of test_frame_mask/<id>.npy
 GT_KINDS.register("csv", lambda source, n_frames, convention: (
@@ -232,8 +245,6 @@ def compare_scores(scores: dict[str, np.ndarray], other: dict[str, np.ndarray], 
     Raises:
         EvaluationError: different videos or snippet counts.
     """
-    from vadpipe.errors import EvaluationError
-
     a = {video_key(v): s for v, s in scores.items()}
     b = {video_key(v): s for v, s in other.items()}
     differ = sorted(v for v in set(a) & set(b) if a[v].size != b[v].size)
@@ -281,8 +292,6 @@ def evaluate_scores(scores: dict[str, np.ndarray], gt: str, *, clip_len: int = e
     Raises:
         EvaluationError: with ``strict_gt``, annotated frames past a video's scored length.
     """
-    from vadpipe.errors import EvaluationError
-
     kind, source = parse_gt(gt)
     n_frames = {video_key(v): int(s.size) * clip_len for v, s in scores.items()}
     gt_masks, classes = build_gt(kind, source, n_frames, convention)

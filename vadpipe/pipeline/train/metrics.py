@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -218,6 +219,38 @@ def read_xd_violence_annotations(annotations_txt: str | os.PathLike) -> dict[str
         if name in out:
             raise ManifestError(f"{annotations_txt}:{lineno}: {name!r} annotated twice")
         out[name] = pairs
+    return out
+
+
+#: XD-Violence's class codes, as they appear in its file names (``..._label_B2-G-0``; ``A``
+#: is normal, ``0`` an empty slot), from the dataset's page.
+XD_CLASSES = {"B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse", "B6": "Car accident",
+              "G": "Explosion"}
+
+
+def xd_violence_classes(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """``{video: (class, ...)}`` of XD-Violence videos from the ``label_…`` part of their
+    names, in the order written (the first is the main one); normal videos (``label_A``) get
+    ``("Normal",)``.
+
+    Raises:
+        EvaluationError: a name without a ``label_`` part or with an unknown code.
+    """
+    out = {}
+    for name in names:
+        key = video_key(name)
+        m = re.search(r"_label_([A-Z0-9-]+)", key)
+        if m is None:
+            raise EvaluationError(f"{key!r} is not an XD-Violence name (no '_label_' part)")
+        codes = [c for c in m.group(1).split("-") if c != "0"]
+        if codes == ["A"]:
+            out[key] = ("Normal",)
+            continue
+        unknown = [c for c in codes if c not in XD_CLASSES]
+        if unknown or not codes:
+            raise EvaluationError(f"{key!r}: unknown XD-Violence class code(s) {unknown or codes}; known: "
+                                  f"{', '.join(XD_CLASSES)}, A (normal)")
+        out[key] = tuple(XD_CLASSES[c] for c in codes)
     return out
 
 
@@ -522,14 +555,15 @@ def _aligned(frame_scores: Mapping[str, object], gt: Mapping[str, np.ndarray]):
 def per_class_auc(
     frame_scores: Mapping[str, object],
     gt: Mapping[str, np.ndarray],
-    classes: Mapping[str, str],
+    classes: Mapping[str, str | Sequence[str]],
 ) -> dict[str, float]:
     """ROC-AUC per anomaly class.
 
     For class ``c``: the frames of the anomalous videos of class ``c`` plus the frames of
     **all** normal videos (the common per-class protocol on UCF-Crime / XD-Violence).
-    A video is normal when its GT mask has no anomalous frame; normal videos' classes are
-    ignored. Only videos with scores are used.
+    A video may have several classes (XD-Violence's multi-label videos): it then counts in
+    each of them. A video is normal when its GT mask has no anomalous frame; normal videos'
+    classes are ignored. Only videos with scores are used.
 
     Raises:
         EvaluationError: an anomalous video without a class, or the checks of
@@ -543,7 +577,8 @@ def per_class_auc(
         if g.any():
             if name not in cls:
                 raise EvaluationError(f"anomalous video {name!r} has no class")
-            by_class.setdefault(str(cls[name]), []).append((s, g))
+            for c in ([cls[name]] if isinstance(cls[name], str) else cls[name]):
+                by_class.setdefault(str(c), []).append((s, g))
     out = {}
     for c in sorted(by_class):
         parts = by_class[c] + normal
@@ -742,8 +777,9 @@ def paired_bootstrap_auc(
     names_a, names_b = [v[0] for v in videos_a], [v[0] for v in videos_b]
     if names_a != names_b:
         only = sorted(set(names_a) ^ set(names_b))
+        more = " …" if len(only) > 5 else ""
         raise EvaluationError(f"the two score sets cover different videos ({len(only)} in one only: "
-                              f"{', '.join(only[:5])}{' …' if len(only) > 5 else ''}); compare scores of one test set")
+                              f"{', '.join(only[:5])}{more}); compare scores of one test set")
     if not videos_a:
         raise EvaluationError("no videos to evaluate")
     gts = [g for _, _, g in videos_a]
