@@ -46,17 +46,18 @@ def test_recipes_pick_their_backbone_and_refuse_another(tmp_path: Path, monkeypa
     res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "sultani", "--device", "cpu",
                                     "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "vadpipe weights import c3d" in res.output  # c3d chosen; its weights are missing
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "rtfm-ucf", "--backbone", "i3d",
-                                    "-o", str(tmp_path / "o")])
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "rtfm-i3d-r50-10crop",
+                                    "--backbone", "i3d", "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "made with --backbone i3d-r50" in res.output
 
 
-def test_rtfm_ucf_recipe_runs_the_caffe2_i3d_r50_with_its_geometry(tmp_path: Path) -> None:
+def test_rtfm_recipe_runs_the_caffe2_i3d_r50_with_its_geometry(tmp_path: Path) -> None:
     import json
 
     media.make_video(tmp_path / "v.mp4", n_frames=20, seed=1)
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "rtfm-ucf", "--random-weights",
-                                    "--crops", "1", "--device", "cpu", "--workers", "0", "-q", "-o", str(tmp_path / "o")])
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--preset", "rtfm-i3d-r50-10crop",
+                                    "--random-weights", "--crops", "1", "--device", "cpu", "--workers", "0", "-q",
+                                    "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert np.load(tmp_path / "o" / "v_i3d.npy").shape == (1, 1, 2048)
     (run,) = (tmp_path / "o").glob("extract-*.json")

@@ -9,7 +9,7 @@ import sys
 from click.testing import CliRunner
 
 from vadpipe.cli import main
-from vadpipe.extractors.presets import CROP_ORDERS, N_CROPS, RECIPES
+from vadpipe.extractors.presets import CROP_ORDERS, N_CROPS, RECIPE_ALIASES, RECIPES
 from vadpipe.pipeline.extract.decode import DECODERS
 from vadpipe.pipeline.extract.engines import ENGINES
 
@@ -36,7 +36,7 @@ def test_choices_are_the_library_constants() -> None:
     assert params["engine"].type.choices == tuple(ENGINES) == ("local", "ray")
     assert params["crop_order"].type.choices == CROP_ORDERS
     assert params["crops"].type.choices == tuple(str(n) for n in N_CROPS)
-    assert params["preset_name"].type.choices == tuple(sorted(RECIPES))
+    assert params["preset_name"].type.choices == tuple(sorted(RECIPES)) + tuple(sorted(RECIPE_ALIASES))
     res = CliRunner().invoke(main, ["extract", "x", "--decoder", "nope"])
     assert res.exit_code == 2 and "torchcodec-cuda" in res.output
 

@@ -189,11 +189,12 @@ def test_checker_names_every_problem_and_fills_batchnorm_counters():
 
 def test_a_recipe_names_its_backbone_and_refuses_another():
     assert recipe_backbone(None, None) == "i3d"
-    assert recipe_backbone("rtfm-ucf", None) == "i3d-r50-caffe2"
-    assert recipe_backbone("sultani", None) == "c3d"
+    assert recipe_backbone("rtfm-i3d-r50-10crop", None) == "i3d-r50-caffe2"
+    assert recipe_backbone("rtfm-ucf", None) == "i3d-r50-caffe2"  # the old name, an alias
+    assert recipe_backbone("sultani-c3d", None) == recipe_backbone("sultani", None) == "c3d"
     assert recipe_backbone("kinetics", "c3d") == "c3d"  # geometry-only recipes take any backbone
     with pytest.raises(ConfigError, match="made with --backbone i3d-r50-caffe2, not c3d"):
-        recipe_backbone("rtfm-ucf", "c3d")
+        recipe_backbone("rtfm-i3d-r50-10crop", "c3d")
     with pytest.raises(ConfigError, match="unknown feature recipe"):
         recipe_backbone("nope", None)
 
@@ -205,7 +206,9 @@ def test_a_recipe_changes_geometry_and_keeps_the_weights_normalisation():
     assert (got.resize, got.crop_order, got.interpolation, got.antialias) == (
         want.resize, want.crop_order, want.interpolation, want.antialias)
     assert (got.crop_size, got.mean, got.std, got.bgr) == (c3d.crop_size, c3d.mean, c3d.std, c3d.bgr)
-    assert recipe_preset(c3d, "sultani") == c3d
+    # C3D v1.0 resizes with cv::resize (bilinear, no antialiasing) and centres with integer division
+    assert recipe_preset(c3d, "sultani-c3d") == replace(c3d, antialias=False, crop_order="caffe")
     assert recipe_preset(c3d, "gowtham-rtfm", crop_order="torchvision", resize=300) == replace(
         got, crop_order="torchvision", resize=300)
-    assert set(RECIPES) == {"kinetics", "gowtham-rtfm", "rtfm-ucf", "sultani"}
+    assert set(RECIPES) == {"kinetics", "gowtham-rtfm", "rtfm-i3d-r50-10crop", "wu-i3d-10crop", "xd-i3d-5crop",
+                            "sultani-c3d"}

@@ -16,24 +16,30 @@ from vadpipe.errors import VadpipeError
               help="Output folder (feature files, features.csv, run config JSON).")
 @click.option("--backbone", default=None, help="Registered backbone (see `vadpipe weights list`) [default: i3d, "
               "or the recipe's].")
-@click.option("--crops", type=choices_of("vadpipe.extractors.presets", "N_CROPS"), default="10", show_default=True,
-              help="Crops per clip: centre; 4 corners + centre; those and their mirrors.")
-@click.option("--preset", "preset_name", type=choices_of("vadpipe.extractors.presets", "RECIPES", sorted), default=None,
-              help="Named recipe: kinetics (short side 256, TenCrop order, bilinear); gowtham-rtfm (340x256 "
-                   "ignoring aspect, Lanczos, TL,TR,C,BL,BR order); rtfm-ucf (that geometry and [-1, 1] values on i3d-r50-caffe2, the RTFM "
-                   "UCF-Crime/ShanghaiTech features); sultani (c3d fc6, 128x171 → 112). Crop size and value "
-                   "normalisation always stay the backbone's weights'.")
+@click.option("--crops", type=choices_of("vadpipe.extractors.presets", "N_CROPS"), default=None,
+              help="Crops per clip: centre; 4 corners + centre; those and their mirrors [default: 10, or the "
+                   "recipe's].")
+@click.option("--preset", "preset_name", type=choices_of("vadpipe.extractors.presets", "RECIPE_CHOICES"), default=None,
+              help="Named recipe of a public feature set (docs/recipes.md); it sets the backbone, resize, values, "
+                   "crop order and count, clips, tail, frames used and layout, and explicit flags override it: "
+                   "rtfm-i3d-r50-10crop (RTFM/MGFN UCF-Crime and ShanghaiTech, i3d-r50-caffe2; alias rtfm-ucf); "
+                   "wu-i3d-10crop (Wu et al.'s UCF-Crime I3D, per-crop files); xd-i3d-5crop (XD-Violence I3D, "
+                   "last frame left out); sultani-c3d (c3d fc6, 1 crop; alias sultani). Geometry only, for any "
+                   "backbone: kinetics (short side 256, TenCrop order); gowtham-rtfm (340x256 Lanczos, "
+                   "TL,TR,C,BL,BR order).")
 @click.option("--crop-order", type=choices_of("vadpipe.extractors.presets", "CROP_ORDERS"), default=None,
               help="Order of the crops (default: the backbone preset's, torchvision TenCrop).")
 @click.option("--resize", default=None, metavar="N|HxW",
               help="Resize: short side N (keeps aspect) or exact HxW, e.g. 256x340 (default: preset's, 256).")
 @click.option("--clip-len", default=None, type=click.IntRange(1), help="Frames per clip [default: the backbone's, 16].")
 @click.option("--stride", default=None, type=click.IntRange(1), help="Frames between clip starts [default: clip length].")
-@click.option("--tail", type=choices_of("vadpipe.pipeline.extract.clips", "TAIL_POLICIES"), default="drop", show_default=True,
-              help="Incomplete last clip: drop it (community features) or pad by repeating the last frame.")
+@click.option("--tail", type=choices_of("vadpipe.pipeline.extract.clips", "TAIL_POLICIES"), default=None,
+              help="Incomplete last clip: drop it (community features) or pad by repeating the last frame "
+                   "[default: drop, or the recipe's].")
 @click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help="Resample videos to this frame rate.")
-@click.option("--layout", type=choices_of("vadpipe.manifests.features", "LAYOUTS"), default="single", show_default=True,
-              help="single: <name>_i3d.npy [clips, crops, D]; per-crop: <name>__<k>.npy [clips, D].")
+@click.option("--layout", type=choices_of("vadpipe.manifests.features", "LAYOUTS"), default=None,
+              help="single: <name>_i3d.npy [clips, crops, D]; per-crop: <name>__<k>.npy [clips, D] "
+                   "[default: single, or the recipe's].")
 @click.option("--precision", type=choices_of("vadpipe.pipeline.extract.config", "PRECISIONS"), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--batch-clips", default=None, type=click.IntRange(1),
@@ -65,16 +71,14 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     failed or skipped). Exits 1 when any video failed, 2 on a usage or setup error.
     """
     from vadpipe.extractors import get_backbone
-    from vadpipe.extractors.presets import recipe_backbone, recipe_preset
+    from vadpipe.extractors.presets import recipe_backbone
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
-    from vadpipe.pipeline.extract.clips import ClipSpec
-    from vadpipe.pipeline.extract.config import ExtractConfig
+    from vadpipe.pipeline.extract.config import recipe_config
     from vadpipe.pipeline.extract.runner import extract as run_extract
     from vadpipe.pipeline.extract.sources import discover
 
     backbone = recipe_backbone(preset_name, backbone)
     spec = get_backbone(backbone)
-    preset = recipe_preset(spec.preset, preset_name, crop_order=crop_order, resize=parse_resize(resize) if resize else None)
     devices = parse_devices(gpus, device_list)
     if engine == "ray":  # the cluster's devices, not the driver's: no local CUDA check
         import torch
@@ -84,12 +88,13 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
         dev = resolve_device(devices[0] if devices else device)
     workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
     batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
-    length = clip_len or spec.clip_len
-    config = ExtractConfig(
-        backbone=backbone, clip=ClipSpec(length=length, stride=stride or length, tail=tail),
-        preset=preset, crops=int(crops), fps=fps, layout=layout, precision=precision, device=device,
-        batch_clips=batch_clips, workers=workers, decoder=decoder, channels_last=not no_channels_last,
-        random_weights=random_weights, devices=devices, engine=engine, ray_address=ray_address,
+    config = recipe_config(
+        preset_name, backbone=backbone, backbone_preset=spec.preset, backbone_clip_len=spec.clip_len,
+        crops=int(crops) if crops else None, crop_order=crop_order, resize=parse_resize(resize) if resize else None,
+        clip_len=clip_len, stride=stride, tail=tail, layout=layout,
+        fps=fps, precision=precision, device=device, batch_clips=batch_clips, workers=workers, decoder=decoder,
+        channels_last=not no_channels_last, random_weights=random_weights, devices=devices, engine=engine,
+        ray_address=ray_address,
     )
     jobs = discover(list(inputs))
     if not jobs:

@@ -9,14 +9,15 @@ docstring gives the crop regions and the facts behind the ``gowtham`` order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from numbers import Real
 
 from vadpipe.errors import ConfigError
 
 __all__ = ["ClipPreset", "CROP_ORDERS", "INTERPOLATIONS", "N_CROPS", "KINETICS_I3D_PRESET",
-           "GOWTHAM_RTFM_PRESET", "PRESETS", "BASE_ORDER", "FeatureRecipe", "RECIPES", "crop_names", "check_n_crops",
-           "check_order", "recipe_backbone", "recipe_preset"]
+           "GOWTHAM_RTFM_PRESET", "WU_I3D_PRESET", "PRESETS", "BASE_ORDER", "CENTRE_ROUNDING", "FeatureRecipe",
+           "RECIPES", "RECIPE_ALIASES", "RECIPE_CHOICES", "crop_names", "check_n_crops", "check_order", "get_recipe",
+           "recipe_backbone", "recipe_preset"]
 
 #: Crop orders. Names of the five base crops: TL, TR, BL, BR, C (top-left, ..., centre).
 #: ``torchvision``: ``torchvision.transforms.TenCrop`` order: the five crops of the frame
@@ -24,7 +25,12 @@ __all__ = ["ClipPreset", "CROP_ORDERS", "INTERPOLATIONS", "N_CROPS", "KINETICS_I
 #: ``gowtham``: the order of the widely used I3D feature extractor behind the RTFM
 #: features: TL, TR, C, BL, BR, then the same five crops taken from the horizontally
 #: flipped frame. See the module docstring for offsets and names.
-CROP_ORDERS = ("torchvision", "gowtham")
+#: ``wu``: the order of Wu et al.'s published I3D feature files (UCF-Crime 10-crop,
+#: XD-Violence 5-crop, ``<video>__<k>.npy``): ``__0`` C, then the corners TL, TR, BL, BR,
+#: then (10 crops) the same five taken from the horizontally flipped frame.
+#: ``caffe``: the ``torchvision`` order with Caffe's centre offset ``(side - S) // 2`` (C3D
+#: v1.0 ``video_data_layer.cpp``, test phase: ``h_off = (height - crop_size) / 2``).
+CROP_ORDERS = ("torchvision", "gowtham", "wu", "caffe")
 
 #: Resize interpolations (torchvision ``InterpolationMode`` names, lower case).
 INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
@@ -32,10 +38,18 @@ INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
 #: Supported numbers of crops per clip.
 N_CROPS = (1, 5, 10)
 
+#: The five base crops of each order, by index.
 BASE_ORDER = {
     "torchvision": ("TL", "TR", "BL", "BR", "C"),
     "gowtham": ("TL", "TR", "C", "BL", "BR"),
+    "wu": ("C", "TL", "TR", "BL", "BR"),
+    "caffe": ("TL", "TR", "BL", "BR", "C"),
 }
+#: How each order rounds the centre crop's offset ``(d = side - S) / 2``: ``"half-even"``
+#: ``int(round(d / 2))`` (torchvision ``center_crop``; pytorch-i3d ``videotransforms.CenterCrop``
+#: uses ``np.round``, the same rule); ``"floor"``: ``d // 2`` (Gowtham's hard-coded slices,
+#: Caffe's integer division).
+CENTRE_ROUNDING = {"torchvision": "half-even", "gowtham": "floor", "wu": "half-even", "caffe": "floor"}
 # Crop X of the flipped frame is the mirror image of this region of the original frame.
 _MIRROR_OF = {"TL": "TR", "TR": "TL", "BL": "BR", "BR": "BL", "C": "C"}
 
@@ -189,7 +203,19 @@ GOWTHAM_RTFM_PRESET = ClipPreset(
     interpolation="lanczos",
 )
 
-#: Named presets, as ``vadpipe extract --preset NAME`` offers them.
+#: Reproduces Wu et al.'s Inception-I3D features (UCF-Crime 10-crop, XD-Violence 5-crop), made
+#: with piergiaj/pytorch-i3d: OpenCV bilinear resize of the short side to 256 keeping the
+#: aspect (no antialiasing), ``x / 255 * 2 - 1``, the ``wu`` crop order. See ``docs/recipes.md``.
+WU_I3D_PRESET = ClipPreset(
+    resize=256,
+    crop_size=224,
+    crop_order="wu",
+    value_range=(-1.0, 1.0),
+    antialias=False,
+    interpolation="bilinear",
+)
+
+#: Named presets (geometries) that recipes refer to.
 PRESETS: dict[str, ClipPreset] = {"kinetics": KINETICS_I3D_PRESET, "gowtham-rtfm": GOWTHAM_RTFM_PRESET}
 
 
@@ -220,42 +246,125 @@ def crop_names(order: str, n_crops: int) -> list[str]:
         return base
     return base + [f"flip({_MIRROR_OF[name]})" for name in base]
 
+#: Layouts and tail rules a recipe may name (checked again by ``ExtractConfig``/``ClipSpec``;
+#: spelled out here so that this module stays free of the heavy manifest modules).
+_RECIPE_LAYOUTS = ("single", "per-crop")
+_RECIPE_TAILS = ("drop", "pad")
+
+
 @dataclass(frozen=True)
 class FeatureRecipe:
     """A named feature recipe (``vadpipe extract --preset NAME``): how a public feature set was made.
 
+    Every fact that is not ``None`` replaces the default of the extraction; explicit command
+    line flags still override it (and are recorded as overrides).
+
     Attributes:
         name: the recipe's name.
-        geometry: key of :data:`PRESETS` whose resize, crop order, interpolation and
-            antialiasing replace the weights' own (crop size and value normalisation always
-            stay the weights'); ``None``: the weights' preset as it is.
+        description: what the recipe reproduces (one line).
         backbone: the backbone the recipe is made with (``None``: any).
-        description: what the recipe reproduces.
+        geometry: key of :data:`PRESETS` whose resize, crop order, interpolation and
+            antialiasing replace the weights' own (crop size and value normalisation stay the
+            weights'); for the geometry-only recipes that apply to any backbone.
+        preset: the whole clip preset (resize, crop size and order, interpolation, value
+            range); takes precedence over ``geometry``. ``None`` with ``geometry=None``: the
+            backbone weights' preset as it is.
+        preset_changes: ``(field, value)`` pairs replaced on the weights' preset (after
+            ``geometry``) when ``preset`` is ``None``, e.g. ``(("antialias", False),)``.
+        crops: crops per clip (1, 5 or 10).
+        clip_len, stride: frames per clip and between clip starts (``stride=None``: ``clip_len``).
+        tail: ``"drop"`` or ``"pad"`` (see :mod:`vadpipe.pipeline.extract.clips`).
+        drop_last: frames left out at the end of each video before it is cut.
+        layout: ``"single"`` (``<video>_<suffix>.npy`` ``[n_clips, crops, D]``) or
+            ``"per-crop"`` (``<video>__<k>.npy`` ``[n_clips, D]``, ``k`` in crop order).
+        aliases: other names that resolve to this recipe.
+
+    Raises:
+        ConfigError: a fact out of range, or ``geometry`` not in :data:`PRESETS`.
     """
 
     name: str
-    geometry: str | None
-    backbone: str | None
     description: str
+    backbone: str | None = None
+    geometry: str | None = None
+    preset: ClipPreset | None = None
+    crops: int | None = None
+    clip_len: int | None = None
+    stride: int | None = None
+    tail: str | None = None
+    drop_last: int = 0
+    layout: str | None = None
+    aliases: tuple[str, ...] = ()
+    preset_changes: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.geometry is not None and self.geometry not in PRESETS:
+            raise ConfigError(f"recipe {self.name!r}: geometry {self.geometry!r} is not one of {sorted(PRESETS)}")
+        if self.crops is not None:
+            check_n_crops(self.crops)
+        for attr in ("clip_len", "stride"):
+            value = getattr(self, attr)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"recipe {self.name!r}: {attr} must be an int >= 1, got {value!r}")
+        if not _is_int(self.drop_last) or self.drop_last < 0:
+            raise ConfigError(f"recipe {self.name!r}: drop_last must be an int >= 0, got {self.drop_last!r}")
+        if self.tail is not None and self.tail not in _RECIPE_TAILS:
+            raise ConfigError(f"recipe {self.name!r}: tail must be one of {_RECIPE_TAILS}, got {self.tail!r}")
+        if self.layout is not None and self.layout not in _RECIPE_LAYOUTS:
+            raise ConfigError(f"recipe {self.name!r}: layout must be one of {_RECIPE_LAYOUTS}, got {self.layout!r}")
+        known = {f.name for f in fields(ClipPreset)}
+        unknown = [name for name, _ in self.preset_changes if name not in known]
+        if unknown:
+            raise ConfigError(f"recipe {self.name!r}: preset_changes name unknown ClipPreset fields {unknown}")
 
     def apply(self, preset: ClipPreset) -> ClipPreset:
-        """``preset`` (a backbone's) with this recipe's geometry."""
-        if self.geometry is None:
-            return preset
-        named = PRESETS[self.geometry]
-        return replace(preset, resize=named.resize, crop_order=named.crop_order,
-                       interpolation=named.interpolation, antialias=named.antialias)
+        """``preset`` (a backbone's) with this recipe's preset or geometry."""
+        if self.preset is not None:
+            return self.preset
+        if self.geometry is not None:
+            named = PRESETS[self.geometry]
+            preset = replace(preset, resize=named.resize, crop_order=named.crop_order,
+                             interpolation=named.interpolation, antialias=named.antialias)
+        return replace(preset, **dict(self.preset_changes)) if self.preset_changes else preset
 
 
-#: Named feature recipes (``vadpipe extract --preset NAME``).
+#: Named feature recipes (``vadpipe extract --preset NAME``); cards in ``docs/recipes.md``.
 RECIPES: dict[str, FeatureRecipe] = {r.name: r for r in (
-    FeatureRecipe("kinetics", "kinetics", None, "Kinetics evaluation geometry: short side 256, TenCrop order"),
-    FeatureRecipe("gowtham-rtfm", "gowtham-rtfm", None,
-                  "GowthamGottimukkala/I3D_Feature_Extraction_resnet geometry: 340x256 Lanczos, its crop order"),
-    FeatureRecipe("rtfm-ucf", "gowtham-rtfm", "i3d-r50-caffe2",
-                  "RTFM's UCF-Crime / ShanghaiTech I3D-ResNet-50 features (Gowtham's extractor)"),
-    FeatureRecipe("sultani", None, "c3d", "Sultani et al.'s C3D fc6 features (Sports-1M weights, 128x171)"),
+    FeatureRecipe("kinetics", "Kinetics evaluation geometry: short side 256, TenCrop order", geometry="kinetics"),
+    FeatureRecipe("gowtham-rtfm", "GowthamGottimukkala/I3D_Feature_Extraction_resnet geometry: 340x256 Lanczos, "
+                  "its crop order", geometry="gowtham-rtfm"),
+    FeatureRecipe("rtfm-i3d-r50-10crop", "RTFM/MGFN UCF-Crime and ShanghaiTech I3D-ResNet-50 10-crop features "
+                  "(Gowtham's extractor)", backbone="i3d-r50-caffe2", preset=GOWTHAM_RTFM_PRESET, crops=10,
+                  clip_len=16, stride=16, tail="drop", layout="single", aliases=("rtfm-ucf",)),
+    FeatureRecipe("wu-i3d-10crop", "Wu et al.'s UCF-Crime Inception-I3D RGB 10-crop features (DeepMIL; used by "
+                  "UR-DMU, BN-WVAD, PEL4VAD)", backbone="i3d", preset=WU_I3D_PRESET, crops=10, clip_len=16,
+                  stride=16, tail="drop", layout="per-crop"),
+    FeatureRecipe("xd-i3d-5crop", "XD-Violence Inception-I3D RGB 5-crop features (Wu et al., XDVioDet)",
+                  backbone="i3d", preset=WU_I3D_PRESET, crops=5, clip_len=16, stride=16, tail="drop",
+                  drop_last=1, layout="per-crop"),
+    FeatureRecipe("sultani-c3d", "Sultani et al.'s UCF-Crime C3D fc6 features (Sports-1M weights, 128x171, centre "
+                  "112)", backbone="c3d", crops=1, clip_len=16, stride=16, tail="drop", layout="single",
+                  aliases=("sultani",), preset_changes=(("antialias", False), ("crop_order", "caffe"))),
 )}
+
+#: Old or short names of recipes: ``{alias: recipe name}``.
+RECIPE_ALIASES: dict[str, str] = {alias: r.name for r in RECIPES.values() for alias in r.aliases}
+
+#: What ``--preset`` accepts: the recipe names, then the aliases.
+RECIPE_CHOICES: tuple[str, ...] = tuple(sorted(RECIPES)) + tuple(sorted(RECIPE_ALIASES))
+
+
+def get_recipe(name: str) -> FeatureRecipe:
+    """The recipe called ``name`` (or whose alias ``name`` is).
+
+    Raises:
+        ConfigError: no recipe has that name or alias (the message lists them).
+    """
+    recipe = RECIPES.get(RECIPE_ALIASES.get(name, name))
+    if recipe is None:
+        aliases = ", ".join(f"{a} -> {n}" for a, n in sorted(RECIPE_ALIASES.items()))
+        raise ConfigError(f"unknown feature recipe {name!r}; known: {', '.join(sorted(RECIPES))} (aliases: {aliases})")
+    return recipe
 
 
 def recipe_preset(
@@ -266,8 +375,12 @@ def recipe_preset(
     resize: int | tuple[int, int] | None = None,
 ) -> ClipPreset:
     """The clip preset of one extraction: the backbone weights' preset, the named recipe's
-    geometry over it, then explicit ``crop_order`` / ``resize`` over that."""
-    preset = RECIPES[recipe].apply(backbone_preset) if recipe else backbone_preset
+    preset or geometry over it, then explicit ``crop_order`` / ``resize`` over that.
+
+    Raises:
+        ConfigError: unknown recipe.
+    """
+    preset = get_recipe(recipe).apply(backbone_preset) if recipe else backbone_preset
     if crop_order:
         preset = replace(preset, crop_order=crop_order)
     if resize:
@@ -283,9 +396,7 @@ def recipe_backbone(recipe: str | None, backbone: str | None, default: str = "i3
     """
     if recipe is None:
         return backbone or default
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown feature recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
-    made_with = RECIPES[recipe].backbone
+    made_with = get_recipe(recipe).backbone
     if backbone and made_with and backbone != made_with:
         raise ConfigError(f"--preset {recipe} is made with --backbone {made_with}, not {backbone}")
     return backbone or made_with or default

@@ -30,10 +30,13 @@ file_stamp         str     ``<size>:<mtime_ns>`` of each feature file when writt
                            joining): a re-run re-hashes only files whose stamp changed
 rotation           int     degrees (counterclockwise) the frames were turned to show them
                            upright, as the container's display matrix asks; 0: none
+recipe             str     the named feature recipe (``--preset``, ``docs/recipes.md``), plus
+                           ``(overrides: setting=value, ...)`` when flags replaced some of
+                           its settings; empty: none
 =================  ======  =============================================================
 
 The file is always rewritten whole and atomically, so it is never half-written. The last
-three columns are optional when reading (manifests written before they existed).
+four columns are optional when reading (manifests written before they existed).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class FeatureRow:
     sha256: str = ""
     file_stamp: str = ""
     rotation: int = 0
+    recipe: str = ""
 
     def feature_files(self, root: str | os.PathLike) -> list[Path]:
         """Absolute paths of this row's feature files (one, or one per crop)."""
@@ -87,7 +91,7 @@ class FeatureRow:
 
 COLUMNS = tuple(f.name for f in fields(FeatureRow))
 #: Columns added after the first release: read as ``""`` when a manifest lacks them.
-OPTIONAL_COLUMNS = ("sha256", "file_stamp", "rotation")
+OPTIONAL_COLUMNS = ("sha256", "file_stamp", "rotation", "recipe")
 #: What to tell a user whose ``features.csv`` cannot be trusted.
 _DAMAGED_HINT = ("restore the file, or move it away to recompute every video of this folder "
                  "(its feature files are then rewritten)")

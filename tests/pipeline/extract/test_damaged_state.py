@@ -110,8 +110,8 @@ def test_an_old_manifest_without_hashes_still_resumes(videos: Path, tmp_path: Pa
     _run(videos, out)
     manifest = out / "features.csv"
     lines = manifest.read_text().splitlines()
-    assert lines[0].endswith(",sha256,file_stamp,rotation")
-    manifest.write_text("\n".join(line.rsplit(",", 3)[0] for line in lines) + "\n")  # drop the newer columns
+    assert lines[0].endswith(",sha256,file_stamp,rotation,recipe")
+    manifest.write_text("\n".join(line.rsplit(",", 4)[0] for line in lines) + "\n")  # drop the newer columns
     assert _run(videos, out).skipped == len(NAMES)
 
 

@@ -43,11 +43,12 @@ The five base crops of a ``h x w`` frame with crop side ``S``:
   ``[h - S, h)``, columns ``[w - S, w)``;
 * ``C``: top-left at ``(ct, cl)``, where the offsets depend on the order:
   ``torchvision``: ``ct = int(round((h - S) / 2.0))``, ``cl = int(round((w - S) / 2.0))``
-  (Python's round-half-to-even, as ``torchvision`` ``center_crop``); ``gowtham``:
-  ``ct = (h - S) // 2``, ``cl = (w - S) // 2`` (integer division). The two agree unless
-  ``h - S`` or ``w - S`` is odd and ``(d - 1) / 2`` is odd (d = 3, 7, 11, ...).
+  (Python's round-half-to-even, as ``torchvision`` ``center_crop``; ``wu`` rounds the same
+  way); ``gowtham``: ``ct = (h - S) // 2``, ``cl = (w - S) // 2`` (integer division). The
+  two agree unless ``h - S`` or ``w - S`` is odd and ``(d - 1) / 2`` is odd (d = 3, 7, 11,
+  ...). :data:`~vadpipe.extractors.presets.CENTRE_ROUNDING` names the rule of each order.
 
-Ten crops in both orders are the five crops of the frame followed by the five crops of
+Ten crops in every order are the five crops of the frame followed by the five crops of
 the **horizontally flipped frame** (not the five crops each mirrored). The ``TL`` crop
 of the flipped frame is the mirror image of the original ``TR`` crop, so the flipped
 five are named after the region of the *original* frame whose mirror image they are:
@@ -69,6 +70,33 @@ Orders (index: name), ``n_crops = 10``; ``n_crops = 5`` is the first five and
 ``gowtham``::
 
     0 TL  1 TR  2 C  3 BL  4 BR  5 flip(TR)  6 flip(TL)  7 flip(C)  8 flip(BR)  9 flip(BL)
+
+``caffe``: the ``torchvision`` indices with the ``floor`` centre offset (Caffe/C3D v1.0
+``video_data_layer.cpp``: ``h_off = (height - crop_size) / 2``; C3D uses only ``C``).
+
+``wu`` (file ``<video>__<k>.npy`` holds crop ``k``)::
+
+    0 C  1 TL  2 TR  3 BL  4 BR  5 flip(C)  6 flip(TR)  7 flip(TL)  8 flip(BR)  9 flip(BL)
+
+Facts behind the ``wu`` order
+-----------------------------
+Wu et al. did not publish their cropping code; the order is taken from their words:
+
+* Roc-Ng/DeepMIL ``README.md`` (commit ``f11b964db1f5ed0381166d140c3c7071caa3592e``, line 8),
+  UCF-Crime 10-crop I3D: "_0.npy is the center, _1~ _4.npy is the corners, and _5 ~ _9 is
+  the mirrored counterparts"; Roc-Ng/XDVioDet ``README.md`` (commit
+  ``f846d8cfc454943ec165bd2489b71e7dc0a1064d``, line 6), XD-Violence 5-crop: "_0.npy is the
+  center, _1~ _4.npy is the corners". The published file lists spell the index with two
+  underscores (XDVioDet ``list/rgb.list``, UR-DMU ``list/UCF_Train.list``: ``<video>__<k>.npy``).
+* The order of the corners: Roc-Ng in XDVioDet issue #5 ("upper left, upper right, bottom
+  left, bottom right and the center") — the same corner order as torchvision's
+  ``five_crop`` and Gowtham's slices. Not verified against code.
+* The mirrored half is taken, as torchvision's ``ten_crop`` does, as the same five crops of
+  the horizontally flipped frame (``flip(C)`` first); whether Wu mirrored each crop instead
+  (which would swap 6/7 and 8/9) is not verified.
+* The centre offset rounds half to even: pytorch-i3d ``videotransforms.CenterCrop``
+  (``int(np.round((h - th) / 2.))``), the code Wu says the features were made with
+  (DeepMIL issue #2, XDVioDet issue #6).
 
 Facts behind the ``gowtham`` order
 ----------------------------------
@@ -114,11 +142,12 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from vadpipe.errors import ConfigError
-from vadpipe.extractors.presets import BASE_ORDER, ClipPreset, check_n_crops, check_order
+from vadpipe.extractors.presets import BASE_ORDER, CENTRE_ROUNDING, ClipPreset, check_n_crops, check_order
 
 
 def _centre_offset(diff: int, order: str) -> int:
-    return int(round(diff / 2.0)) if order == "torchvision" else diff // 2
+    """Offset of the centre crop along a side with ``diff = side - S`` spare pixels (:data:`CENTRE_ROUNDING`)."""
+    return int(round(diff / 2.0)) if CENTRE_ROUNDING[order] == "half-even" else diff // 2
 
 
 def crop_boxes(

@@ -29,7 +29,7 @@ from vadpipe.pipeline.extract.stream import VideoDone
 OnVideo = Callable[[FeatureRow, "np.ndarray | None"], None]
 
 __all__ = ["ExtractSummary", "OnVideo", "RunContext", "WriteContext", "finish_video", "output_path",
-           "damage", "remove_leftovers", "backbone_by_name", "video_array"]
+           "damage", "remove_leftovers", "backbone_by_name", "video_array", "recipe_label"]
 
 
 @dataclass
@@ -67,6 +67,14 @@ class ExtractSummary:
             f"{self.ok} extracted{again}, {self.skipped} already done, {self.failed} failed; "
             f"{self.clips} clips in {self.seconds:.1f} s ({rate:.1f} clips/s); manifest: {self.manifest}"
         )
+
+
+def recipe_label(recipe: str | None, overrides: tuple[str, ...] = ()) -> str:
+    """The manifest's ``recipe`` cell: the name, plus `` (overrides: a=1, b=2)`` when flags replaced
+    some of its settings; ``""`` without a recipe."""
+    if not recipe:
+        return ""
+    return f"{recipe} (overrides: {', '.join(overrides)})" if overrides else recipe
 
 
 def output_path(job: VideoJob, config: ExtractConfig, spec: BackboneSpec) -> str:
@@ -239,7 +247,7 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
         video=job.path, backbone=spec.name, weights_sha256=ctx.weights_sha256,
         n_frames=done.n_frames, fps=round(done.fps, 6), crops=max(config.crops, spec.nodes),
         dim=spec.feature_dim, layout=config.layout, decoder=done.decoder, config_hash=ctx.config_hash,
-        rotation=done.rotation,
+        rotation=done.rotation, recipe=recipe_label(config.recipe, config.recipe_overrides),
     )
     if done.error:
         row.status, row.error = "failed", done.error
