@@ -208,7 +208,7 @@ def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
 
 
 def _score_command(checkpoint, data, out, device, gt, convention, compare=None, resamples=1000,
-                   strict_gt=False) -> None:
+                   strict_gt=False, scores_per="auto", frames=None) -> None:
     from vadpipe.heads.data import check_dataset_features
     from vadpipe.manifests.atomic import ensure_writable_dir
     from vadpipe.manifests.datasets import dataset_root, read_dataset
@@ -219,13 +219,23 @@ def _score_command(checkpoint, data, out, device, gt, convention, compare=None, 
     dev = resolve_device(device)
     loaded = scoring.load_head(checkpoint, dev)
     rows = read_dataset(data)
-    check_dataset_features(rows, dataset_root(data), what=f"dataset {data}")
-    scores = scoring.score_rows(loaded, rows, dataset_root(data), dev)
-    scoring.write_scores_csv(out / "scores.csv", rows, scores)
-    click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} snippets")
+    root = dataset_root(data)
+    check_dataset_features(rows, root, what=f"dataset {data}")
+    segments = None
+    if scoring.scores_are_segments(rows, root, scores_per):
+        segments = scoring.frame_counts_for(rows, root, frames)
+        if gt:
+            scoring.require_frame_counts([r.name for r in rows], segments)
+    scores = scoring.score_rows(loaded, rows, root, dev)
+    scoring.write_scores_csv(out / "scores.csv", rows, scores, segments=segments)
+    unit = "segments" if segments is not None else "snippets"
+    click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} {unit}")
+    if segments is not None and gt:
+        click.echo(f"segment scores: each video evaluated on its real frame count ({len(rows)} videos, "
+                   "Sultani's Evaluate_Anomaly_Detector.m mapping)")
     if gt:
         result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv",
-                                         strict_gt=strict_gt)
+                                         strict_gt=strict_gt, segments=segments)
         for line in scoring.result_lines(result, loaded.selection):
             click.echo(line)
     if compare:
@@ -235,7 +245,8 @@ def _score_command(checkpoint, data, out, device, gt, convention, compare=None, 
         from vadpipe.manifests.atomic import atomic_write_text
 
         other = scoring.read_scores_csv(compare)
-        cmp = scoring.compare_scores(scores, other, gt, convention=convention, resamples=resamples)
+        cmp = scoring.compare_scores(scores, other, gt, convention=convention, resamples=resamples,
+                                     segments=segments)
         click.echo("compare: " + cmp.line("this", "other"))
         atomic_write_text(out / "compare.json", json.dumps({"this": str(checkpoint), "other": str(compare),
                                                            **dataclasses.asdict(cmp)}, indent=2) + "\n")
@@ -245,7 +256,8 @@ def _score_command(checkpoint, data, out, device, gt, convention, compare=None, 
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset CSV to score.")
 @click.option("--gt", required=True, metavar="KIND:PATH",
-              help="ucf:Temporal_Anomaly_Annotation.txt, xd:annotations.txt, sh-masks:test_frame_mask/, csv:intervals.csv")
+              help="ucf:Temporal_Anomaly_Annotation.txt, xd:annotations.txt, sh-masks:test_frame_mask/, "
+                   "sh-npy:gt-sh.npy, csv:intervals.csv")
 @click.option("--gt-convention", default=None, type=choices_of("vadpipe.pipeline.train.metrics", "CONVENTIONS"),
               help="How annotation frame numbers are read [default: rtfm for UCF (0-based, inclusive ends), "
                    "vadclip for XD (0-based, exclusive ends)].")
@@ -257,11 +269,21 @@ def _score_command(checkpoint, data, out, device, gt, convention, compare=None, 
 @click.option("--bootstrap", "resamples", default=1000, show_default=True, type=click.IntRange(1),
               help="Resamples for --compare.")
 @click.option("--strict-gt", is_flag=True,
-              help="Stop when annotated frames reach past a video's scored T x 16 frames (default: a warning).")
+              help="Stop when annotated frames reach past a video's evaluated frames (T x 16, or the frame count "
+                   "of segment scores; default: a warning).")
+@click.option("--scores-per", type=choices_of("vadpipe.pipeline.train.apply", "SCORES_PER"), default="auto",
+              show_default=True,
+              help="segment: one score per segment of the video (Sultani's 32), evaluated on the video's real "
+                   "frame count; snippet: one per 16 frames; auto: segment for Sultani .txt files and files of "
+                   "`vadpipe features segments`.")
+@click.option("--frames", "frames_csv", default=None, type=click.Path(exists=True, dir_okay=False), metavar="CSV",
+              help="Real frame counts for segment scores: CSV video,frames[,clips], or stage one's features.csv "
+                   "[default: the segments.csv beside the segment files].")
 def eval(checkpoint, data, gt, gt_convention, out, device, compare, resamples,  # noqa: A001 (command name)
-         strict_gt) -> None:
+         strict_gt, scores_per, frames_csv) -> None:
     """Score a dataset and report frame-level ROC-AUC, AP (both ways), FAR and per-class AUC."""
-    _score_command(checkpoint, data, out, device, gt, gt_convention, compare, resamples, strict_gt)
+    _score_command(checkpoint, data, out, device, gt, gt_convention, compare, resamples, strict_gt,
+                   scores_per, frames_csv)
 
 
 @main.command()

@@ -14,7 +14,9 @@ community's readers disagree, so every builder names its convention:
 
 Intervals are clipped to the video's ``n_frames``. ``n_frames`` usually comes from the
 features (:func:`frames_from_clips`: ``n_clips × 16``, the frames the snippets cover; this is
-how RTFM/MGFN build their GT, so frames of a dropped tail are not evaluated).
+how RTFM/MGFN build their GT, so frames of a dropped tail are not evaluated). Segment scores
+(Sultani's 32 segments a video) are evaluated on the video's real frame count instead
+(:class:`FrameCount`, :func:`segment_scores_to_frames`, as his MATLAB does).
 
 Metrics are implemented here in numpy (no scikit-learn) and equal scikit-learn's,
 ties included: :func:`roc_auc` = ``roc_auc_score``, :func:`average_precision` =
@@ -104,15 +106,23 @@ def annotated_cut(intervals: Mapping[str, Iterable[tuple[int, int]]],
     return out
 
 
-def gt_cut_warning(cuts: Mapping[str, tuple[int, int]], clip_len: int) -> str:
+def gt_cut_warning(cuts: Mapping[str, tuple[int, int]], clip_len: int, *, frame_counts: bool = False) -> str:
     """One line about :func:`annotated_cut`'s videos: how many, how many lose all their GT
-    (and so count as normal videos), the first names, and the likely cause."""
+    (and so count as normal videos), the first names, and the likely cause.
+
+    ``frame_counts``: the videos were evaluated on given frame counts (segment scores, see
+    :func:`segment_scores_to_frames`) rather than on their scored ``T × clip_len`` frames.
+    """
     lost = sorted(v for v, (cut, total) in cuts.items() if cut == total)
     first = ", ".join(f"{v} ({cuts[v][0]} of {cuts[v][1]} frames)" for v in sorted(cuts)[:3])
-    return (f"the GT of {len(cuts)} video(s) reaches past their scored T × {clip_len} frames and is cut "
+    scored = "given frame counts" if frame_counts else f"scored T × {clip_len} frames"
+    cause = ("The frame counts are shorter than the annotated videos: check that they are those of the GT's videos"
+             if frame_counts else
+             "The features are shorter than the annotated videos: check that they were extracted from "
+             "the same videos (and clip length) as the GT")
+    return (f"the GT of {len(cuts)} video(s) reaches past their {scored} and is cut "
             f"({len(lost)} lose all of it and count as normal{': ' + ', '.join(lost[:3]) if lost else ''}); first: "
-            f"{first}. The features are shorter than the annotated videos: check that they were extracted from "
-            f"the same videos (and clip length) as the GT")
+            f"{first}. {cause}")
 
 
 def _no_line(source: str | os.PathLike, what: str, missing: list[str]) -> EvaluationError:
@@ -285,12 +295,50 @@ def xd_violence_gt(
     return out
 
 
-def shanghaitech_gt(mask_dir: str | os.PathLike, n_frames: Mapping[str, int]) -> dict[str, np.ndarray]:
+#: Most frames :func:`shanghaitech_gt` pads a mask with by default: less than one clip, the
+#: partial last clip an extractor with ``--tail pad`` completes (``T = ceil(n / 16)``).
+SH_MAX_PAD = CLIP_LEN - 1
+
+
+def _read_sh_mask(f: Path) -> np.ndarray:
+    try:
+        m = (np.load(f, allow_pickle=False).reshape(-1) != 0).astype(np.uint8)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"cannot read mask {f}: {e}") from e
+    if len(m) == 0:
+        raise EvaluationError(f"{f} is an empty mask")
+    return m
+
+
+def shanghaitech_gt(mask_dir: str | os.PathLike, n_frames: Mapping[str, int], *,
+                    max_pad: int | None = SH_MAX_PAD) -> dict[str, np.ndarray]:
     """Frame masks of ShanghaiTech videos from RTFM's ``test_frame_mask/<id>.npy`` files.
 
-    A video with a mask file is anomalous: its mask is padded with its last label up to
-    ``n_frames`` (RTFM ``make_gt_sh.py``, where ``n_frames = n_snippets × 16``) or cut to
-    ``n_frames`` when longer. A video without a mask file is normal (all zeros).
+    A video with a mask file (``[n]`` 0/1, ``n`` = the video's frames) is anomalous; a video
+    without one is normal (all zeros). The mask is fitted to ``n_frames`` (usually the
+    scored ``T × 16``):
+
+    * shorter (features extracted with ``--tail pad``, ``T = ceil(n / 16)``; no ShanghaiTech
+      length is a multiple of 16): padded with its **last label**, exactly as RTFM's
+      ``gt-sh.npy`` is (``make_gt_sh.py``), so the padded tail is evaluated like the frame
+      before it. This is expected and not reported;
+    * longer (``--tail drop``, ``T = floor(n / 16)``): cut to ``n_frames``; anomalous frames
+      cut away are reported by ``vadpipe eval`` like those of interval GT
+      (:func:`shanghaitech_intervals`, :func:`annotated_cut`).
+
+    Args:
+        mask_dir: folder of ``<video id>.npy`` masks.
+        n_frames: ``{video: frames to evaluate}`` (keys through ``video_key``).
+        max_pad: most frames a mask may be padded with (default: less than one 16-frame
+            clip); ``None``: no limit.
+
+    Returns:
+        ``{video: uint8 [n_frames[video]]}``.
+
+    Raises:
+        EvaluationError: an empty mask, or one that would need more than ``max_pad``
+            frames of padding (the features are not of that video, or of another clip length).
+        ManifestError: an unreadable mask file.
     """
     mask_dir = Path(mask_dir)
     out = {}
@@ -298,12 +346,73 @@ def shanghaitech_gt(mask_dir: str | os.PathLike, n_frames: Mapping[str, int]) ->
         f = mask_dir / f"{name}.npy"
         n = int(n)
         if f.is_file():
-            m = (np.load(f, allow_pickle=False).reshape(-1) != 0).astype(np.uint8)
-            if len(m) == 0:
-                raise EvaluationError(f"{f} is an empty mask")
+            m = _read_sh_mask(f)
+            if max_pad is not None and n - len(m) > max_pad:
+                raise EvaluationError(
+                    f"{name}: {n} frames to evaluate but its mask {f} has {len(m)}: padding {n - len(m)} frames "
+                    f"is more than {max_pad}; the features do not belong to this video (or use another clip length)"
+                )
             out[name] = np.concatenate([m, np.full(max(n - len(m), 0), m[-1], np.uint8)])[:n]
         else:
             out[name] = np.zeros(n, dtype=np.uint8)
+    return out
+
+
+def shanghaitech_intervals(mask_dir: str | os.PathLike) -> dict[str, list[tuple[int, int]]]:
+    """``{video: [(start, end), ...]}``: the runs of anomalous frames (0-based, end
+    exclusive) of every mask in ``mask_dir``, for :func:`annotated_cut`."""
+    out = {}
+    for f in sorted(Path(mask_dir).glob("*.npy")):
+        d = np.diff(np.r_[0, _read_sh_mask(f).astype(np.int8), 0])
+        out[video_key(f.stem)] = list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+    return out
+
+
+def split_gt_sh(
+    gt_sh_npy: str | os.PathLike,
+    names_in_order: Sequence[str],
+    n_frames: Mapping[str, int],
+) -> dict[str, np.ndarray]:
+    """Split RTFM's concatenated ShanghaiTech ``gt-sh.npy`` into per-video masks by frame
+    counts.
+
+    ``gt-sh.npy`` (``[F]`` float 0/1) is every test video's mask concatenated in test-list
+    order (``shanghai-i3d-test-10crop.list``), each padded with its last label up to a
+    multiple of 16 frames, i.e. ``T × 16`` with ``T = ceil(n / 16)`` snippets.
+
+    Args:
+        gt_sh_npy: the array file.
+        names_in_order: the videos in the array's (test-list) order; all of them.
+        n_frames: ``{video: frames}`` of every video of ``names_in_order`` (``T × 16``).
+
+    Returns:
+        ``{video: uint8 [n_frames[video]]}`` in ``names_in_order`` order.
+
+    Raises:
+        EvaluationError: a video without a frame count, or frame counts that do not add up
+            to ``F`` (both lengths are named).
+        ManifestError: an unreadable file.
+    """
+    try:
+        gt = np.load(gt_sh_npy, allow_pickle=False).reshape(-1)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"cannot read {gt_sh_npy}: {e}") from e
+    names = [video_key(n) for n in names_in_order]
+    keyed = _keyed(n_frames, "n_frames")
+    missing = [n for n in names if n not in keyed]
+    if missing:
+        more = f" … ({len(missing)} in all)" if len(missing) > 5 else ""
+        raise EvaluationError(f"{gt_sh_npy} holds {len(names)} videos; no frame count (no scores) for "
+                              f"{', '.join(missing[:5])}{more}")
+    lengths = [int(keyed[n]) for n in names]
+    if sum(lengths) != len(gt):
+        raise EvaluationError(f"{gt_sh_npy} has {len(gt)} frames but the {len(names)} videos' frame counts add up "
+                              f"to {sum(lengths)}")
+    out = {}
+    start = 0
+    for name, n in zip(names, lengths):
+        out[name] = (gt[start:start + n] != 0).astype(np.uint8)
+        start += n
     return out
 
 
@@ -313,17 +422,15 @@ def read_gt_sh(
     n_snippets: Mapping[str, int] | Sequence[int],
     clip_len: int = CLIP_LEN,
 ) -> dict[str, np.ndarray]:
-    """Split RTFM's concatenated ``gt-sh.npy`` into per-video masks.
+    """Split RTFM's concatenated ``gt-sh.npy`` into per-video masks by snippet counts
+    (:func:`split_gt_sh` with ``n_frames = n_snippets × clip_len``).
 
-    ``gt-sh.npy`` holds the masks of the test videos concatenated in test-list order
-    (``shanghai-i3d-test-10crop.list``), each ``n_snippets × 16`` frames long (padded with
-    its last label). ``names_in_order`` is that order; ``n_snippets`` gives each video's
-    snippet count (dict by name or a sequence aligned with the names).
+    ``names_in_order`` is the test-list order; ``n_snippets`` gives each video's snippet
+    count (dict by name or a sequence aligned with the names).
 
     Raises:
         EvaluationError: the lengths do not add up to the array's length.
     """
-    gt = np.load(gt_sh_npy, allow_pickle=False).reshape(-1)
     names = [video_key(n) for n in names_in_order]
     if isinstance(n_snippets, Mapping):
         keyed = _keyed(n_snippets, "n_snippets")
@@ -335,18 +442,10 @@ def read_gt_sh(
         counts = [int(c) for c in n_snippets]
         if len(counts) != len(names):
             raise EvaluationError(f"{len(names)} names but {len(counts)} snippet counts")
-    lengths = [c * clip_len for c in counts]
-    if sum(lengths) != len(gt):
-        raise EvaluationError(
-            f"{gt_sh_npy} has {len(gt)} frames but the snippet counts give {sum(lengths)} "
-            f"({len(names)} videos × {clip_len} frames per snippet)"
-        )
-    out = {}
-    start = 0
-    for name, n in zip(names, lengths):
-        out[name] = (gt[start:start + n] != 0).astype(np.uint8)
-        start += n
-    return out
+    try:
+        return split_gt_sh(gt_sh_npy, names, {n: c * clip_len for n, c in zip(names, counts)})
+    except EvaluationError as e:
+        raise EvaluationError(f"{e} ({clip_len} frames per snippet)") from None
 
 
 def intervals_csv_gt(csv: str | os.PathLike, n_frames: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -434,6 +533,117 @@ def expand_scores(
     if n_frames <= covered:
         return frames[:n_frames]
     return np.concatenate([frames, np.full(n_frames - covered, s[-1])])
+
+
+#: What :func:`segment_scores_to_frames` gives the clip no segment covers: ``"zero"`` (the
+#: MATLAB's initial 0, kept) or ``"last"`` (the last segment's score).
+UNCOVERED = ("zero", "last")
+
+
+@dataclass(frozen=True)
+class FrameCount:
+    """A video's real length, for evaluating segment scores (:func:`segment_scores_to_frames`).
+
+    ``frames``: the video's frames, those its GT is annotated on. ``clips``: the
+    ``clip_len``-frame clips of the per-clip features the segments were averaged from
+    (``features.csv``'s ``n_clips``); ``None``: ``frames // clip_len``, what a
+    dropped-tail extractor (C3D's, stage one's default) cuts.
+    """
+
+    frames: int
+    clips: int | None = None
+
+    def n_clips(self, clip_len: int = CLIP_LEN) -> int:
+        """The clip count (``clips``, else ``frames // clip_len``)."""
+        return int(self.clips) if self.clips is not None else int(self.frames) // clip_len
+
+
+def sultani_segment_clips(n_segments: int, n_clips: int) -> list[tuple[int, int]]:
+    """0-based half-open clip ranges ``[a, b)`` whose frames get each segment's score in
+    Sultani's ``Evaluate_Anomaly_Detector.m`` (lines 52-72).
+
+    With ``s = round(linspace(1, n_clips, n_segments + 1))`` (MATLAB rounds halves away
+    from zero; its ``linspace`` is ``d1 + (0:n) * (d2 - d1) / n``), segment ``i`` covers the
+    1-based clips ``s(i) .. s(i+1) - 1``, or clip ``s(i)`` alone when that range is empty
+    (lines 66-67). Ranges are written in order, and an empty segment's clip ``s(i) =
+    s(i+1)`` is the first clip of the next segment, which overwrites it: an empty segment's
+    score survives only when it is the last segment. The ``ishots == length(Thirty2_shots)``
+    branch (line 62) never runs, so once ``n_clips > n_segments / 2 + 1`` (17 for 32
+    segments) the last clip is in no range.
+
+    Raises:
+        ValueError: ``n_segments < 1`` or ``n_clips < 1``.
+    """
+    if n_segments < 1 or n_clips < 1:
+        raise ValueError(f"need n_segments >= 1 and n_clips >= 1, got {n_segments}, {n_clips}")
+    k = np.arange(n_segments + 1, dtype=np.float64)
+    edges = np.floor(1.0 + k * (n_clips - 1) / n_segments + 0.5).astype(np.int64)  # MATLAB round (positives)
+    out = []
+    for ss, nxt in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        ee = nxt - 1
+        out.append((ss - 1, ss) if ee < ss else (ss - 1, ee))
+    return out
+
+
+def segment_scores_to_frames(
+    segment_scores,
+    n_frames: int,
+    *,
+    n_clips: int | None = None,
+    clip_len: int = CLIP_LEN,
+    uncovered: str = "zero",
+) -> np.ndarray:
+    """Segment scores ``[N]`` (e.g. Sultani's 32) → frame scores ``[n_frames]`` of the real
+    video, as Sultani's ``Evaluate_Anomaly_Detector.m`` maps them.
+
+    The MATLAB (commit 8aa957c) takes the number of 16-frame C3D clips of the video
+    (``nFrames_C3D = nFileNumbers * 16``, lines 45-47), starts from zeros over those
+    clips' frames (line 51), gives each segment's score to the frames of its clips
+    (:func:`sultani_segment_clips`, lines 52-72), then fills the frames after the last
+    clip up to the video's frame count with the **last frame's** score (``repmat(
+    Detection_score_32shots(end), ...)``, line 75). As no segment covers the last clip
+    once ``n_clips > 17`` (32 segments), that clip and the tail keep score 0 there: ``uncovered="zero"``
+    (the default) reproduces this; ``"last"`` gives them the last segment's score instead.
+
+    Args:
+        segment_scores: ``[N]`` scores, one per segment in time order.
+        n_frames: the video's frames (the MATLAB: ``round(duration * 30)``, line 42).
+        n_clips: the clips the segments were averaged from; default ``n_frames // clip_len``.
+            Clips may cover up to ``clip_len - 1`` frames more than ``n_frames`` (a padded
+            last clip); those are cut.
+        clip_len: frames per clip (16).
+        uncovered: see above, one of :data:`UNCOVERED`.
+
+    Returns:
+        float64 ``[n_frames]``.
+
+    Raises:
+        EvaluationError: no scores, fewer frames than one clip, or more clips than the
+            frames hold.
+    """
+    s = np.asarray(segment_scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise EvaluationError("no segment scores to expand")
+    if uncovered not in UNCOVERED:
+        raise ValueError(f"uncovered must be one of {UNCOVERED}, got {uncovered!r}")
+    n_frames = int(n_frames)
+    n_clips = n_frames // clip_len if n_clips is None else int(n_clips)
+    if n_clips < 1:
+        raise EvaluationError(f"{n_frames} frames hold no {clip_len}-frame clip to map segment scores onto")
+    if n_clips * clip_len - n_frames >= clip_len:
+        raise EvaluationError(f"{n_clips} clips of {clip_len} frames do not fit in {n_frames} frames; "
+                              "the frame count belongs to another video")
+    clip_scores = np.zeros(n_clips)
+    covered = np.zeros(n_clips, dtype=bool)
+    for score, (a, b) in zip(s.tolist(), sultani_segment_clips(s.size, n_clips)):
+        clip_scores[a:b] = score
+        covered[a:b] = True
+    if uncovered == "last":
+        clip_scores[~covered] = s[-1]
+    frames = np.repeat(clip_scores, clip_len)
+    if n_frames <= frames.size:
+        return frames[:n_frames]
+    return np.concatenate([frames, np.full(n_frames - frames.size, frames[-1])])
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -13,6 +13,12 @@ fc6 features of a video (one 4096-d vector per 16 frames, ``T`` of them) into 32
   6 decimals, each value followed by one space, every line ending in ``" \\n"``.
 
 The MATLAB computation is in double precision, and so is ours.
+
+Beside the segment files, :func:`segments_for_manifest` writes ``segments.csv``
+(:data:`SEGMENTS_MANIFEST`): per file the source video, its frame and clip counts (from
+``features.csv``) and the segment count. ``vadpipe eval`` reads it to know that a dataset's
+scores are per segment and to map them onto each video's real frames
+(:func:`vadpipe.pipeline.train.metrics.segment_scores_to_frames`).
 """
 
 from __future__ import annotations
@@ -21,15 +27,24 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from vadpipe.errors import ConfigError, FeatureLoadError
+from vadpipe.errors import ConfigError, FeatureLoadError, ManifestError
 from vadpipe.heads.data import l2_normalize_segments, resample_segments
 from vadpipe.manifests.atomic import atomic_save_npy, atomic_write_text
 from vadpipe.manifests.features import read_manifest
+from vadpipe.manifests.tables import read_string_csv
+from vadpipe.pipeline.train.metrics import FrameCount
 
-__all__ = ["format_sultani_txt", "segments_for_manifest", "sultani_segments", "write_sultani_txt"]
+__all__ = ["format_sultani_txt", "read_segments_manifest", "segments_for_manifest", "sultani_segments",
+           "write_sultani_txt"]
 
 FORMATS = ("txt", "npy")
+#: The table :func:`segments_for_manifest` writes beside the segment files.
+SEGMENTS_MANIFEST = "segments.csv"
+#: Its columns: segment file name (in that folder), source video, frames and clips of the
+#: source video (``features.csv``'s ``n_frames``, ``n_clips``), segments per file.
+SEGMENTS_COLUMNS = ("file", "video", "n_frames", "n_clips", "n_segments")
 
 
 def sultani_segments(features, n: int = 32, l2: bool = True, scheme: str = "sultani") -> np.ndarray:
@@ -101,7 +116,8 @@ def segments_for_manifest(
     ``single`` rows hold ``[T, crops, D]`` (or ``[T, D]``); ``per-crop`` rows one ``[T, D]``
     file per crop, stacked to ``[T, crops, D]``. Crops are averaged, then
     :func:`sultani_segments`. Output: ``out_dir/<video stem>.txt`` (Sultani's text format,
-    :func:`write_sultani_txt`) or ``.npy`` (float32), written atomically.
+    :func:`write_sultani_txt`) or ``.npy`` (float32), written atomically, and
+    ``out_dir/segments.csv`` (:data:`SEGMENTS_COLUMNS`; see :func:`read_segments_manifest`).
 
     Returns:
         ``{video: written path}``.
@@ -117,6 +133,7 @@ def segments_for_manifest(
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     stems: dict[str, str] = {}
+    records: list[tuple[str, str, int, int, int]] = []
     for row in read_manifest(features_csv):
         if row.status != "ok":
             continue
@@ -143,4 +160,27 @@ def segments_for_manifest(
         else:
             atomic_save_npy(target, seg.astype(np.float32))
         written[row.video] = target
+        records.append((target.name, row.video, row.n_frames, row.n_clips, n))
+    atomic_write_text(out_dir / SEGMENTS_MANIFEST,
+                      pd.DataFrame(records, columns=SEGMENTS_COLUMNS).to_csv(index=False, lineterminator="\n"))
     return written
+
+
+def read_segments_manifest(path: str | os.PathLike) -> dict[str, FrameCount]:
+    """``{segment file name: FrameCount(frames, clips) of its video}`` from a
+    ``segments.csv`` written by :func:`segments_for_manifest`.
+
+    Raises:
+        ManifestError: missing columns or bad numbers.
+    """
+    df = read_string_csv(path, "segments manifest")
+    missing = [c for c in SEGMENTS_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path} is not a vadpipe segments.csv: missing column(s) {', '.join(missing)}")
+    out = {}
+    for i, rec in enumerate(df.to_dict("records")):
+        try:
+            out[rec["file"]] = FrameCount(int(rec["n_frames"]), int(rec["n_clips"]))
+        except ValueError as e:
+            raise ManifestError(f"{path}:{i + 2}: bad number ({e})") from e
+    return out
