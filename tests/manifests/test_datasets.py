@@ -27,6 +27,7 @@ from vadpipe.manifests.atomic import TMP_MARKER
 from vadpipe.manifests.datasets import (
     DatasetRow,
     from_features_manifest,
+    import_list,
     import_rtfm_list,
     import_xd_list,
     read_dataset,
@@ -466,3 +467,27 @@ def test_balanced_batcher_yields_pairs(tmp_path: Path) -> None:
         BalancedBatcher(FeatureDataset(rows, tmp_path, mode="eval"), 2)
     with pytest.raises(ValueError, match="temporal='segments'"):  # padded bags would lose their masks here
         BalancedBatcher(FeatureDataset(rows, tmp_path, mode="train", temporal="full"), 2)
+
+
+def test_import_ucf_video_lists(tmp_path) -> None:
+    """Anomaly_Train.txt / Anomaly_Test.txt: labels from the folder, cross-checked with the name."""
+    train = import_list("ucf-video-list", shared_fixture("ucf_crime/Anomaly_Train.txt"), feature_root="/f")
+    test = import_list("ucf-video-list", shared_fixture("ucf_crime/vadclip_list/Anomaly_Test.txt"))
+    assert (len(train), sum(r.is_anomalous for r in train)) == (1610, 810)
+    assert (len(test), sum(r.is_anomalous for r in test)) == (290, 140)
+    assert {r.split for r in train} == {"train"} and {r.split for r in test} == {"test"}
+    first = train[0]
+    assert (first.video, first.feature_path, first.class_name) == ("Abuse001_x264", "/f/Abuse001_x264.txt", "Abuse")
+    normal = next(r for r in test if not r.is_anomalous)
+    assert normal.class_name == "Normal" and normal.video.startswith("Normal_Videos")
+    # the same videos as the GT file names
+    gt = {ln.split()[0][: -len(".mp4")] for ln in shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt")
+          .read_text().splitlines() if ln.strip()}
+    assert {r.video for r in test} == gt
+    bad = tmp_path / "Anomaly_Train.txt"
+    bad.write_text("Abuse/Abuse001_x264.mp4\r\nTraining_Normal_Videos_Anomaly/Abuse002_x264.mp4\r\n")
+    with pytest.raises(ManifestError, match=r"Anomaly_Train.txt:2: 'Abuse002_x264' sits in folder"):
+        import_list("ucf-video-list", bad)
+    bad.write_text("Abuse001_x264.mp4\n")
+    with pytest.raises(ManifestError, match="is not Folder/Name.mp4"):
+        import_list("ucf-video-list", bad)

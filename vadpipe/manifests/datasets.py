@@ -19,6 +19,7 @@ Builders:
   ShanghaiTech), labelling by the index rule the RTFM/MGFN code uses and
   cross-checking it against the video name where that is possible;
 * :func:`import_xd_list` reads XD-Violence's ``rgb.list`` / ``rgb_test.list``;
+* :func:`import_ucf_video_list` reads UCF-Crime's ``Anomaly_Train.txt`` / ``Anomaly_Test.txt``;
 * :func:`split_train_val` makes a deterministic, stratified validation split.
 
 Pure data: pandas and numpy only, no torch.
@@ -594,14 +595,60 @@ def split_train_val(
     return train, val
 
 
+_UCF_NORMAL_FOLDERS = ("Training_Normal_Videos_Anomaly", "Testing_Normal_Videos_Anomaly", "Normal_Videos_event")
+
+
+def import_ucf_video_list(
+    list_path: str | os.PathLike,
+    feature_root: str | os.PathLike | None = None,
+    *,
+    split: str | None = None,
+    suffix: str = ".txt",
+) -> list[DatasetRow]:
+    """Rows for UCF-Crime's video lists ``Anomaly_Train.txt`` / ``Anomaly_Test.txt``
+    (Sultani et al.'s release, one ``Class/Name_x264.mp4`` a line).
+
+    The label comes from the folder: ``Training_Normal_Videos_Anomaly/`` and
+    ``Testing_Normal_Videos_Anomaly/`` (and ``Normal_Videos_event/``) are normal, every
+    class folder anomalous; it is cross-checked against the name (normal videos are
+    ``Normal_Videos…``). ``class`` is the folder (``Normal`` for normal videos) and
+    ``feature_path`` is ``<Name_x264><suffix>`` (Sultani's ``Name_x264.txt``, 32 lines of
+    C3D fc6 features), under ``feature_root`` when given.
+
+    Raises:
+        ManifestError: a line that is not ``Folder/Name.mp4``, a folder/name disagreement
+            or a duplicate video — with ``file:line``.
+    """
+    list_path = Path(list_path)
+    split = _infer_split(list_path, split)
+    rows: list[DatasetRow] = []
+    seen: dict[str, int] = {}
+    for lineno, entry in _list_lines(list_path):
+        parts = [p for p in re.split(r"[\\/]", entry) if p]
+        if len(parts) < 2 or video_key(parts[-1]) == parts[-1]:
+            raise ManifestError(f"{list_path}:{lineno}: {entry!r} is not Folder/Name.mp4")
+        folder, video = parts[-2], video_key(parts[-1])
+        normal = folder in _UCF_NORMAL_FOLDERS
+        if normal != video.startswith("Normal"):
+            raise ManifestError(f"{list_path}:{lineno}: {video!r} sits in folder {folder!r}, "
+                                f"which says {'normal' if normal else 'anomalous'}, but its name says otherwise")
+        if video in seen:
+            raise ManifestError(f"{list_path}:{lineno}: video {video!r} already on line {seen[video]}")
+        seen[video] = lineno
+        rows.append(DatasetRow(video=video, feature_path=_placed(video + suffix, feature_root),
+                               label="normal" if normal else "anomalous", split=split,
+                               class_name="Normal" if normal else folder))
+    return rows
+
+
 #: Community list formats ``vadpipe manifest import KIND`` reads.
-LIST_KINDS = ("rtfm-list", "xd-list")
+LIST_KINDS = ("rtfm-list", "xd-list", "ucf-video-list")
 
 
 def import_list(kind: str, list_path: str | os.PathLike, *, dataset: str = "ucf",
                 feature_root: str | os.PathLike | None = None) -> list[DatasetRow]:
     """Rows of a community list of kind ``kind`` (:data:`LIST_KINDS`): :func:`import_rtfm_list`
-    (``dataset`` picks its labelling rule) or :func:`import_xd_list`.
+    (``dataset`` picks its labelling rule), :func:`import_xd_list` or :func:`import_ucf_video_list`.
 
     Raises:
         ManifestError: an unknown kind (naming the known ones), or a malformed list.
@@ -610,4 +657,6 @@ def import_list(kind: str, list_path: str | os.PathLike, *, dataset: str = "ucf"
         return import_rtfm_list(list_path, dataset=dataset, feature_root=feature_root)
     if kind == "xd-list":
         return import_xd_list(list_path, feature_root=feature_root)
+    if kind == "ucf-video-list":
+        return import_ucf_video_list(list_path, feature_root=feature_root)
     raise ManifestError(f"unknown list kind {kind!r}; known: {', '.join(LIST_KINDS)}")

@@ -79,3 +79,22 @@ def test_mgfn_trains_through_the_same_loop(tmp_path: Path) -> None:
     assert ckpt["step"] == 20 and ckpt["feature_spec"]["crops"] == 4 and ckpt["feature_spec"]["segments"] == 32
     assert ckpt["head_config"]["dims"] == [16, 32, 64] and ckpt["head_config"]["feature_dim"] == 32
     assert all(np.isfinite(h["loss"]) and 0.0 <= h["val_auc"] <= 1.0 for h in result.history)
+
+
+def test_test_selection_on_the_full_split_starts_after_eval_start(data: dict, tmp_path: Path) -> None:
+    """The papers' protocol with the published code's selection: no validation videos, the test
+    metric evaluated every ``eval_every`` steps only after ``eval_start`` (RTFM: step > 200)."""
+    calls = []
+
+    def metric(head) -> float:
+        calls.append(1)
+        return float(len(calls))  # improves every time: the last candidate is kept
+
+    cfg = TrainConfig(head="sultani", overrides=SMALL["sultani"], steps=30, eval_every=5, eval_start=15,
+                      selection="test", train_split="full", device="cpu")
+    result = train(data["train"] + data["val"], [], tmp_path, cfg, root=data["train_root"], progress=False,
+                   test_metric=metric)
+    assert [h["step"] for h in result.history] == [20, 25, 30] and len(calls) == 3
+    assert result.best_step == 30 and load_checkpoint(result.best_path)["threshold"] is None
+    with pytest.raises(ConfigError, match="eval_start must be >= 0"):
+        TrainConfig(eval_start=-1)

@@ -79,6 +79,8 @@ class TrainConfig:
         steps: optimisation steps; ``None`` takes the head config's ``max_steps`` (MGFN:
             ``max_epoch``, one batch each as in its ``main.py``; 1,000 if it has neither).
         eval_every: steps between validation passes (and checkpoint candidates).
+        eval_start: no validation pass up to this step but the last (RTFM's code tests only
+            after step 200).
         patience: stop after this many validation passes without improvement (``None``:
             never stop early).
         seed: seeds python, numpy, torch and the batch sampler.
@@ -96,6 +98,7 @@ class TrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     eval_every: int = 50
+    eval_start: int = 0
     patience: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -110,6 +113,8 @@ class TrainConfig:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.eval_start < 0:
+            raise ConfigError(f"eval_start must be >= 0, got {self.eval_start}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
 
@@ -340,14 +345,16 @@ def train(
         if not math.isfinite(loss_value):
             raise _diverged(step, head_cfg, f"the loss is {loss_value}")
         bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": loss_value, **parts}.items()})
-        if step % config.eval_every == 0 or step == steps:
+        if (step % config.eval_every == 0 and step > config.eval_start) or step == steps:
             if selection == "last":  # the paper protocol: no held-out videos, the last step is kept
                 metric, val_threshold = math.nan, threshold
                 if step == steps:  # a threshold for `vadpipe score`, from the training videos (optimistic)
                     metric, val_threshold = video_level_validation(head, _eval_view(train_set), device)
                 history.append({"step": step, "loss": loss_value, **parts})
             else:
-                val_auc, val_threshold = video_level_validation(head, val_set, device)
+                # test-set selection on the full training split has no validation videos: no threshold
+                val_auc, val_threshold = (video_level_validation(head, val_set, device) if len(val_set)
+                                          else (math.nan, None))
                 metric = test_metric(head) if selection == "test" else val_auc
                 history.append({"step": step, "loss": loss_value, **parts, f"{selection}_auc": metric})
             if selection == "last":
@@ -407,7 +414,7 @@ def _plain(obj: Any) -> Any:
 
 #: What the official RTFM/MGFN checkpoints were trained on (their README's feature sets).
 OFFICIAL_FEATURE_SPECS: dict[str, dict[str, Any]] = {
-    # RTFM's published I3D features: the Caffe2 i3d_baseline ResNet-50 with Gowtham's recipe (--preset rtfm-ucf)
+    # RTFM's published I3D features: the Caffe2 i3d_baseline ResNet-50 with Gowtham's recipe (--preset rtfm-i3d-r50-10crop)
     "rtfm": {"backbone": "i3d-r50-caffe2", "dim": 2048, "crops": 10, "clip_len": 16},
     "mgfn": {"backbone": "i3d-r50-caffe2", "dim": 2048, "crops": 10, "clip_len": 16},
     "sultani": {"backbone": "c3d", "dim": 4096, "crops": 1, "clip_len": 16},  # fc6
