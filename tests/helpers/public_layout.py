@@ -33,6 +33,14 @@ DIM = 8
 SIGNAL = 2.0
 SEGMENTS = 32
 
+#: (train list, test list, GT) fixtures of each layout.
+UCF_GT = "ucf_crime/Temporal_Anomaly_Annotation.txt"
+UCF_VIDEO_LISTS = ("ucf_crime/Anomaly_Train.txt", "ucf_crime/vadclip_list/Anomaly_Test.txt", UCF_GT)
+RTFM_UCF = ("rtfm_lists/ucf-i3d.list", "rtfm_lists/ucf-i3d-test.list", UCF_GT)
+RTFM_SH = ("rtfm_lists/shanghai-i3d-train-10crop.list", "rtfm_lists/shanghai-i3d-test-10crop.list",
+           "rtfm_lists/gt-sh.npy")
+XD = ("xd_violence/rgb.list", "xd_violence/rgb_test.list", "xd_violence/annotations.txt")
+
 
 @dataclass(frozen=True)
 class PublicSet:
@@ -92,6 +100,14 @@ def _features(mask: np.ndarray, crops: int, rng: np.random.Generator) -> np.ndar
     return x
 
 
+def _folders(root: Path, *fixtures: str) -> tuple[Path, Path, list[Path]]:
+    """``root/lists`` with copies of the fixtures (returned in order) and an empty ``root/features``."""
+    lists, feats = root / "lists", root / "features"
+    lists.mkdir(parents=True)
+    feats.mkdir()
+    return lists, feats, [_copy(shared_fixture(f), lists) for f in fixtures]
+
+
 def _copy(src: Path, dst_dir: Path) -> Path:
     dst = dst_dir / src.name
     (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
@@ -103,12 +119,7 @@ def write_trn(root: Path, dataset: str, seed: int = 0) -> PublicSet:
     named by UCF-Crime's video lists (``ucf``) or RTFM's ShanghaiTech lists (``shanghai``)."""
     if dataset == "shanghai":
         return write_rtfm_shanghai(root, seed, crops=14, suffix="_trn.npy")
-    lists, feats = root / "lists", root / "features"
-    lists.mkdir(parents=True)
-    feats.mkdir()
-    train = _copy(shared_fixture("ucf_crime/Anomaly_Train.txt"), lists)
-    test = _copy(shared_fixture("ucf_crime/vadclip_list/Anomaly_Test.txt"), lists)
-    gt = _copy(shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"), lists)
+    lists, feats, (train, test, gt) = _folders(root, *UCF_VIDEO_LISTS)
     ann = ucf_intervals(gt)
     rng = np.random.default_rng(seed)
     for path, is_test in ((train, False), (test, True)):
@@ -127,12 +138,7 @@ def write_trn(root: Path, dataset: str, seed: int = 0) -> PublicSet:
 
 def write_rtfm_ucf(root: Path, seed: int = 0) -> PublicSet:
     """RTFM's UCF-Crime lists + ``Temporal_Anomaly_Annotation.txt`` and ``[T, 10, D]`` files."""
-    lists, feats = root / "lists", root / "features"
-    lists.mkdir(parents=True)
-    feats.mkdir()
-    train = _copy(shared_fixture("rtfm_lists/ucf-i3d.list"), lists)
-    test = _copy(shared_fixture("rtfm_lists/ucf-i3d-test.list"), lists)
-    gt = _copy(shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"), lists)
+    lists, feats, (train, test, gt) = _folders(root, *RTFM_UCF)
     ann = ucf_intervals(gt)
     rng = np.random.default_rng(seed)
     for i, entry in enumerate(_lines(train)):
@@ -152,12 +158,7 @@ def write_rtfm_ucf(root: Path, seed: int = 0) -> PublicSet:
 def write_rtfm_shanghai(root: Path, seed: int = 0, *, crops: int = 10, suffix: str = "_i3d.npy") -> PublicSet:
     """RTFM's ShanghaiTech lists + ``gt-sh.npy``; test videos get the snippet counts the GT implies
     (files ``<id><suffix>``, ``[T, crops, D]``)."""
-    lists, feats = root / "lists", root / "features"
-    lists.mkdir(parents=True)
-    feats.mkdir()
-    train = _copy(shared_fixture("rtfm_lists/shanghai-i3d-train-10crop.list"), lists)
-    test = _copy(shared_fixture("rtfm_lists/shanghai-i3d-test-10crop.list"), lists)
-    gt = _copy(shared_fixture("rtfm_lists/gt-sh.npy"), lists)
+    lists, feats, (train, test, gt) = _folders(root, *RTFM_SH)
     _copy(shared_fixture("rtfm_lists/test_frame_mask"), lists)
     masks = lists / "test_frame_mask"
     rng = np.random.default_rng(seed)
@@ -189,12 +190,7 @@ def _name(entry: str, suffix: str) -> str:
 
 def write_xd(root: Path, seed: int = 0) -> PublicSet:
     """XD-Violence's ``rgb.list`` / ``rgb_test.list`` + ``annotations.txt``, per-crop ``[T, D]`` files."""
-    lists, feats = root / "lists", root / "features"
-    lists.mkdir(parents=True)
-    feats.mkdir()
-    train = _copy(shared_fixture("xd_violence/rgb.list"), lists)
-    test = _copy(shared_fixture("xd_violence/rgb_test.list"), lists)
-    gt = _copy(shared_fixture("xd_violence/annotations.txt"), lists)
+    lists, feats, (train, test, gt) = _folders(root, *XD)
     ann = xd_intervals(gt)
     rng = np.random.default_rng(seed)
     for path, is_test in ((train, False), (test, True)):
@@ -221,12 +217,7 @@ def write_xd(root: Path, seed: int = 0) -> PublicSet:
 def write_sultani_ucf(root: Path, seed: int = 0) -> PublicSet:
     """UCF-Crime's ``Anomaly_Train.txt`` / ``Anomaly_Test.txt`` + GT, Sultani-style 32-segment
     text files, and a ``frames.csv`` of (stand-in) frame counts for the test videos."""
-    lists, feats = root / "lists", root / "features"
-    lists.mkdir(parents=True)
-    feats.mkdir()
-    train = _copy(shared_fixture("ucf_crime/Anomaly_Train.txt"), lists)
-    test = _copy(shared_fixture("ucf_crime/vadclip_list/Anomaly_Test.txt"), lists)
-    gt = _copy(shared_fixture("ucf_crime/Temporal_Anomaly_Annotation.txt"), lists)
+    lists, feats, (train, test, gt) = _folders(root, *UCF_VIDEO_LISTS)
     ann = ucf_intervals(gt)
     rng = np.random.default_rng(seed)
     frames_rows = ["video,frames"]

@@ -7,7 +7,6 @@ import sys
 import click
 
 from vadpipe.cli.main import choices_of, main, parse_devices, parse_resize
-from vadpipe.errors import VadpipeError
 
 
 @main.command()
@@ -70,36 +69,15 @@ def extract(inputs, out, backbone, crops, preset_name, crop_order, resize, clip_
     Writes one .npy per video and OUT/features.csv with a row per video (status ok,
     failed or skipped). Exits 1 when any video failed, 2 on a usage or setup error.
     """
-    from vadpipe.extractors import get_backbone
-    from vadpipe.extractors.presets import recipe_backbone
-    from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
-    from vadpipe.pipeline.extract.config import recipe_config
-    from vadpipe.pipeline.extract.runner import extract as run_extract
-    from vadpipe.pipeline.extract.sources import discover
+    from vadpipe.api import extract as run_extract
 
-    backbone = recipe_backbone(preset_name, backbone)
-    spec = get_backbone(backbone)
-    devices = parse_devices(gpus, device_list)
-    if engine == "ray":  # the cluster's devices, not the driver's: no local CUDA check
-        import torch
-
-        dev = torch.device("cuda" if (devices or (device,))[0].startswith("cuda") else "cpu")
-    else:
-        dev = resolve_device(devices[0] if devices else device)
-    workers = default_workers(dev, per_device=len(devices) or 1) if workers is None else workers
-    batch_clips = default_batch_clips(dev) if batch_clips is None else batch_clips
-    config = recipe_config(
-        preset_name, backbone=backbone, backbone_preset=spec.preset, backbone_clip_len=spec.clip_len,
-        crops=int(crops) if crops else None, crop_order=crop_order, resize=parse_resize(resize) if resize else None,
-        clip_len=clip_len, stride=stride, tail=tail, layout=layout,
-        fps=fps, precision=precision, device=device, batch_clips=batch_clips, workers=workers, decoder=decoder,
-        channels_last=not no_channels_last, random_weights=random_weights, devices=devices, engine=engine,
-        ray_address=ray_address,
+    summary = run_extract(
+        list(inputs), out, recipe=preset_name, backbone=backbone, crops=int(crops) if crops else None,
+        crop_order=crop_order, resize=parse_resize(resize) if resize else None, clip_len=clip_len, stride=stride,
+        tail=tail, fps=fps, layout=layout, precision=precision, device=device, batch_clips=batch_clips,
+        workers=workers, decoder=decoder, channels_last=not no_channels_last, devices=parse_devices(gpus, device_list),
+        engine=engine, ray_address=ray_address, random_weights=random_weights, force=force, progress=not quiet,
     )
-    jobs = discover(list(inputs))
-    if not jobs:
-        raise VadpipeError(f"no videos found in {', '.join(inputs)}")
-    summary = run_extract(jobs, out, config, force=force, progress=not quiet)
     for path, why in summary.redone:
         click.echo(f"recomputed: {path}: {why}", err=True)
     for path, err in summary.failures:

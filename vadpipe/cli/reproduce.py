@@ -26,7 +26,8 @@ def _list_rows(ctx: click.Context, _param, value: bool) -> None:
               help="Folder holding the public feature files the lists name.")
 @click.option("--lists", "lists_dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the row's list files and GT [default: --features, or its list/ subfolder].")
-@click.option("--gt", default=None, type=click.Path(exists=True), help="The GT file (or mask folder) [default: in --lists].")
+@click.option("--gt", default=None, type=click.Path(exists=True),
+              help="The GT file (or mask folder) [default: in --lists].")
 @click.option("--frames", "frames_csv", default=None, type=click.Path(exists=True, dir_okay=False),
               help="CSV video,frames of real frame counts (needed by segment-level features: Sultani's C3D).")
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(1), help="Seeds 0..N-1.")
@@ -54,7 +55,8 @@ def reproduce(method, dataset, features_root, lists_dir, gt, frames_csv, seeds, 
     protocol = get_protocol(method, dataset)
     inputs = locate_inputs(protocol, features_root, lists_dir=lists_dir, gt=gt, frames_csv=frames_csv)
     result = run_reproduce(protocol, inputs, out or f"runs/reproduce/{method}-{dataset}", seeds=seeds, steps=steps,
-                           overrides=parse_overrides(overrides), device=device, force=force, progress=not quiet, echo=click.echo)
+                           overrides=parse_overrides(overrides), device=device, force=force, progress=not quiet,
+                           echo=click.echo)
     for line in table_lines(result):
         click.echo(line)
     click.echo(f"results: {result.out / 'results.json'}")

@@ -61,31 +61,30 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     features already extracted. Exits 1 when any video failed, 2 on a setup error.
     """
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
-    from vadpipe.pipeline.extract.sources import discover
-    from vadpipe.pipeline.score.batch import ScoreOptions, score_videos
 
     if stream and len(inputs) != 1:
         raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
-    jobs = [] if stream else discover(list(inputs))
-    if not stream and not jobs:
-        raise VadpipeError(f"no videos found in {', '.join(inputs)}")
     dev = resolve_device(device)
     loaded = _load_head(checkpoint, dev, recipe_precision)
     speed = {"device": device, "decoder": decoder, "random_weights": random_weights,
              "workers": default_workers(dev) if workers is None else workers,
              "batch_clips": default_batch_clips(dev) if batch_clips is None else batch_clips}
-    options = ScoreOptions(threshold=threshold, min_gap=min_gap, min_duration=min_duration, gt=gt,
-                           gt_convention=gt_convention, plots=not no_plots, report=report)
     if stream:
+        from vadpipe.pipeline.score.batch import ScoreOptions
         from vadpipe.pipeline.score.stream import stream_score
 
+        options = ScoreOptions(threshold=threshold, min_gap=min_gap, min_duration=min_duration, gt=gt,
+                               gt_convention=gt_convention, plots=not no_plots, report=report)
         result = stream_score(inputs[0], loaded, out, options=options, backbone=backbone,
                               speed={**speed, "workers": 0, "batch_clips": 1}, follow=follow,
                               window=stream_window, echo=click.echo)
         sys.exit(result.exit_code)
-    summary = score_videos(jobs, loaded, out, options=options, backbone=backbone, speed=speed,
-                           features_dir=features_dir, force=force, progress=not quiet,
-                           echo=None if quiet else click.echo)
+    from vadpipe.api import score as score_api
+
+    summary = score_api(list(inputs), loaded, out, threshold=threshold, min_gap=min_gap, min_duration=min_duration,
+                        gt=gt, gt_convention=gt_convention, plots=not no_plots, report=report, backbone=backbone,
+                        features_dir=features_dir, force=force, progress=not quiet, echo=None if quiet else click.echo,
+                        **speed)
     for v in summary.failed:
         click.echo(f"failed: {v.video}: {v.error}", err=True)
     n_events = sum(len(v.events) for v in summary.videos)

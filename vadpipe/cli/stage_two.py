@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from vadpipe.cli.main import choices_of, main, parse_overrides
-from vadpipe.errors import VadpipeError
 
 
 @main.group()
@@ -112,51 +111,18 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
           refine_overrides, head_preset, protocol, resume, cache, backbone, clip_len, test_csv, gt, quiet) -> None:
     """Train an anomaly head; best.pt is chosen on the validation split (--protocol holdout) or is
     the last step on the full training split (--protocol paper)."""
-    from vadpipe.manifests.atomic import ensure_writable_dir
-    from vadpipe.manifests.datasets import check_labels, dataset_root, read_dataset, split_train_val
-    from vadpipe.pipeline.device import resolve_device
-    from vadpipe.pipeline.train import apply as scoring
-    from vadpipe.pipeline.train.loop import PROTOCOLS, TEST_SELECTION_WARNING, TrainConfig
-    from vadpipe.pipeline.train.loop import train as run_train
+    from vadpipe.api import train as run_train
+    from vadpipe.pipeline.train.loop import TEST_SELECTION_WARNING
 
-    protocol = protocol or ("paper" if head_preset else "holdout")
-    ensure_writable_dir(out)
-    rows = read_dataset(train_csv)
-    check_labels(rows, f"dataset {train_csv}")
-    root = dataset_root(train_csv)
-    if protocol == "paper":
-        if val_csv:
-            raise VadpipeError("--protocol paper trains on the full training split: drop --val "
-                               "(or use --protocol holdout)")
-        train_rows, val_rows = rows, []
-    elif val_csv:
-        train_rows, val_rows = [r for r in rows if r.split != "val"], read_dataset(val_csv)
-        if dataset_root(val_csv) != root:
-            raise VadpipeError("--train and --val must sit in the same folder (feature paths are relative to it)")
-    elif any(r.split == "val" for r in rows):
-        train_rows, val_rows = [r for r in rows if r.split != "val"], [r for r in rows if r.split == "val"]
-    else:
-        train_rows, val_rows = split_train_val(rows, val_fraction=0.1, seed=seed)
-    test_metric = None
-    if test_csv:
-        if not gt:
-            raise VadpipeError("--select-on-test needs --gt KIND:PATH")
+    if test_csv and gt:
         click.echo(f"WARNING: {TEST_SELECTION_WARNING}", err=True)
-        test_metric = scoring.test_set_auc(test_csv, gt, resolve_device(device))
-
-    head_overrides = {**_preset_overrides(head, head_preset), **parse_overrides(overrides)}
-    if refine:  # the refinement module is the trained head; the base head's settings go inside it
-        head_overrides = {"base_head": head, "base_overrides": head_overrides, **parse_overrides(refine_overrides)}
-        head = refine
-    config = TrainConfig(head=head, overrides=head_overrides, steps=steps, eval_every=eval_every,
-                         patience=patience, seed=seed, device=device,
-                         selection="test" if test_csv else "val", cache=cache,
-                         train_split=PROTOCOLS[protocol])
-    meta = _feature_meta(train_rows + val_rows, root, backbone, clip_len)
-    result = run_train(train_rows, val_rows, out, config, root=root, resume=resume, test_metric=test_metric,
-                       feature_meta=meta, progress=not quiet)
-    if not val_rows and not test_csv:
-        click.echo(f"protocol paper: trained on all {len(train_rows)} training videos for {result.best_step} steps "
+    result = run_train(train_csv, head=head, out=out, val=val_csv, settings=parse_overrides(overrides),
+                       preset=head_preset, protocol=protocol, refine=refine,
+                       refine_settings=parse_overrides(refine_overrides), steps=steps, eval_every=eval_every,
+                       patience=patience, seed=seed, device=device, resume=resume, cache=cache, backbone=backbone,
+                       clip_len=clip_len, select_on_test=test_csv, gt=gt, progress=not quiet)
+    if not result.val_videos and not test_csv:
+        click.echo(f"protocol paper: trained on all {result.train_videos} training videos for {result.best_step} steps "
                    f"(training-set video-level AUC {result.best_metric:.4f}, optimistic); "
                    f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}")
         return
@@ -164,19 +130,6 @@ def train(train_csv, val_csv, head, out, steps, eval_every, patience, seed, devi
     click.echo(f"best {metric} {result.best_metric:.4f} at step {result.best_step}; "
                f"{result.steps_per_second:.2f} steps/s; checkpoints: {result.best_path}, {result.last_path}"
                + ("; stopped early" if result.stopped_early else ""))
-
-
-def _preset_overrides(head: str, preset: str | None) -> dict:
-    """The head's registered preset ``preset`` as config overrides (``{}`` without one)."""
-    if preset is None:
-        return {}
-    from vadpipe.heads.base import get_head
-
-    presets = get_head(head).presets
-    if preset not in presets:
-        known = ", ".join(sorted(presets)) or "none"
-        raise VadpipeError(f"head {head!r} has no preset {preset!r} (its presets: {known})")
-    return dict(presets[preset])
 
 
 def _list_presets(ctx, value: bool) -> None:
@@ -190,66 +143,22 @@ def _list_presets(ctx, value: bool) -> None:
     ctx.exit()
 
 
-def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
-    """What made the training features: the recorded extraction recipe when the files come
-    from `vadpipe extract` (so `vadpipe score` can re-create them), else what the user says."""
-    from pathlib import Path
-
-    from vadpipe.manifests.provenance import extraction_of
-
-    files = [Path(root or ".") / r.feature_path.format(k=0) for r in rows]
-    recipe = extraction_of(files)
-    if recipe is None:
-        return {"backbone": backbone or "unknown", "clip_len": clip_len}
-    if backbone and backbone != recipe["backbone"]:
-        raise VadpipeError(f"--backbone {backbone}, but the features were extracted with {recipe['backbone']} "
-                           "(features.csv beside them says so)")
-    return {"backbone": recipe["backbone"], "clip_len": recipe["config"]["clip"]["length"], "extract": recipe}
-
-
 def _score_command(checkpoint, data, out, device, gt, convention, compare=None, resamples=1000,
                    strict_gt=False, scores_per="auto", frames=None) -> None:
-    from vadpipe.heads.data import check_dataset_features
-    from vadpipe.manifests.atomic import ensure_writable_dir
-    from vadpipe.manifests.datasets import dataset_root, read_dataset
-    from vadpipe.pipeline.device import resolve_device
+    from vadpipe.api import evaluate
     from vadpipe.pipeline.train import apply as scoring
 
-    out = ensure_writable_dir(out)
-    dev = resolve_device(device)
-    loaded = scoring.load_head(checkpoint, dev)
-    rows = read_dataset(data)
-    root = dataset_root(data)
-    check_dataset_features(rows, root, what=f"dataset {data}")
-    segments = None
-    if scoring.scores_are_segments(rows, root, scores_per):
-        segments = scoring.frame_counts_for(rows, root, frames)
-        if gt:
-            scoring.require_frame_counts([r.name for r in rows], segments)
-    scores = scoring.score_rows(loaded, rows, root, dev)
-    scoring.write_scores_csv(out / "scores.csv", rows, scores, segments=segments)
-    unit = "segments" if segments is not None else "snippets"
-    click.echo(f"{out / 'scores.csv'}: {len(rows)} videos, {sum(s.size for s in scores.values())} {unit}")
-    if segments is not None and gt:
-        click.echo(f"segment scores: each video evaluated on its real frame count ({len(rows)} videos, "
+    run = evaluate(checkpoint, data, gt=gt, out=out, convention=convention, device=device, compare=compare,
+                   resamples=resamples, strict_gt=strict_gt, scores_per=scores_per, frames=frames)
+    click.echo(f"{run.scores_csv}: {run.n_videos} videos, {run.n_scores} {'segments' if run.segments else 'snippets'}")
+    if run.segments and gt:
+        click.echo(f"segment scores: each video evaluated on its real frame count ({run.n_videos} videos, "
                    "Sultani's Evaluate_Anomaly_Detector.m mapping)")
-    if gt:
-        result = scoring.evaluate_scores(scores, gt, convention=convention, frame_scores_csv=out / "frame_scores.csv",
-                                         strict_gt=strict_gt, segments=segments)
-        for line in scoring.result_lines(result, loaded.selection):
+    if run.metrics is not None:
+        for line in scoring.result_lines(run.metrics, run.selection):
             click.echo(line)
-    if compare:
-        import dataclasses
-        import json
-
-        from vadpipe.manifests.atomic import atomic_write_text
-
-        other = scoring.read_scores_csv(compare)
-        cmp = scoring.compare_scores(scores, other, gt, convention=convention, resamples=resamples,
-                                     segments=segments)
-        click.echo("compare: " + cmp.line("this", "other"))
-        atomic_write_text(out / "compare.json", json.dumps({"this": str(checkpoint), "other": str(compare),
-                                                           **dataclasses.asdict(cmp)}, indent=2) + "\n")
+    if run.comparison is not None:
+        click.echo("compare: " + run.comparison.line("this", "other"))
 
 
 @main.command()

@@ -15,6 +15,7 @@ from vadpipe.cli import main
 from vadpipe.errors import ConfigError, FeatureLoadError
 from vadpipe.pipeline.reproduce.protocols import PROTOCOLS, get_protocol, protocol_rows
 from vadpipe.pipeline.reproduce.run import locate_inputs, reproduce, sha256_of, table_lines
+from vadpipe.pipeline.train.loop import load_checkpoint
 
 #: The rows the seed papers report (issue list): every one must be reproducible.
 ROWS = [("rtfm", "ucf"), ("rtfm", "shanghai"), ("rtfm", "xd"), ("mgfn", "ucf"), ("mgfn", "xd"), ("sultani", "ucf"),
@@ -88,6 +89,8 @@ def test_seeds_summarised_and_resumed(public_sets, tmp_path):
     inputs = locate_inputs(protocol, data.features, lists_dir=data.lists)
     first = reproduce(protocol, inputs, tmp_path, seeds=2, steps=STEPS, device="cpu")
     aucs = [s.auc for s in first.seeds]
+    spec = load_checkpoint(first.seeds[0].checkpoint)["feature_spec"]  # what `vadpipe score` extracts with
+    assert spec["backbone"] == "i3d-r50-caffe2" and spec["recipe"] == protocol.recipe
     assert [s.seed for s in first.seeds] == [0, 1] and aucs[0] != aucs[1]
     assert first.summary["auc"] == pytest.approx((np.mean(aucs), np.std(aucs, ddof=1)))
     again = reproduce(protocol, inputs, tmp_path, seeds=2, steps=STEPS, device="cpu")

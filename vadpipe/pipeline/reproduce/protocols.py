@@ -59,6 +59,8 @@ class Protocol:
         base_preset: the base head's preset.
         overrides: further head settings of this row.
         features: the public feature set, in words.
+        backbone: the registered backbone those features come from (recorded in the checkpoints,
+            so ``vadpipe score`` extracts with it).
         recipe: the ``vadpipe extract`` arguments that re-make those features.
         feature_file: file name of a video's features, ``{video}`` replaced (``None``: as the list says).
         crops, dim: crops per snippet and feature size of those features.
@@ -87,6 +89,7 @@ class Protocol:
     title: str
     head: str
     features: str
+    backbone: str
     recipe: str
     crops: int
     dim: int
@@ -175,7 +178,7 @@ _NO_AP = "not reported for this row (both definitions are printed)"
 for _p in (
     Protocol(
         method="rtfm", dataset="ucf", title=_RTFM, head="rtfm", features=_UCF_I3D,
-        recipe="--preset rtfm-i3d-r50-10crop", crops=10, dim=2048, list_kind="rtfm-list",
+        backbone="i3d-r50-caffe2", recipe="--preset rtfm-i3d-r50-10crop", crops=10, dim=2048, list_kind="rtfm-list",
         train_list="ucf-i3d.list", test_list="ucf-i3d-test.list", list_source=_RTFM_LISTS,
         gt_kind="ucf", gt_file="Temporal_Anomaly_Annotation.txt", gt_source=_UCF_GT, gt_convention="rtfm",
         length_rule=_UCF_LEN, selection="test", select_metric="auc", eval_every=5, eval_start=200, steps=15000,
@@ -186,7 +189,8 @@ for _p in (
               "50 epochs (vadpipe train --head rtfm --preset paper)."),
     Protocol(
         method="rtfm", dataset="shanghai", title=_RTFM, head="rtfm", features=_SH_I3D,
-        recipe="--preset rtfm-i3d-r50-10crop --tail pad", crops=10, dim=2048, list_kind="rtfm-list",
+        backbone="i3d-r50-caffe2", recipe="--preset rtfm-i3d-r50-10crop --tail pad", crops=10, dim=2048,
+        list_kind="rtfm-list",
         list_dataset="shanghai", train_list="shanghai-i3d-train-10crop.list",
         test_list="shanghai-i3d-test-10crop.list", list_source=_RTFM_LISTS,
         gt_kind="sh-npy", gt_file="gt-sh.npy", gt_source=_RTFM_LISTS, length_rule=_SH_LEN,
@@ -196,7 +200,7 @@ for _p in (
               "weakly-supervised split (238 train, 199 test videos)."),
     Protocol(
         method="rtfm", dataset="xd", title=_RTFM, head="rtfm", overrides={"lr": 1e-4}, features=_XD_I3D,
-        recipe="--preset xd-i3d-5crop", crops=5, dim=1024, list_kind="xd-list", train_list="rgb.list",
+        backbone="i3d", recipe="--preset xd-i3d-5crop", crops=5, dim=1024, list_kind="xd-list", train_list="rgb.list",
         test_list="rgb_test.list", list_source=_XD_LISTS, gt_kind="xd", gt_file="annotations.txt",
         gt_source=_XD_GT, gt_convention="vadclip", length_rule=_XD_LEN, selection="test", select_metric="pr_auc",
         eval_every=5, eval_start=200, steps=15000,
@@ -205,7 +209,7 @@ for _p in (
               "is the UCF-Crime code path; selecting on the test AP is vadpipe's reading."),
     Protocol(
         method="mgfn", dataset="ucf", title=_MGFN, head="mgfn", features=_UCF_I3D,
-        recipe="--preset rtfm-i3d-r50-10crop", crops=10, dim=2048, list_kind="rtfm-list",
+        backbone="i3d-r50-caffe2", recipe="--preset rtfm-i3d-r50-10crop", crops=10, dim=2048, list_kind="rtfm-list",
         train_list="ucf-i3d.list", test_list="ucf-i3d-test.list", list_source=_RTFM_LISTS,
         gt_kind="ucf", gt_file="Temporal_Anomaly_Annotation.txt", gt_source=_UCF_GT, gt_convention="rtfm",
         length_rule=_UCF_LEN, selection="test", select_metric="auc", eval_every=50, steps=50000,
@@ -214,9 +218,10 @@ for _p in (
               "evaluated once an epoch; its loaders do not shuffle (vadpipe draws balanced random batches). MGFN "
               "links its own copy of the ten-crop I3D features; identity with RTFM's is not verified."),
     Protocol(
-        method="mgfn", dataset="xd", title=_MGFN, head="mgfn", features=_XD_I3D, recipe="--preset xd-i3d-5crop",
-        crops=5, dim=1024, list_kind="xd-list", train_list="rgb.list", test_list="rgb_test.list",
-        list_source=_XD_LISTS, gt_kind="xd", gt_file="annotations.txt", gt_source=_XD_GT, gt_convention="vadclip",
+        method="mgfn", dataset="xd", title=_MGFN, head="mgfn", features=_XD_I3D, backbone="i3d",
+        recipe="--preset xd-i3d-5crop", crops=5, dim=1024, list_kind="xd-list", train_list="rgb.list",
+        test_list="rgb_test.list", list_source=_XD_LISTS, gt_kind="xd", gt_file="annotations.txt",
+        gt_source=_XD_GT, gt_convention="vadclip",
         length_rule=_XD_LEN, selection="test", select_metric="pr_auc", eval_every=128, steps=128000,
         paper=PaperNumber("pr_auc", 79.19, "MGFN paper Table 2, row 'MGFN(Ours) | I3D-RGB' (80.11 is VideoSwin-RGB)"),
         ap_definition=_PR_AUC,
@@ -226,7 +231,7 @@ for _p in (
     Protocol(
         method="sultani", dataset="ucf", title=_SULTANI, head="sultani",
         features="Sultani et al.'s C3D fc6 32-segment features (<video>.txt, 32 x 4096, L2-normalised)",
-        recipe="--preset sultani-c3d, then vadpipe features segments", crops=1, dim=4096,
+        backbone="c3d", recipe="--preset sultani-c3d, then vadpipe features segments", crops=1, dim=4096,
         list_kind="ucf-video-list", train_list="Anomaly_Train.txt", test_list="Anomaly_Test.txt",
         list_source=_UCF_LISTS, gt_kind="ucf", gt_file="Temporal_Anomaly_Annotation.txt", gt_source=_UCF_GT,
         gt_convention="sultani", segment_frames=True,
@@ -239,7 +244,7 @@ for _p in (
               "20000 iterations, no test-set selection."),
     Protocol(
         method="lanet", dataset="ucf", title=_LANET, head="lanet", head_preset="ucf", features=_UCF_I3D,
-        recipe="--preset rtfm-i3d-r50-10crop", crops=10, dim=2048, list_kind="rtfm-list",
+        backbone="i3d-r50-caffe2", recipe="--preset rtfm-i3d-r50-10crop", crops=10, dim=2048, list_kind="rtfm-list",
         train_list="ucf-i3d.list", test_list="ucf-i3d-test.list", list_source=_RTFM_LISTS,
         gt_kind="ucf", gt_file="Temporal_Anomaly_Annotation.txt", gt_source=_UCF_GT, gt_convention="rtfm",
         length_rule=_UCF_LEN, selection="last",
@@ -248,14 +253,15 @@ for _p in (
               "uses RTFM's features, lists and GT convention and keeps the last step (50 epochs, Sec. 4.2)."),
     Protocol(
         method="lanet", dataset="xd", title=_LANET, head="lanet", head_preset="xd", features=_XD_I3D,
-        recipe="--preset xd-i3d-5crop", crops=5, dim=1024, list_kind="xd-list", train_list="rgb.list",
+        backbone="i3d", recipe="--preset xd-i3d-5crop", crops=5, dim=1024, list_kind="xd-list", train_list="rgb.list",
         test_list="rgb_test.list", list_source=_XD_LISTS, gt_kind="xd", gt_file="annotations.txt",
         gt_source=_XD_GT, gt_convention="vadclip", length_rule=_XD_LEN, selection="last",
         paper=PaperNumber("pr_auc", 80.72, "LA-Net paper Table 2, row 'DDL (Ours) | I3D RGB'"),
         ap_definition=_PR_AUC + ", as Wu et al.'s code the paper follows ([13])",
         notes="No public code; no selection rule stated: the last step of 50 epochs is kept."),
     Protocol(
-        method="sacrf", dataset="ucf", title=_SACRF, head="sacrf", features=_TRN, recipe="--backbone resnet50-trn",
+        method="sacrf", dataset="ucf", title=_SACRF, head="sacrf", features=_TRN, backbone="resnet50-trn",
+        recipe="--backbone resnet50-trn",
         crops=14, dim=2048, list_kind="ucf-video-list", train_list="Anomaly_Train.txt", test_list="Anomaly_Test.txt",
         list_source=_UCF_LISTS, feature_file="{video}_trn.npy", gt_kind="ucf",
         gt_file="Temporal_Anomaly_Annotation.txt", gt_source=_UCF_GT, gt_convention="sultani",
@@ -266,7 +272,7 @@ for _p in (
               "nodes); head settings of Sec. 4 (Adam lr 1e-4, weight decay 1e-5, 50 epochs); last step kept."),
     Protocol(
         method="sacrf", dataset="shanghai", title=_SACRF, head="sacrf", features=_TRN,
-        recipe="--backbone resnet50-trn --tail pad", crops=14, dim=2048, list_kind="rtfm-list",
+        backbone="resnet50-trn", recipe="--backbone resnet50-trn --tail pad", crops=14, dim=2048, list_kind="rtfm-list",
         list_dataset="shanghai", train_list="shanghai-i3d-train-10crop.list",
         test_list="shanghai-i3d-test-10crop.list", list_source=_RTFM_LISTS, feature_file="{video}_trn.npy",
         gt_kind="sh-npy", gt_file="gt-sh.npy", gt_source=_RTFM_LISTS, length_rule=_SH_LEN, selection="last",
@@ -276,7 +282,8 @@ for _p in (
               "175 // 32 = 5 steps (32 + 32 videos); last step kept."),
     Protocol(
         method="mcr", dataset="shanghai", title=_MCR, head="mcr", base_head="rtfm", features=_SH_I3D,
-        recipe="--preset rtfm-i3d-r50-10crop --tail pad", crops=10, dim=2048, list_kind="rtfm-list",
+        backbone="i3d-r50-caffe2", recipe="--preset rtfm-i3d-r50-10crop --tail pad", crops=10, dim=2048,
+        list_kind="rtfm-list",
         list_dataset="shanghai", train_list="shanghai-i3d-train-10crop.list",
         test_list="shanghai-i3d-test-10crop.list", list_source=_RTFM_LISTS,
         gt_kind="sh-npy", gt_file="gt-sh.npy", gt_source=_RTFM_LISTS, length_rule=_SH_LEN, selection="last",
@@ -305,7 +312,8 @@ def protocol_rows() -> list[dict[str, str]]:
     """The protocol table (one dict per row), as ``vadpipe reproduce --list`` and the docs print it."""
     return [{
         "row": p.key, "paper": f"{METRICS[p.paper.metric]} {p.paper.value:.2f} ({p.paper.table})",
-        "features": f"{p.features}; made by vadpipe extract {p.recipe}", "gt": f"{p.gt_file} ({p.gt_kind}, {p.gt_convention or 'default'})",
+        "features": f"{p.features}; made by vadpipe extract {p.recipe}",
+        "gt": f"{p.gt_file} ({p.gt_kind}, {p.gt_convention or 'default'})",
         "length": p.length_rule, "ap": p.ap_definition, "selection": p.selection_text,
     } for p in PROTOCOLS.values()]
 

@@ -323,7 +323,7 @@ def reproduce(
             continue
         trained = train(train_rows, [], seed_dir, config, root=None, progress=progress,
                         test_metric=test_metric if protocol.selection == "test" else None,
-                        feature_meta={"backbone": protocol.recipe, "clip_len": 16})
+                        feature_meta={"backbone": protocol.backbone, "recipe": protocol.recipe, "clip_len": 16})
         loaded = scoring.load_head(trained.best_path, dev)
         scores = scoring.score_rows(loaded, test_rows, None, dev)
         scoring.write_scores_csv(seed_dir / "scores.csv", test_rows, scores, segments=segments)

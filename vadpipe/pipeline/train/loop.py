@@ -130,6 +130,9 @@ class TrainResult:
     history: list[dict[str, float]]
     steps_per_second: float
     stopped_early: bool
+    #: videos trained on / held out for validation
+    train_videos: int = 0
+    val_videos: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -375,7 +378,7 @@ def train(
     return TrainResult(
         best_path=out / "best.pt", last_path=out / "last.pt", best_step=best_step, best_metric=best_metric,
         history=history, steps_per_second=(step - start_step) / elapsed if elapsed > 0 else float("nan"),
-        stopped_early=stopped,
+        stopped_early=stopped, train_videos=len(train_rows), val_videos=len(val_rows),
     )
 
 
