@@ -106,3 +106,25 @@ def bench_score(video, checkpoint, seconds, device, precision, runs, stages, ran
     run_score_bench(video, head=checkpoint, seconds=seconds, device=device, precision=precision, runs=runs,
                     cold_start="cold-start" in wanted, throughput="throughput" in wanted,
                     random_weights=random_weights, echo=click.echo)
+
+
+@bench.command("train-backbone")
+@click.argument("backbone", type=click.Choice(["resnet50-trn"]), default="resnet50-trn")
+@click.option("--relation", type=choices_of("vadpipe.extractors.resnet_trn", "RELATION_TYPES"),
+              default="inner-product", show_default=True)
+@click.option("--batch", "batch_size", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--segments", default=16, show_default=True, type=click.IntRange(2))
+@click.option("--size", default=224, show_default=True, type=click.IntRange(8))
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(1), help="Timed steps (after 1 warm-up).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=choices_of("vadpipe.pipeline.trn.train", "PRECISIONS"), default="auto",
+              show_default=True)
+@click.option("--decode/--no-decode", default=True, show_default=True,
+              help="Also time decoding + sampling on a generated 10 s 320x240 video.")
+def bench_train_backbone(backbone, relation, batch_size, segments, size, steps, device, precision, decode) -> None:
+    """Training step videos/s and frames/s of resnet50-trn (random weights, the real ResNet-50),
+    peak memory, and decoding videos/s."""
+    from vadpipe.pipeline.trn.bench import run_train_backbone_bench
+
+    run_train_backbone_bench(relation=relation, batch_size=batch_size, segments=segments, size=size, steps=steps,
+                             device=device, precision=precision, decode=decode, echo=click.echo)

@@ -105,7 +105,9 @@ def weights_verify(backbone: str | None) -> None:
 def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, ...]) -> None:
     """Register a downloaded weight FILE.
 
-    NAME is a backbone (the file is sha256-checked and copied into the cache) or a head
+    NAME is a backbone (the file is sha256-checked and copied into the cache; for resnet50-trn a
+    `vadpipe train-backbone` checkpoint such as runs/trn/best.pt is converted to the extractor's
+    trained weights instead) or a head
     (an official RTFM/MGFN/Sultani state dict is loaded strictly and written as a vadpipe
     checkpoint to --out, usable by `vadpipe eval`).
     """
@@ -127,6 +129,16 @@ def weights_import(name: str, file: str, out: str | None, overrides: tuple[str, 
     from vadpipe.extractors.weights import import_weights, sha256_file
 
     spec = get_backbone(name)
+    if name == "resnet50-trn":
+        from vadpipe.pipeline.trn.export import export_trained, is_train_checkpoint
+
+        if is_train_checkpoint(file):  # trained by `vadpipe train-backbone`: convert, record, prove it builds
+            dst = export_trained(file)
+            click.echo(f"converted {file} to {dst} (sha256 {sha256_file(dst)}; recorded in the weights index)")
+            model = spec.build(weights=spec.weights)
+            click.echo(f"{name}: loads the trained weights (relation {model.relation_type}); "
+                       f"`vadpipe extract --backbone {name}` uses them")
+            return
     dst = import_weights(spec.weights, file, backbone=name)
     click.echo(f"imported {file} as {dst} (sha256 {sha256_file(dst)}; licence: {spec.weights.license})")
     try:  # prove the file loads into the backbone
