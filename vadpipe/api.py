@@ -235,7 +235,7 @@ def _feature_meta(rows, root, backbone: str | None, clip_len: int) -> dict:
     from `vadpipe extract` (so `vadpipe score` can re-create them), else what the user says."""
     from vadpipe.manifests.provenance import extraction_of
 
-    files = [Path(root or ".") / r.feature_path.format(k=0) for r in rows]
+    files = [Path(r.crop_path(0, root or ".")) for r in rows]
     recipe = extraction_of(files)
     if recipe is None:
         return {"backbone": backbone or "unknown", "clip_len": clip_len}

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, Sampler
 from vadpipe.errors import ConfigError, FeatureLoadError
 from vadpipe.heads.base import TrainSampling
 from vadpipe.manifests.datasets import DatasetRow
+from vadpipe.manifests.features import CROP_TOKEN, crop_file
 
 #: Most crops a ``{k}`` pattern is probed for (stops at the first missing index).
 MAX_CROPS = 64
@@ -73,16 +74,19 @@ def _load_txt(path: str) -> np.ndarray:
 def _open_arrays(path: str) -> tuple[list[np.ndarray], str]:
     """The raw arrays behind a feature path (``.npy`` memory-mapped) and their layout:
     ``"crops"`` (per-crop ``[T, D]`` files of a ``{k}`` pattern, same shape), ``"tnd"`` (one
-    ``[T, N, D]`` file), ``"td"`` (one ``[T, D]`` file or Sultani text file)."""
-    if "{k}" in path:
+    ``[T, N, D]`` file), ``"td"`` (one ``[T, D]`` file or Sultani text file).
+
+    Only the last ``{k}`` of a pattern is replaced (:func:`~vadpipe.manifests.features.crop_file`);
+    a path holding ``{k}`` that names an existing file is that single file."""
+    if CROP_TOKEN in path and not os.path.isfile(path):
         files = []
         for k in range(MAX_CROPS):
-            f = path.format(k=k)
+            f = crop_file(path, k)
             if not os.path.exists(f):
                 break
             files.append(f)
         if not files:
-            raise FeatureLoadError(f"no per-crop feature files for pattern {path} (looked for {path.format(k=0)})")
+            raise FeatureLoadError(f"no per-crop feature files for pattern {path} (looked for {crop_file(path, 0)})")
         crops = []
         for f in files:
             a = _load_txt(f) if f.lower().endswith(".txt") else _load_npy(f)

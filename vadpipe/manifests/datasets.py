@@ -6,7 +6,8 @@ Schema (column, meaning):
 video          video name (``Abuse001_x264``) or path; :func:`video_key` turns either
                into the key that ground truth and score files use
 feature_path   feature file, relative to the CSV's folder or absolute; a pattern with
-               ``{k}`` for per-crop files (``clip__{k}.npy`` → ``clip__0.npy`` …)
+               ``{k}`` for per-crop files (``clip__{k}.npy`` → ``clip__0.npy`` …; only the
+               last ``{k}`` is replaced, see :func:`~vadpipe.manifests.features.crop_file`)
 label          ``normal`` or ``anomalous`` (the video-level weak label)
 split          optional: ``train``, ``val`` or ``test`` (empty = not assigned)
 class          optional: the anomaly class (``Abuse``, ``Normal``, XD's ``B1-B2`` …)
@@ -39,7 +40,7 @@ import pandas as pd
 
 from vadpipe.errors import ManifestError
 from vadpipe.manifests.atomic import atomic_write_text
-from vadpipe.manifests.features import read_manifest
+from vadpipe.manifests.features import CROP_TOKEN, crop_file, read_manifest
 from vadpipe.manifests.tables import read_string_csv
 
 LABELS = ("normal", "anomalous")
@@ -98,7 +99,16 @@ class DatasetRow:
     @property
     def per_crop(self) -> bool:
         """Whether ``feature_path`` is a ``{k}`` pattern of per-crop files."""
-        return "{k}" in self.feature_path
+        return CROP_TOKEN in self.feature_path
+
+    def crop_path(self, k: int, root: str | os.PathLike | None = None) -> str:
+        """The file of crop ``k`` (:func:`~vadpipe.manifests.features.crop_file`), resolved
+        against ``root``; ``feature_path`` itself (resolved) when it is not a pattern, or names
+        an existing file (a single file whose name holds ``{k}``, as the loaders read it)."""
+        path = self.resolve(root)
+        if not self.per_crop or os.path.isfile(path):
+            return path
+        return crop_file(path, k)  # the last {k} is in feature_path, never in root
 
     def resolve(self, root: str | os.PathLike | None) -> str:
         """``feature_path`` made absolute against ``root`` (kept as is when absolute).

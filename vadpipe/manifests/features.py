@@ -4,8 +4,9 @@ Schema (column, type, meaning):
 
 =================  ======  =============================================================
 video              str     absolute path of the input video
-feature_path       str     output file, relative to the manifest's folder; for the
-                           ``per-crop`` layout a pattern with ``{k}`` for the crop index
+feature_path       str     output file, relative to the manifest's folder and inside it
+                           (never ``../``); for the ``per-crop`` layout a pattern whose last
+                           ``{k}`` stands for the crop index (:func:`crop_file`)
 backbone           str     registered backbone name (``i3d``)
 weights_sha256     str     sha256 of the weight file the backbone ran with; ``random``
                            when ``--random-weights`` was given
@@ -55,6 +56,19 @@ from vadpipe.manifests.tables import read_string_csv
 MANIFEST_NAME = "features.csv"
 STATUSES = ("ok", "failed", "skipped")
 LAYOUTS = ("single", "per-crop")
+#: The crop index placeholder of a per-crop feature path (``clip__{k}.npy``).
+CROP_TOKEN = "{k}"
+
+
+def crop_file(pattern: str, k: int) -> str:
+    """The file of crop ``k`` of a per-crop ``pattern``: its last ``{k}`` replaced by ``k``.
+
+    Nothing else in the path is interpreted (never ``str.format``), so a video named
+    ``brace{1}.mp4``, ``100%.mp4`` or even ``a{k}.mp4`` (``a{k}__{k}.npy`` → ``a{k}__3.npy``)
+    keeps its name. A path without ``{k}`` is returned as it is.
+    """
+    i = pattern.rfind(CROP_TOKEN)
+    return pattern if i < 0 else f"{pattern[:i]}{k}{pattern[i + len(CROP_TOKEN):]}"
 
 
 @dataclass
@@ -85,7 +99,7 @@ class FeatureRow:
         """Absolute paths of this row's feature files (one, or one per crop)."""
         base = Path(root)
         if self.layout == "per-crop":
-            return [base / self.feature_path.format(k=k) for k in range(self.crops)]
+            return [base / crop_file(self.feature_path, k) for k in range(self.crops)]
         return [base / self.feature_path]
 
 

@@ -44,6 +44,7 @@ _HASHED_ONLY_IF_SET: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("clip", "drop_last"), 0),
     (("recipe",), None),
     (("recipe_overrides",), ()),
+    (("decoder",), "auto"),
 )
 
 
@@ -51,6 +52,9 @@ _HASHED_ONLY_IF_SET: tuple[tuple[tuple[str, ...], Any], ...] = (
 class FeatureSettings:
     """The settings that change the numbers in the feature files (hashed with the weights).
 
+    ``decoder`` is here because a forced backend (``decord``, ``torchcodec-cuda``) need not give
+    PyAV's frames: a folder is never resumed with another decoder than the one that wrote it
+    (``auto``, the default, is left out of the hash, so older folders keep theirs).
     ``random_weights`` is not here: it changes the weights, whose tag (``"random"``) takes the
     place of the sha256 in the hash. ``recipe`` and ``recipe_overrides`` do not change the
     numbers by themselves (the settings they stand for do) but are hashed too, so that the
@@ -66,6 +70,7 @@ class FeatureSettings:
     precision: str
     recipe: str | None
     recipe_overrides: tuple[str, ...]
+    decoder: str
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,6 @@ class RunOptions:
     device: str
     batch_clips: int
     workers: int
-    decoder: str
     channels_last: bool
     random_weights: bool
 
@@ -195,6 +199,12 @@ class ExtractConfig:
                 del part[key]
         blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def hash_before_decoder(self, weights_sha256: str) -> str:
+        """:meth:`feature_hash` as it was before the decoder was hashed (as for ``auto``): the
+        hash of rows a forced decoder wrote then, which resume keeps only where the row's
+        ``decoder`` column shows that this run's decoder made it."""
+        return replace(self, decoder="auto").feature_hash(weights_sha256)
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary of every field."""

@@ -8,8 +8,10 @@ Data flow::
     VideoJob ─ worker: ...                             ─┘    → model → [n, crops, D] → .npy (atomic) + row
 
 A video that fails (corrupt, empty, too short, not a video ...) becomes a ``failed`` row with
-the reason; the run goes on. Re-running skips videos whose ``ok`` rows match the current
-settings and whose files are intact, unless ``force`` is set.
+the reason; the run goes on, and so does one whose output would lie outside the output folder
+(refused before it is decoded). Re-running skips videos whose ``ok`` rows match the current
+settings (the decoder included, see :func:`_decoder_doubt`) and whose files are intact, unless
+``force`` is set.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
 from vadpipe.manifests.runs import RunRecord, new_run_path, utc_now
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.config import ExtractConfig
-from vadpipe.pipeline.extract.decode import check_backend
+from vadpipe.pipeline.extract.decode import check_backend, decord_header_reason
 from vadpipe.pipeline.extract.engines import is_distributed, run_engine
 from vadpipe.pipeline.extract.model import RANDOM_WEIGHTS_TAG, FeatureModel
 from vadpipe.pipeline.extract.sources import VideoJob
-from vadpipe.pipeline.extract.writer import ExtractSummary, OnVideo, RunContext, damage, remove_leftovers
+from vadpipe.pipeline.extract.writer import (
+    ExtractSummary,
+    OnVideo,
+    RunContext,
+    damage,
+    escape_reason,
+    output_names,
+    output_path,
+    remove_leftovers,
+)
 
 __all__ = ["extract"]
 
@@ -98,6 +109,7 @@ def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: 
         model = FeatureModel(spec, config, device)
         weights_sha256 = model.weights_sha256
     config_hash = config.feature_hash(weights_sha256)
+    older_hash = config.hash_before_decoder(weights_sha256)
     manifest = root / MANIFEST_NAME
     remove_leftovers(root)
 
@@ -106,15 +118,23 @@ def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: 
         rows = {r.video: r for r in read_manifest(manifest)}
     summary = ExtractSummary(manifest=str(manifest))
     todo: list[VideoJob] = []
+    refused: list[FeatureRow] = []
     restamped = False
     for job in jobs:
+        outside = escape_reason(root, output_names(output_path(job, config, spec), config.layout, config.crops))
+        if outside:  # before anything is decoded or written
+            refused.append(FeatureRow(video=job.path, backbone=spec.name, layout=config.layout, config_hash=config_hash,
+                                      status="failed", error=f"ConfigError: {job.path}: {outside}"))
+            continue
         old = rows.get(job.path)
-        if not force and old is not None and old.status == "ok" and old.config_hash == config_hash:
+        if not force and old is not None and old.status == "ok" and old.config_hash in (config_hash, older_hash):
             stamp = old.file_stamp
-            why = damage(old, root)  # never trust a file that is gone, cut short, reshaped or rewritten
+            # never trust a file made by another decoder, or one that is gone, cut short, reshaped or rewritten
+            why = _decoder_doubt(old, config.decoder, config_hash) or damage(old, root)
             if not why:
                 summary.skipped += 1
-                restamped |= old.file_stamp != stamp
+                restamped |= old.file_stamp != stamp or old.config_hash != config_hash
+                old.config_hash = config_hash
                 continue
             summary.redone.append((job.path, why))
         todo.append(job)
@@ -133,6 +153,8 @@ def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: 
 
     ctx = RunContext(root=root, config=config, spec=spec, config_hash=config_hash, weights_sha256=weights_sha256,
                      rows=rows, manifest=manifest, summary=summary, on_video=on_video)
+    for row in refused:
+        ctx.record(row)
     if todo or restamped:
         ctx.write()
     if todo:
@@ -145,3 +167,29 @@ def _extract(jobs: list[VideoJob], root: Path, config: ExtractConfig, *, force: 
                       seconds=summary.seconds, per_device=summary.per_device)
     run_record.write(run_file)
     return summary
+
+
+def _decoder_doubt(row: FeatureRow, decoder: str, config_hash: str) -> str:
+    """Why the ``ok`` row ``row``, whose hash is this run's or this run's before the decoder was
+    hashed, was not decoded the way this run (``--decoder decoder``) decodes; ``""`` when it was.
+
+    A row of this run's hash was written with this decoder setting. One of the older hash was
+    written with any decoder (before it was hashed) or with ``auto``: it is kept only where its
+    ``decoder`` column names a backend this setting uses (``pyav`` for ``pyav``; ``decord`` for
+    ``decord``; the torchcodec backend or ``pyav`` for a torchcodec one). Under ``auto``, a row
+    decord decoded is kept only while decord is still trusted with the file by its headers
+    (:func:`~vadpipe.pipeline.extract.decode.decord_header_reason`: odd sizes with subsampled
+    chroma, for one, were trusted before).
+    """
+    made_by = row.decoder.split(" ", 1)[0].rstrip(";")
+    if decoder == "auto":
+        if made_by != "decord":
+            return ""
+        reason = decord_header_reason(row.video)
+        return f"decoded by decord, which auto no longer uses for this file ({reason})" if reason else ""
+    if row.config_hash == config_hash:
+        return ""
+    allowed = {"pyav": ("pyav",), "decord": ("decord",)}.get(decoder, (decoder, "pyav"))
+    if made_by not in allowed:
+        return f"decoded by {made_by or 'an unrecorded decoder'}; this run decodes with --decoder {decoder}"
+    return ""

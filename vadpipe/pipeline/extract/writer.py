@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from vadpipe.errors import ConfigError
 from vadpipe.extractors.registry import BackboneSpec, get_backbone
 from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy, file_sha256, file_stamp
-from vadpipe.manifests.features import FeatureRow, write_manifest
+from vadpipe.manifests.features import FeatureRow, crop_file, write_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import VideoDone
@@ -29,7 +29,11 @@ from vadpipe.pipeline.extract.stream import VideoDone
 OnVideo = Callable[[FeatureRow, "np.ndarray | None"], None]
 
 __all__ = ["ExtractSummary", "OnVideo", "RunContext", "WriteContext", "finish_video", "output_path",
-           "damage", "remove_leftovers", "backbone_by_name", "video_array", "recipe_label"]
+           "output_names", "escape_reason", "damage", "remove_leftovers", "backbone_by_name", "video_array",
+           "recipe_label"]
+
+#: Values per slice when resume scans a stored feature file for NaN/inf (bounded memory).
+_FINITE_SLICE = 1 << 22
 
 
 @dataclass
@@ -42,7 +46,8 @@ class ExtractSummary:
     abnormally, ``exit`` (its exit code or error).
 
     ``redone`` lists ``(video, reason)`` for each video an earlier run had finished whose
-    feature files were damaged (see :func:`damage`) and so were computed again.
+    feature files were damaged (see :func:`damage`), or were decoded otherwise than this run
+    decodes, and so were computed again.
     """
 
     ok: int = 0
@@ -62,7 +67,7 @@ class ExtractSummary:
     def line(self) -> str:
         """One-line summary for the terminal."""
         rate = self.clips / self.seconds if self.seconds > 0 else 0.0
-        again = f" ({len(self.redone)} again: damaged outputs)" if self.redone else ""
+        again = f" ({len(self.redone)} again: damaged outputs or another decoder)" if self.redone else ""
         return (
             f"{self.ok} extracted{again}, {self.skipped} already done, {self.failed} failed; "
             f"{self.clips} clips in {self.seconds:.1f} s ({rate:.1f} clips/s); manifest: {self.manifest}"
@@ -84,15 +89,51 @@ def output_path(job: VideoJob, config: ExtractConfig, spec: BackboneSpec) -> str
     return f"{job.rel_name}_{spec.file_suffix or spec.name}.npy"
 
 
+def output_names(feature_path: str, layout: str, crops: int) -> list[str]:
+    """The files of a ``feature_path`` (relative names): itself, or one per crop
+    (:func:`~vadpipe.manifests.features.crop_file`, never ``str.format``)."""
+    return [crop_file(feature_path, k) for k in range(crops)] if layout == "per-crop" else [feature_path]
+
+
+def escape_reason(root: Path, names: list[str]) -> str:
+    """Why writing ``names`` (relative to the output folder ``root``) would put a file outside
+    it; ``""`` when every one lies inside.
+
+    A name must be relative, without a ``..`` part, and still lie inside ``root`` once
+    resolved (symbolic links in the output folder followed), so that nothing is written
+    elsewhere and the manifest's ``feature_path`` never starts with ``../``.
+    """
+    base = root.resolve()
+    for name in names:
+        pure = PurePosixPath(name)
+        if not name or pure.is_absolute() or ".." in pure.parts:
+            return (f"its output name {name!r} would leave the output folder {base}; give the video a name "
+                    "inside the list's folder, or pass its folder as an input")
+        target = (base / name).resolve()
+        if target == base or not target.is_relative_to(base):
+            return (f"its output {name!r} resolves to {target}, outside the output folder {base} "
+                    "(a symbolic link inside the output folder?); remove the link or write elsewhere")
+    return ""
+
+
+def _non_finite(arr: np.ndarray) -> int:
+    """NaN and inf values in ``arr`` (memory-mapped: read in slices, bounded memory)."""
+    flat = arr.reshape(-1)
+    return sum(int(np.count_nonzero(~np.isfinite(flat[i:i + _FINITE_SLICE])))
+               for i in range(0, flat.size, _FINITE_SLICE))
+
+
 def damage(row: FeatureRow, root: Path) -> str:
     """Why the feature files of the ``ok`` row ``row`` cannot be trusted; ``""`` when intact.
 
-    A file must exist, parse as ``.npy`` with its full data present, hold float32 of the
-    recorded shape and, when the row records a ``sha256`` (every row written since that
-    column exists), still have those bytes. The hash is recomputed only for a file whose
-    ``<size>:<mtime_ns>`` stamp differs from the recorded one (rewritten, or copied to
-    another folder); when the bytes still match, ``row.file_stamp`` is updated so the next
-    run does not hash it again.
+    A file must lie inside ``root`` (:func:`escape_reason`), exist, parse as ``.npy`` with its
+    full data present, hold float32 of the recorded shape and, when the row records a
+    ``sha256`` (every row written since that column exists), still have those bytes. Its data
+    is read only for a file whose ``<size>:<mtime_ns>`` stamp differs from the recorded one
+    (rewritten, or copied to another folder), or that has no recorded hash (older rows): it
+    must then hold no NaN/inf (the writer never writes them) and match its hash. When the
+    bytes still match, ``row.file_stamp`` is updated so the next run does not read it again.
+    A file rewritten in place with its size and mtime put back is not read: ``--force``.
     """
     want = (row.n_clips, row.crops, row.dim) if row.layout == "single" else (row.n_clips, row.dim)
     files = row.feature_files(root)
@@ -100,6 +141,9 @@ def damage(row: FeatureRow, root: Path) -> str:
     stamps = row.file_stamp.split(";") if row.file_stamp else []
     if hashes and len(hashes) != len(files):
         return f"the manifest records {len(hashes)} sha256 value(s) for {len(files)} feature file(s)"
+    outside = escape_reason(root, output_names(row.feature_path, row.layout, row.crops))
+    if outside:
+        return f"the manifest's feature path is not inside the folder: {outside}"
     new_stamps: list[str] = []
     for i, f in enumerate(files):
         name = f.relative_to(root) if f.is_relative_to(root) else f
@@ -111,10 +155,14 @@ def damage(row: FeatureRow, root: Path) -> str:
             return f"feature file {name} is unreadable or cut short ({e})"
         if arr.shape != want or arr.dtype != np.float32:
             return f"feature file {name} holds {arr.dtype}{list(arr.shape)}, the manifest says float32{list(want)}"
-        del arr
         stamp = file_stamp(f)
         new_stamps.append(stamp)
-        if hashes and (i >= len(stamps) or stamps[i] != stamp) and file_sha256(f) != hashes[i]:
+        read = not hashes or i >= len(stamps) or stamps[i] != stamp
+        bad = _non_finite(arr) if read else 0
+        del arr
+        if bad:
+            return f"feature file {name} holds {bad} NaN/inf value(s)"
+        if hashes and read and file_sha256(f) != hashes[i]:
             return f"feature file {name} changed since it was written (its sha256 differs from the manifest's)"
     if hashes:
         row.file_stamp = ";".join(new_stamps)
@@ -254,12 +302,23 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
         row.seconds = round(time.time() - done.started, 3)
         return row
     feats = video_array(parts)  # float32 [n_clips, crops or nodes, D]
+    path = output_path(job, config, spec)
+    names = output_names(path, config.layout, config.crops)
+    outside = escape_reason(ctx.root, names)  # checked here too: nothing is ever written outside the folder
+    bad = 0 if outside else int(np.count_nonzero(~np.isfinite(feats)))
+    if outside or bad:
+        row.status = "failed"
+        row.error = (f"ConfigError: {job.path}: {outside}" if outside else
+                     f"the backbone gave {bad} NaN/inf value(s) for this video; nothing was written "
+                     f"(--precision {config.precision}: try fp32)")
+        row.seconds = round(time.time() - done.started, 3)
+        return row
     row.n_clips = feats.shape[0]
-    row.feature_path = output_path(job, config, spec)
+    row.feature_path = path
     if config.layout == "per-crop":
-        written = {row.feature_path.format(k=k): np.ascontiguousarray(feats[:, k]) for k in range(config.crops)}
+        written = {name: np.ascontiguousarray(feats[:, k]) for k, name in enumerate(names)}
     else:
-        written = {row.feature_path: feats}
+        written = {path: feats}
     hashes = [atomic_save_npy(ctx.root / name, arr) for name, arr in written.items()]
     row.sha256 = ";".join(hashes)
     row.file_stamp = ";".join(file_stamp(ctx.root / name) for name in written)

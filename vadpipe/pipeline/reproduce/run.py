@@ -152,7 +152,7 @@ def import_rows(protocol: Protocol, list_path: Path, features_root: Path, split:
 
 def _row_files(row: DatasetRow, crops: int) -> list[str]:
     if row.per_crop:
-        return [row.feature_path.format(k=k) for k in range(crops)]
+        return [row.crop_path(k) for k in range(crops)]
     return [row.feature_path]
 
 

@@ -158,7 +158,7 @@ def scores_are_segments(rows: list[DatasetRow], root: str | os.PathLike | None, 
     cache: dict[Path, dict[str, ev.FrameCount] | None] = {}
     kinds = {}
     for r in rows:
-        path = Path(r.resolve(root).replace("{k}", "0"))
+        path = Path(r.crop_path(0, root))
         kinds[r.name] = path.suffix.lower() == ".txt" or _segments_beside(path, cache) is not None
     if all(kinds.values()):
         return bool(kinds)
@@ -215,7 +215,7 @@ def frame_counts_for(rows: list[DatasetRow], root: str | os.PathLike | None,
     cache: dict[Path, dict[str, ev.FrameCount] | None] = {}
     out = {}
     for r in rows:
-        entry = _segments_beside(Path(r.resolve(root).replace("{k}", "0")), cache)
+        entry = _segments_beside(Path(r.crop_path(0, root)), cache)
         if entry is not None and entry.frames > 0:
             out[r.name] = entry
     return out

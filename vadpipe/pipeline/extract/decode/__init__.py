@@ -20,7 +20,11 @@ decord2 3.4.0):
   end is padded with copies of the last frame.
 * AVI with B-frames: decord has no valid frame timestamps (it reports ~-3.7e17 s).
 * High bit depth (e.g. ``yuv420p10le``): decord's RGB conversion differs from FFmpeg's
-  (mean abs difference ~0.4-0.7, max ~20 levels). 8-bit 4:2:0/4:2:2/4:4:4 is bit-exact.
+  (mean abs difference ~0.4-0.7, max ~20 levels). 8-bit 4:2:0/4:2:2/4:4:4 is bit-exact
+  at even frame sizes.
+* Odd frame width or height with subsampled chroma (4:2:0, 4:2:2), any codec: decord's RGB
+  differs from FFmpeg's over the whole picture (MJPEG ``yuvj420p``/``yuvj422p`` 175x97: up
+  to 22/26 levels on random pictures; H.264 4:2:2 64x47: up to 81).
 
 So ``backend="auto"`` uses decord only when a cheap check, done once when the reader is
 opened (PyAV demuxes the packets without decoding them; decord indexes the file without
@@ -28,7 +32,8 @@ decoding it), finds all of the following; otherwise it uses PyAV and says why in
 :attr:`VideoInfo.fallback_reason`:
 
 1. the container is MP4/MOV, Matroska/WebM or AVI (:data:`DECORD_CONTAINERS`);
-2. the decoded pixel format is 8-bit YUV (:data:`DECORD_PIXEL_FORMATS`);
+2. the decoded pixel format is 8-bit YUV (:data:`DECORD_PIXEL_FORMATS`), and 4:4:4 where the
+   frame width or height is odd;
 3. no packet is flagged *discard* by the demuxer (an edit list hides none), and every
    packet has a timestamp;
 4. decord opens the file, its frame count equals the number of packets FFmpeg will show,
@@ -144,6 +149,7 @@ unreadable files), :mod:`.decord` and :mod:`.torchcodec` (when each may decode a
 
 from __future__ import annotations
 
+from vadpipe.pipeline.extract.decode.decord import decord_header_reason
 from vadpipe.pipeline.extract.decode.info import (
     BACKENDS,
     DECODERS,
@@ -168,6 +174,7 @@ __all__ = [
     "VideoInfo",
     "VideoReader",
     "check_backend",
+    "decord_header_reason",
     "open_video",
     "probe",
     "MAX_CHUNK_BYTES",
