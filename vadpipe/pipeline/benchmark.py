@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StageResult", "make_synthetic_video", "repeat_until", "MIN_STAGE_SECONDS"]
+__all__ = ["StageResult", "make_synthetic_video", "repeat_until", "timed_steps", "MIN_STAGE_SECONDS"]
 
 
 @dataclass
@@ -66,3 +66,25 @@ def repeat_until(one_pass, min_seconds: float = MIN_STAGE_SECONDS) -> tuple[int,
         elapsed = time.perf_counter() - t
         if elapsed >= min_seconds:
             return amount, elapsed
+
+
+def timed_steps(step, *, warmup: int, steps: int, device) -> float:
+    """Seconds that ``steps`` calls of ``step()`` take on ``device`` after ``warmup`` untimed
+    ones (CUDA synchronised before and after; the peak-memory counter reset after warm-up,
+    so ``torch.cuda.max_memory_allocated`` afterwards is the timed steps' peak)."""
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t

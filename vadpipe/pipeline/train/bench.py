@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from vadpipe.pipeline.benchmark import StageResult
+from vadpipe.pipeline.benchmark import StageResult, timed_steps
 
 __all__ = ["run_train_bench", "UCF_TRAIN_VIDEOS"]
 
@@ -56,20 +54,8 @@ def run_train_bench(head: str, *, crops: int = 10, segments: int = 32, dim: int 
         loss.backward()
         opt.step()
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    result = StageResult(f"train step ({head})", steps, "steps", time.perf_counter() - t)
+    seconds = timed_steps(step, warmup=warmup, steps=steps, device=dev)
+    result = StageResult(f"train step ({head})", steps, "steps", seconds)
     echo(result.line())
     if dev.type == "cuda":
         echo(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")

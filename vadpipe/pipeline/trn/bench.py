@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vadpipe.pipeline.benchmark import StageResult, make_synthetic_video
+from vadpipe.pipeline.benchmark import StageResult, make_synthetic_video, timed_steps
 
 __all__ = ["run_train_backbone_bench"]
 
@@ -67,20 +67,7 @@ def run_train_backbone_bench(*, relation: str = "inner-product", batch_size: int
         else:
             opt.step()
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - t
+    seconds = timed_steps(step, warmup=warmup, steps=steps, device=dev)
     results = [StageResult("train step", steps * batch_size, "videos", seconds),
                StageResult("train step", steps * batch_size * segments, "frames", seconds)]
     for r in results:
