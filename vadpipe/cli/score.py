@@ -91,6 +91,8 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     click.echo(f"{len(summary.videos) - len(summary.failed)} scored, {len(summary.failed)} failed; {n_events} event(s) "
                f"at threshold {summary.threshold:g} ({summary.threshold_source}); results: {summary.out_dir}"
                + (f"; report: {summary.report}" if summary.report else ""), err=True)
+    for w in summary.warnings:
+        click.echo(f"WARNING: {w}", err=True)
     if summary.metrics:
         click.echo("  ".join(f"{k} {v:.4f}" for k, v in summary.metrics.items()), err=True)
     sys.exit(summary.exit_code)

@@ -145,3 +145,14 @@ def test_stream_of_garbage_fails_with_the_reason(trained, tmp_path: Path) -> Non
     bad.write_bytes(b"\x00" * 100)
     result = stream_score(str(bad), trained["ckpt"], tmp_path, speed=SPEED, echo=None)
     assert result.exit_code == 1 and "VideoDecodeError" in result.error
+
+
+def test_score_prints_the_gt_warnings_of_eval(trained, tmp_path: Path) -> None:
+    """GT past a video's scored frames is a WARNING line in `vadpipe score`, as in `vadpipe eval`."""
+    videos = [trained["vids"] / "v1.mp4", trained["vids"] / "v2.mp4"]  # 64 and 80 frames: 4 and 5 clips
+    gt = tmp_path / "gt.csv"
+    gt.write_text("video,start,end\nv1,10,30\nv2,70,400\n")  # v2's interval runs past its 80 frames
+    res = _cli(["score", *videos, "--head", trained["ckpt"], "-o", tmp_path / "out", "--device", "cpu",
+                "--random-weights", "--gt", f"csv:{gt}", "--no-plots", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: the GT of 1 video(s) reaches past their scored" in res.output and "v2" in res.output

@@ -118,6 +118,8 @@ class ScoreSummary:
     extraction: ExtractSummary
     out_dir: Path
     metrics: dict[str, float] | None = None
+    #: problems with the GT (annotations past the scored frames …), as ``vadpipe eval`` prints them
+    warnings: list[str] = field(default_factory=list)
     report: Path | None = None
     #: seconds spent in the head (inside ``extraction.seconds`` for the videos stage one
     #: extracted in this run: each is scored as soon as its features are written)
@@ -317,7 +319,7 @@ def _score_videos(jobs: list[VideoJob], checkpoint: str | os.PathLike | LoadedHe
     ok = [v for v in results if v.status == "ok"]
     gt_intervals: dict[str, list[tuple[float, float]]] = {}
     if options.gt and ok:
-        summary.metrics, gt_intervals = _ground_truth(ok, options, config)
+        summary.metrics, gt_intervals, summary.warnings = _ground_truth(ok, options, config)
     for v in ok:
         if options.plots:
             from vadpipe.pipeline.score.report import plot_scores
@@ -443,8 +445,8 @@ def _write_manifest(path: Path, results: list[ScoredVideo], threshold: float, ch
 
 
 def _ground_truth(ok: list[ScoredVideo], options: ScoreOptions, config: ExtractConfig
-                  ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
-    """Overall frame-level metrics and each video's true intervals in seconds."""
+                  ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]], list[str]]:
+    """Overall frame-level metrics, each video's true intervals in seconds, and the GT's warnings."""
     from vadpipe.pipeline.train.apply import parse_gt
 
     kind, source = parse_gt(options.gt)
@@ -455,13 +457,15 @@ def _ground_truth(ok: list[ScoredVideo], options: ScoreOptions, config: ExtractC
         mask = np.asarray(masks.get(video_key(v.video), np.zeros(0)), dtype=bool)
         intervals[v.video] = [(s / v.fps, (e + 1) / v.fps) for s, e in ev._runs(mask)] if v.fps else []
     metrics: dict[str, float] = {}
+    warnings: list[str] = []
     try:
         result = evaluate_scores({v.video: v.scores for v in ok}, options.gt, clip_len=config.clip.stride,
                                  convention=options.gt_convention)
         metrics = {"ROC-AUC (frame)": result.auc, "AP": result.ap}
+        warnings = list(result.warnings)
     except VadpipeError as e:  # e.g. only normal videos: AUC undefined
         log.warning("no overall metrics: %s", e)
-    return metrics, intervals
+    return metrics, intervals, warnings
 
 
 def _report(path: Path, ok: list[ScoredVideo], gt_intervals: dict, summary: ScoreSummary, loaded: LoadedHead,
