@@ -235,8 +235,9 @@ for _p in (
         list_kind="ucf-video-list", train_list="Anomaly_Train.txt", test_list="Anomaly_Test.txt",
         list_source=_UCF_LISTS, gt_kind="ucf", gt_file="Temporal_Anomaly_Annotation.txt", gt_source=_UCF_GT,
         gt_convention="sultani", segment_frames=True,
-        length_rule="the 32 segment scores spread over each video's 16-frame clips of its real frame count, the tail "
-                    "padded with the last score (Evaluate_Anomaly_Detector.m); GT 1-based, inclusive ends",
+        length_rule="the 32 segment scores spread over the 16-frame clips of each video's real frame count "
+                    "(round(linspace(1, C, 33)) bins), the clips and frames no bin covers filled as "
+                    "Evaluate_Anomaly_Detector.m does; GT 1-based, inclusive ends",
         selection="last", steps=20000,
         paper=PaperNumber("auc", 75.41, "as reported in the RTFM paper Table 2, row 'Sultani et al. [51] | C3D RGB'"),
         ap_definition=_NO_AP,

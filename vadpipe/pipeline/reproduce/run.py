@@ -132,7 +132,7 @@ def locate_inputs(protocol: Protocol, features_root: str | os.PathLike, *, lists
     frames = None
     if protocol.segment_frames:
         if frames_csv is None:
-            raise ConfigError(f"{protocol.key}: the features are {protocol.crops}-segment averages, so evaluation "
+            raise ConfigError(f"{protocol.key}: the features are segment averages (32 a video), so evaluation "
                               "needs each test video's real frame count: give --frames CSV (columns video,frames)")
         frames = Path(frames_csv)
         if not frames.is_file():
