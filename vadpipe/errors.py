@@ -56,3 +56,14 @@ class WorkerError(VadpipeError):
 
 class DiskFullError(VadpipeError):
     """A write failed because the disk (or the user's quota) is full; nothing half-written is left."""
+
+
+class SharedMemoryError(VadpipeError):
+    """A decoding worker could not put a clip batch in shared memory (``/dev/shm`` full): its
+    video fails, the run goes on."""
+
+
+class LostClipsError(VadpipeError):
+    """Fewer clip features reached the model than a video's decoder produced (a batch lost
+    between processes, e.g. in a full ``/dev/shm``), or a decoder's counts do not add up:
+    the video fails rather than be recorded with part of its clips."""

@@ -75,7 +75,8 @@ def test_the_writer_fails_a_video_whose_features_are_not_finite(tmp_path: Path) 
     ctx = WriteContext(root=out, config=CFG.with_preset(spec.preset), spec=spec, config_hash="h",
                        weights_sha256="random")
     job = VideoJob(path=str(tmp_path / "v.mp4"), rel_name="v")
-    done = VideoDone(job=0, video=job, started=time.time(), n_frames=32, fps=25.0, decoder="pyav")
+    done = VideoDone(job=0, video=job, started=time.time(), n_frames=32, fps=25.0, decoder="pyav",
+                     n_clips=2)
     feats = torch.ones(2, 1, spec.feature_dim)
     feats[1, 0, 3] = float("inf")
     feats[0, 0, 0] = float("nan")

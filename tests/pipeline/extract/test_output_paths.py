@@ -67,7 +67,8 @@ def test_the_writer_refuses_an_escaping_name_itself(tmp_path: Path) -> None:
     ctx = WriteContext(root=out, config=CFG.with_preset(spec.preset), spec=spec, config_hash="h",
                        weights_sha256="random")
     job = VideoJob(path=str(tmp_path / "v.mp4"), rel_name="../escaped")
-    done = VideoDone(job=0, video=job, started=time.time(), n_frames=16, fps=25.0, decoder="pyav")
+    done = VideoDone(job=0, video=job, started=time.time(), n_frames=16, fps=25.0, decoder="pyav",
+                     n_clips=1)
     row = finish_video(ctx, job, done, [(0, torch.ones(1, 1, spec.feature_dim))])
     assert row.status == "failed" and "would leave the output folder" in row.error
     assert _npy_outside(tmp_path, out) == [] and list(out.iterdir()) == []

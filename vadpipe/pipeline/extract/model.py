@@ -14,7 +14,7 @@ import torch
 
 from vadpipe.extractors.registry import BackboneSpec
 from vadpipe.pipeline.extract.config import ExtractConfig
-from vadpipe.pipeline.extract.stream import ClipBatch, VideoDone
+from vadpipe.pipeline.extract.stream import ClipBatch, VideoDone, lost_clips_reason
 from vadpipe.pipeline.extract.transforms import crop_clips, normalize_clips
 
 __all__ = ["FeatureBuffer", "FeatureModel", "finished_videos", "RANDOM_WEIGHTS_TAG", "RANDOM_WEIGHTS_SEED"]
@@ -176,7 +176,10 @@ def finished_videos(items: Iterable[object], model: Callable[[list[torch.Tensor]
 
     Yields:
         ``(done, parts)``: ``parts`` is ``[(0, float32 [n_clips, crops, D] on the host)]``,
-        or ``[]`` when no clip was decoded (a failed video).
+        or ``[]`` when no clip was decoded (a failed video). A video whose clips arrived with
+        a hole (a batch lost between processes) comes with ``[]`` and ``done.error`` set
+        (:func:`~vadpipe.pipeline.extract.stream.lost_clips_reason`); one that lost only its
+        last batches is caught by :func:`~vadpipe.pipeline.extract.writer.finish_video`.
     """
     buffers: dict[int, FeatureBuffer] = {}
     pending: list[ClipBatch] = []
@@ -207,4 +210,8 @@ def finished_videos(items: Iterable[object], model: Callable[[list[torch.Tensor]
         if any(p.job == item.job for p in pending):
             flush()
         buf = buffers.pop(item.job, None)
+        if buf is not None and buf.rows != buf.end and not item.error:  # a batch lost on the way: fail the video
+            item.error = lost_clips_reason(item, buf.rows, None, gap=True)
+            yield item, []
+            continue
         yield item, [] if buf is None else buf.parts()

@@ -17,13 +17,14 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vadpipe.errors import VadpipeError, VideoTooShortError
-from vadpipe.pipeline.extract.clips import count_clips, iter_clips
+from vadpipe.pipeline.extract.clips import ClipSpec, count_clips, iter_clips
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.decode import open_video
+from vadpipe.pipeline.extract.shm import share_batch
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.transforms import resize_chunk, stack_resized
 
-__all__ = ["ClipBatch", "ClipStream", "VideoDone", "worker_init"]
+__all__ = ["ClipBatch", "ClipStream", "VideoDone", "lost_clips_reason", "worker_init"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,32 @@ class VideoDone:
 
 #: What a clip stream yields.
 StreamItem = Union[ClipBatch, VideoDone]
+
+
+def lost_clips_reason(done: VideoDone, received: int, spec: ClipSpec | None, *, gap: bool = False) -> str:
+    """Why the ``received`` clip features of the video that ``done`` ends cannot be its
+    features (a :class:`~vadpipe.errors.LostClipsError` row); ``""`` when they can.
+
+    They can when the decoder's record agrees with itself and with what arrived: ``received``
+    equals ``done.n_clips`` (the clips its worker yielded), which equals the clips its
+    ``done.n_frames`` decoded frames give under ``spec`` (:func:`count_clips`), and no clip
+    below the last one received is missing or came twice (``gap``; ``spec`` may then be
+    ``None``: the count under the clip rule is not checked). A batch lost between a decoding
+    process and the model (a full ``/dev/shm``, a broken queue) fails here, so its video is
+    never recorded ``ok`` with part of its clips, and a re-run does it again.
+    """
+    expected = done.n_clips if spec is None else count_clips(done.n_frames, spec)
+    if received == done.n_clips == expected and not gap:
+        return ""
+    if done.n_clips != expected and spec is not None:
+        return (f"LostClipsError: the decoder reported {done.n_clips} clip(s) from {done.n_frames} frame(s), "
+                f"which give {expected} under the clip rule (length {spec.length}, stride {spec.stride}, "
+                f"tail {spec.tail}, drop_last {spec.drop_last}); nothing was kept (please report this); "
+                "re-run to retry")
+    missing = " (clip indices do not line up: some are missing or came twice)" if gap else ""
+    return (f"LostClipsError: {received} of the {done.n_clips} clip(s) decoded reached the model{missing}: "
+            "a clip batch was lost between the decoding worker and the model (shared memory full? see "
+            "docker/README.md: --shm-size), so nothing was kept; re-run to retry")
 
 
 class ClipStream(IterableDataset):
@@ -139,8 +166,10 @@ class ClipStream(IterableDataset):
         yield done
 
     def _batch(self, index: int, start: int, clips: list[np.ndarray], hint: int = 0) -> ClipBatch:
-        return ClipBatch(job=index, start=start, data=stack_resized(clips),  # [n, 3, T, h, w]
-                         n_clips_hint=hint)
+        data = stack_resized(clips)  # [n, 3, T, h, w]
+        if get_worker_info() is not None:  # sent to the model's process: in shared memory now, or a clear error
+            data = share_batch(data)
+        return ClipBatch(job=index, start=start, data=data, n_clips_hint=hint)
 
 
 def worker_init(_: int) -> None:

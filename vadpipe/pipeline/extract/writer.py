@@ -23,7 +23,7 @@ from vadpipe.manifests.atomic import TMP_MARKER, atomic_save_npy, file_sha256, f
 from vadpipe.manifests.features import FeatureRow, crop_file, write_manifest
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.sources import VideoJob
-from vadpipe.pipeline.extract.stream import VideoDone
+from vadpipe.pipeline.extract.stream import VideoDone, lost_clips_reason
 
 #: ``on_video(row, features)``: see :class:`RunContext`.
 OnVideo = Callable[[FeatureRow, "np.ndarray | None"], None]
@@ -280,6 +280,16 @@ def video_array(parts: list[tuple[int, torch.Tensor | np.ndarray]]) -> np.ndarra
     return torch.cat([torch.as_tensor(p[1]) for p in ordered]).cpu().numpy()
 
 
+def _contiguous(parts: list[tuple[int, torch.Tensor | np.ndarray]]) -> bool:
+    """Whether the ``(start, features)`` chunks ``parts`` cover clips ``0 .. n - 1`` each once."""
+    end = 0
+    for start, feats in sorted(parts, key=lambda p: p[0]):
+        if start != end:
+            return False
+        end += int(feats.shape[0])
+    return True
+
+
 def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
                  parts: list[tuple[int, torch.Tensor]]) -> FeatureRow:
     """Write one video's features (atomically) and return its manifest row.
@@ -289,6 +299,10 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
         job: the video.
         done: the end of its stream (frames, fps, decoder, error).
         parts: ``(first clip index, features [n, crops, D])`` chunks in any order.
+
+    The row is ``ok`` (and the file written) only when ``parts`` hold exactly the clips the
+    decoder produced: ``done.n_clips``, which its frame count gives under the clip rule
+    (:func:`~vadpipe.pipeline.extract.stream.lost_clips_reason`); else it fails with the reason.
     """
     config, spec = ctx.config, ctx.spec
     row = FeatureRow(
@@ -297,8 +311,12 @@ def finish_video(ctx: RunContext | WriteContext, job: VideoJob, done: VideoDone,
         dim=spec.feature_dim, layout=config.layout, decoder=done.decoder, config_hash=ctx.config_hash,
         rotation=done.rotation, recipe=recipe_label(config.recipe, config.recipe_overrides),
     )
-    if done.error:
-        row.status, row.error = "failed", done.error
+    # ok only with every clip the decoder produced: a batch lost on the way fails the video (never a
+    # row with part of its clips that a resume would trust)
+    error = done.error or lost_clips_reason(done, sum(int(f.shape[0]) for _, f in parts), config.clip,
+                                            gap=not _contiguous(parts))
+    if error:
+        row.status, row.error = "failed", error
         row.seconds = round(time.time() - done.started, 3)
         return row
     feats = video_array(parts)  # float32 [n_clips, crops or nodes, D]

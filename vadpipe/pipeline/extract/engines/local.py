@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from torch.utils.data import DataLoader
 
 from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
+from vadpipe.pipeline.extract.shm import plan_transfer
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import ClipStream, worker_init
 from vadpipe.pipeline.extract.writer import RunContext, finish_video, video_array
 
 __all__ = ["run_local"]
+
+log = logging.getLogger(__name__)
 
 
 def run_local(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progress: bool) -> None:
@@ -19,14 +23,17 @@ def run_local(ctx: RunContext, todo: list[VideoJob], model: FeatureModel, progre
     from tqdm.auto import tqdm
 
     config, summary = ctx.config, ctx.summary
+    transfer = plan_transfer(config)  # what fits in /dev/shm
+    if transfer.warning:
+        log.warning("%s", transfer.warning)
     loader = DataLoader(
         ClipStream(todo, config),
         batch_size=None,
-        num_workers=config.workers,
+        num_workers=transfer.workers,
         pin_memory=model.device.type == "cuda",
-        worker_init_fn=worker_init if config.workers else None,
-        prefetch_factor=4 if config.workers else None,
-        multiprocessing_context="spawn" if config.workers and model.device.type == "cuda" else None,
+        worker_init_fn=worker_init if transfer.workers else None,
+        prefetch_factor=transfer.prefetch,
+        multiprocessing_context="spawn" if transfer.workers and model.device.type == "cuda" else None,
     )
     t_start = time.time()
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)

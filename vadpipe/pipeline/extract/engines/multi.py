@@ -64,6 +64,7 @@ from vadpipe.manifests.features import FeatureRow
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
+from vadpipe.pipeline.extract.shm import PREFETCH, plan_transfer
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import ClipStream, worker_init
 from vadpipe.pipeline.extract.writer import RunContext, WriteContext, finish_video
@@ -118,6 +119,7 @@ class _WorkerArgs:
     threads: int
     driver_pid: int
     writer: bytes  # a pickled WriteContext, unpickled where a failure can be reported
+    prefetch: int | None = PREFETCH  # batches each decoding process prefetches (what fits in /dev/shm)
 
 
 def _worker_device(name: str) -> torch.device:
@@ -221,7 +223,7 @@ def _worker_body(args: _WorkerArgs, tasks: Any, conn: Connection) -> None:
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=worker_init if config.workers else None,
-        prefetch_factor=4 if config.workers else None,
+        prefetch_factor=args.prefetch if config.workers else None,
         multiprocessing_context=_decoder_start_method(device) if config.workers else None,
     )
     try:
@@ -342,10 +344,15 @@ def run_multi(ctx: RunContext, todo: list[VideoJob], *, progress: bool) -> None:
     devices = tuple(config.devices)
     mp = multiprocessing.get_context("spawn")
     pending = deque(shard_order(todo))
-    decoders = max(1, config.workers)
+    transfer = plan_transfer(config, processes=len(devices))  # every worker's decoders share /dev/shm
+    if transfer.warning:
+        log.warning("%s", transfer.warning)
+    decoders = max(1, transfer.workers)
     lookahead = LOOKAHEAD * decoders
     threads = max(1, torch.get_num_threads() // len(devices))
-    writer = pickle.dumps(ctx.writer())
+    write_ctx = ctx.writer()
+    write_ctx.config = replace(write_ctx.config, workers=transfer.workers)
+    writer = pickle.dumps(write_ctx)
     workers: list[_Worker] = []
     t_start = time.time()
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
@@ -436,7 +443,7 @@ def run_multi(ctx: RunContext, todo: list[VideoJob], *, progress: bool) -> None:
             tasks = mp.Queue()
             recv, send = mp.Pipe(duplex=False)
             args = _WorkerArgs(slot=slot, label=label, device=device, threads=threads,
-                               driver_pid=os.getpid(), writer=writer)
+                               driver_pid=os.getpid(), writer=writer, prefetch=transfer.prefetch)
             proc = mp.Process(target=_worker_main, args=(args, tasks, send), name=f"vadpipe-extract[{label}]")
             w = _Worker(slot=slot, label=label, process=proc, conn=recv, tasks=tasks, decoders=decoders,
                         started=time.time())
