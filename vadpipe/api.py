@@ -135,18 +135,6 @@ def load_backbone(name: str, *, weights: str | None = DEFAULT_WEIGHTS) -> nn.Mod
     return model.eval()
 
 
-def _preset_settings(head: str, preset: str | None) -> dict[str, Any]:
-    if preset is None:
-        return {}
-    from vadpipe.heads.base import get_head
-
-    presets = get_head(head).presets
-    if preset not in presets:
-        known = ", ".join(sorted(presets)) or "none"
-        raise VadpipeError(f"head {head!r} has no preset {preset!r} (its presets: {known})")
-    return dict(presets[preset])
-
-
 def train(
     dataset: PathLike,
     *,
@@ -218,7 +206,9 @@ def train(
         if not gt:
             raise VadpipeError("--select-on-test needs --gt KIND:PATH")
         test_metric = scoring.test_set_auc(select_on_test, gt, resolve_device(device))
-    head_settings = {**_preset_settings(head, preset), **dict(settings or {})}
+    from vadpipe.heads.base import get_head
+
+    head_settings = {**get_head(head).preset(preset), **dict(settings or {})}
     if refine:  # the refinement module is the trained head; the base head's settings go inside it
         head_settings = {"base_head": head, "base_overrides": head_settings, **dict(refine_settings or {})}
         head = refine

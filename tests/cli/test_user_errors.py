@@ -311,3 +311,14 @@ def test_an_output_folder_that_cannot_be_written_is_refused_first(ws: dict, tmp_
                                              ("batch_size=-1", "batch_size=-1: expected an integer >= 1")])
 def test_bench_train_checks_set_values_like_train(setting: str, needle: str) -> None:
     assert_user_error(_run(["bench", "train", "--head", "sultani", "--device", "cpu", "--set", setting]), needle)
+
+
+def test_unknown_head_preset_names_the_presets(tmp_path: Path) -> None:
+    csv, _ = make_dataset(tmp_path / "d", 3, 3, crops=1, dim=8)
+    assert_user_error(_run(["train", "--train", csv, "--head", "lanet", "--preset", "avenue", "-o", tmp_path / "r"]),
+                      "head 'lanet' has no preset 'avenue'", "ucf, xd")
+    from vadpipe.heads.base import get_head
+
+    assert get_head("lanet").preset("xd") == get_head("lanet").presets["xd"]
+    assert get_head("lanet").preset("xd") is not get_head("lanet").presets["xd"]  # a copy
+    assert get_head("rtfm").preset(None) == {}

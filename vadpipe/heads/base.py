@@ -356,6 +356,21 @@ class HeadSpec:
     sampling: Callable[[Any], TrainSampling] = field(default=default_sampling, compare=False)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
 
+    def preset(self, name: str | None) -> dict[str, Any]:
+        """The settings of preset ``name`` (a copy; ``{}`` for ``None``).
+
+        Raises:
+            ConfigError: the head has no such preset (the message lists its presets).
+        """
+        from vadpipe.errors import ConfigError
+
+        if name is None:
+            return {}
+        if name not in self.presets:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise ConfigError(f"head {self.name!r} has no preset {name!r} (its presets: {known})")
+        return dict(self.presets[name])
+
 
 #: Every head; the modules of :mod:`vadpipe.heads` register theirs when imported (and modules
 #: named in ``$VADPIPE_PLUGINS`` may add more).

@@ -154,3 +154,22 @@ def test_docs_protocol_table_is_the_registry():
 
     docs = (REPO / "docs" / "reproduce.md").read_text()
     assert protocol_table_markdown() in docs, "docs/reproduce.md is stale: paste protocol_table_markdown()"
+
+
+@pytest.mark.parametrize("name,where", [("01_0014_i3d.npy", "training set"), ("01_0015_i3d.npy", "test list")])
+def test_non_finite_features_stop_before_training(public_sets, tmp_path, name, where):
+    """A NaN in a training or a test file stops the run before any checkpoint is written."""
+    data = public_sets("rtfm", "shanghai")
+    protocol = get_protocol("rtfm", "shanghai")
+    inputs = locate_inputs(protocol, data.features, lists_dir=data.lists)
+    f = data.features / name
+    keep = np.load(f)
+    bad = keep.copy()
+    bad[0, 0, 0] = np.nan
+    np.save(f, bad)
+    try:
+        with pytest.raises(FeatureLoadError, match=f"{where}.*NaN or Inf"):
+            reproduce(protocol, inputs, tmp_path, seeds=1, steps=STEPS, device="cpu")
+    finally:
+        np.save(f, keep)
+    assert not list(tmp_path.glob("seed*/*.pt"))

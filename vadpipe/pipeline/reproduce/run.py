@@ -206,14 +206,11 @@ def _copy_gt(src: Path, out: Path) -> Path:
 def _head_overrides(protocol: Protocol) -> tuple[str, dict[str, Any]]:
     from vadpipe.heads.base import get_head
 
-    def preset(head: str, name: str | None) -> dict[str, Any]:
-        return dict(get_head(head).presets[name]) if name else {}
-
+    own = get_head(protocol.head).preset(protocol.head_preset)
     if protocol.base_head:
-        base = preset(protocol.base_head, protocol.base_preset)
-        return protocol.head, {"base_head": protocol.base_head, "base_overrides": base,
-                               **preset(protocol.head, protocol.head_preset), **protocol.overrides}
-    return protocol.head, {**preset(protocol.head, protocol.head_preset), **protocol.overrides}
+        base = get_head(protocol.base_head).preset(protocol.base_preset)
+        return protocol.head, {"base_head": protocol.base_head, "base_overrides": base, **own, **protocol.overrides}
+    return protocol.head, {**own, **protocol.overrides}
 
 
 def _percent(x: float) -> str:
@@ -273,7 +270,10 @@ def reproduce(
     train_rows = import_rows(protocol, inputs.train_list, inputs.features_root, "train")
     test_rows = import_rows(protocol, inputs.test_list, inputs.features_root, "test")
     check_feature_files(protocol, train_rows + test_rows, inputs)
-    shape = check_dataset_features(train_rows + test_rows, None, what=f"{protocol.key} train + test lists")
+    # one shape for both lists (headers only); the values: the test list's here, the training list's in train()
+    shape = check_dataset_features(train_rows + test_rows, None, what=f"{protocol.key} train + test lists",
+                                   values=False)
+    check_dataset_features(test_rows, None, what=f"{protocol.key} test list")
     caveats = []
     if (shape["crops"], shape["dim"]) != (protocol.crops, protocol.dim):
         caveats.append(f"the features are {shape['crops']} crops x {shape['dim']}-D, the paper's {protocol.crops} x "
