@@ -48,6 +48,7 @@ def test_docs_examples_run(tmp_path, monkeypatch, one_thread):
     assert 0.0 <= m.auc <= 1.0 and m.n_videos == 4
     scores = namespace["scores"]
     assert scores.shape == (3,) and np.isfinite(scores).all() and len(namespace["live"]) == 3
+    np.testing.assert_allclose(namespace["onnx_scores"], scores, rtol=0, atol=1e-4)
 
 
 def test_detector_scores_equal_the_batch_path(tmp_path, one_thread):

@@ -7,7 +7,7 @@
 >>> detector = vadpipe.Detector(run.best_path)                                           # doctest: +SKIP
 >>> scores = detector.score(frames)        # frames: uint8 [T, H, W, 3]                  # doctest: +SKIP
 
-Every ``vadpipe extract`` / ``train`` / ``eval`` / ``score`` command calls exactly one of these
+Every ``vadpipe extract`` / ``train`` / ``eval`` / ``score`` / ``export`` command calls exactly one of these
 functions; its options are the keyword arguments (``docs/api.md`` lists them with runnable
 examples). Errors are the typed :mod:`vadpipe.errors` exceptions the command line prints in
 one line.
@@ -24,18 +24,21 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from vadpipe.errors import ConfigError, VadpipeError
+from vadpipe.pipeline.export.runtime import OnnxDetector  # noqa: F401  (public; needs no torch)
 
 if TYPE_CHECKING:  # torch and the pipelines are imported when a function runs
     import torch
     from torch import nn
 
+    from vadpipe.pipeline.export.build import ExportResult
     from vadpipe.pipeline.extract.runner import ExtractSummary
     from vadpipe.pipeline.score.batch import ScoreSummary
     from vadpipe.pipeline.train.apply import LoadedHead
     from vadpipe.pipeline.train.loop import TrainResult
     from vadpipe.pipeline.train.metrics import EvalResult
 
-__all__ = ["extract", "load_backbone", "train", "evaluate", "score", "Detector", "EvalRun", "DEFAULT_WEIGHTS"]
+__all__ = ["extract", "load_backbone", "train", "evaluate", "score", "export", "Detector", "OnnxDetector", "EvalRun",
+           "DEFAULT_WEIGHTS"]
 
 PathLike = str | os.PathLike
 #: ``load_backbone(name, weights=DEFAULT_WEIGHTS)``: the backbone's published weights.
@@ -346,6 +349,20 @@ def score(
     return score_videos(jobs, loaded, out, options=ScoreOptions(**options), speed=speed, **run)
 
 
+def export(checkpoint: PathLike | LoadedHead, out: PathLike, *, format: str = "onnx", **options: Any) -> ExportResult:
+    """Write a trained detector (backbone + preprocessing + head + threshold) to one ONNX or
+    TorchScript file, checked against PyTorch (``vadpipe export``; ``docs/export.md``).
+    Options: ``threshold``, ``backbone``, ``random_weights``. Run an ONNX file with
+    :class:`OnnxDetector` (onnxruntime, no torch) or ``vadpipe score --model``.
+
+    Raises:
+        ExportError: an unknown format, SA-CRF (not exportable), or a failed parity check.
+    """
+    from vadpipe.pipeline.export.build import export_detector
+
+    return export_detector(checkpoint, out, format=format, **options)
+
+
 class Detector:
     """Backbone + head + threshold in one object, for in-memory frames and streams.
 
@@ -366,18 +383,14 @@ class Detector:
 
     def __init__(self, checkpoint: PathLike | LoadedHead, *, device: str = "auto", backbone: str | None = None,
                  threshold: float | None = None, window: int = 64, random_weights: bool = False) -> None:
-        from vadpipe.extractors import get_backbone
         from vadpipe.pipeline.device import resolve_device
-        from vadpipe.pipeline.extract.model import FeatureModel
-        from vadpipe.pipeline.score.batch import ScoreOptions, checkpoint_recipe, head_for_run, resolve_threshold
+        from vadpipe.pipeline.score.batch import ScoreOptions, head_for_run, resolve_threshold
+        from vadpipe.pipeline.score.stream import recipe_model
 
         self.device: torch.device = resolve_device(device)
         self.loaded = head_for_run(checkpoint, self.device)
-        config = checkpoint_recipe(self.loaded, backbone=backbone,
-                                   speed={"device": device, "random_weights": random_weights, "workers": 0,
-                                          "batch_clips": 1})
-        self.config = config.with_preset(get_backbone(config.backbone).preset)
-        self.model = FeatureModel(get_backbone(self.config.backbone), self.config, self.device)
+        self.config, self.model = recipe_model(self.loaded, self.device, backbone=backbone,
+                                               speed={"device": device, "random_weights": random_weights})
         self.threshold, self.threshold_source = resolve_threshold(ScoreOptions(threshold=threshold), self.loaded)
         context = self.loaded.head.causal_context
         self.causal = context is not None
@@ -389,17 +402,14 @@ class Detector:
 
     def features(self, clips: Iterable[np.ndarray]) -> np.ndarray:
         """Features ``[n_clips, crops, D]`` of uint8 clips ``[clip_len, H, W, 3]``."""
-        import torch
-
-        from vadpipe.pipeline.extract.transforms import resize_clips
+        from vadpipe.pipeline.score.stream import clip_features
 
         out = []
         for clip in clips:
             clip = _frames(clip, "clip")
             if clip.shape[0] != self.clip_len:
                 raise ConfigError(f"a clip has {self.clip_len} frames, got {clip.shape[0]}")
-            feats = self.model([resize_clips(torch.from_numpy(np.array(clip))[None], self.config.preset)])
-            out.append(feats[0].cpu().numpy().copy())
+            out.append(clip_features(self.model, clip))
         return np.stack(out) if out else np.zeros((0, self.config.crops, 0), np.float32)
 
     def score(self, frames: np.ndarray) -> np.ndarray:

@@ -67,3 +67,8 @@ class LostClipsError(VadpipeError):
     """Fewer clip features reached the model than a video's decoder produced (a batch lost
     between processes, e.g. in a full ``/dev/shm``), or a decoder's counts do not add up:
     the video fails rather than be recorded with part of its clips."""
+
+
+class ExportError(VadpipeError):
+    """A detector cannot be exported, or an exported file cannot be used (what to do is in
+    the message)."""

@@ -2,6 +2,7 @@
 
 from vadpipe.cli import (  # noqa: F401  (register the commands)
     bench,
+    export,
     extract,
     reproduce,
     score,

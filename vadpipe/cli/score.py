@@ -18,8 +18,11 @@ if TYPE_CHECKING:  # torch is imported where a command runs
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--head", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--head", "checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Head checkpoint (best.pt from `vadpipe train`, or `vadpipe weights import`).")
+@click.option("--model", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Instead of --head: a detector exported with `vadpipe export --format onnx`, run with "
+                   "onnxruntime (no PyTorch needed).")
 @click.option("-o", "--out", default="runs/score", show_default=True, type=click.Path(file_okay=False))
 @click.option("--threshold", default=None, type=click.FloatRange(0, 1),
               help="Event threshold [default: the checkpoint's validation-optimal value, else 0.5].")
@@ -52,7 +55,7 @@ if TYPE_CHECKING:  # torch is imported where a command runs
               help="Benchmarks only (`vadpipe bench score --precision`): extract with this precision instead of "
                    "the recipe's.")
 @click.option("-q", "--quiet", is_flag=True)
-def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_convention, report, no_plots, backbone,
+def score(inputs, checkpoint, model, out, threshold, min_gap, min_duration, gt, gt_convention, report, no_plots, backbone,
           features_dir, device, batch_clips, workers, decoder, random_weights, force, stream, follow, stream_window,
           recipe_precision, quiet) -> None:
     """Score raw videos with a trained head: per-video scores.csv, events, plots, a report.
@@ -60,6 +63,13 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     Stage one runs with the backbone and preprocessing the checkpoint records, and reuses
     features already extracted. Exits 1 when any video failed, 2 on a setup error.
     """
+    if (checkpoint is None) == (model is None):
+        raise VadpipeError("give a head checkpoint (--head best.pt) or an exported detector (--model detector.onnx)")
+    if model is not None:
+        sys.exit(_score_with_model(inputs, model, out, threshold, min_gap, min_duration, batch_clips, decoder, device, quiet,
+                                   unsupported={"--gt": gt, "--report": report, "--stream": stream,
+                                                "--features": features_dir, "--backbone": backbone,
+                                                "--random-weights": random_weights}))
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
 
     if stream and len(inputs) != 1:
@@ -96,6 +106,27 @@ def score(inputs, checkpoint, out, threshold, min_gap, min_duration, gt, gt_conv
     if summary.metrics:
         click.echo("  ".join(f"{k} {v:.4f}" for k, v in summary.metrics.items()), err=True)
     sys.exit(summary.exit_code)
+
+
+def _score_with_model(inputs, model, out, threshold, min_gap, min_duration, batch_clips, decoder, device, quiet,
+                      unsupported: dict) -> int:
+    """``score --model``: the exported detector on onnxruntime; the exit code."""
+    from vadpipe.pipeline.export.runtime import DEFAULT_BATCH_CLIPS, score_with_model
+
+    given = [name for name, value in unsupported.items() if value]
+    if given:
+        raise VadpipeError(f"{', '.join(given)} work with --head only (the PyTorch path), not with --model")
+    run = score_with_model(list(inputs), model, out, threshold=threshold, min_gap=min_gap,
+                           min_duration=min_duration, batch_clips=batch_clips or DEFAULT_BATCH_CLIPS,
+                           decoder=None if decoder == "auto" else decoder, device=device,
+                           echo=None if quiet else click.echo)
+    for v in run.failed:
+        click.echo(f"failed: {v.video}: {v.error}", err=True)
+    click.echo(f"{len(run.videos) - len(run.failed)} scored, {len(run.failed)} failed; "
+               f"{sum(len(v.events) for v in run.videos)} event(s) at threshold {run.threshold:g} "
+               f"({run.threshold_source}); {model} on onnxruntime, {run.resizer} resize; results: {run.out_dir}",
+               err=True)
+    return run.exit_code
 
 
 def _load_head(checkpoint: str, device: torch.device, precision: str | None) -> LoadedHead:

@@ -187,8 +187,21 @@ def patch_max_pool(
     """
     if fmap.dim() != 4:
         raise ValueError(f"patch_max_pool expects [N, C, h, w], got {tuple(fmap.shape)}")
-    parts = [F.adaptive_max_pool2d(fmap, int(k)).flatten(2) for k in partition_scales]
+    if torch.compiler.is_exporting():  # ONNX has no adaptive max pool: the same cells by slicing
+        parts = [_cell_max(fmap, int(k)) for k in partition_scales]
+    else:
+        parts = [F.adaptive_max_pool2d(fmap, int(k)).flatten(2) for k in partition_scales]
     return torch.cat(parts, dim=2).transpose(1, 2)
+
+
+def _cell_max(fmap: torch.Tensor, k: int) -> torch.Tensor:
+    """``F.adaptive_max_pool2d(fmap, k).flatten(2)`` (``[N, C, k*k]``) as ``k*k`` slices and
+    maxima, for static ``h, w`` (the exported graph's fixed crop size)."""
+    h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+    rows = [(i * h // k, -(-(i + 1) * h // k)) for i in range(k)]
+    cols = [(j * w // k, -(-(j + 1) * w // k)) for j in range(k)]
+    cells = [fmap[..., r0:r1, c0:c1].amax(dim=(-2, -1)) for r0, r1 in rows for c0, c1 in cols]
+    return torch.stack(cells, dim=-1)
 
 
 # --------------------------------------------------------------------------------------

@@ -34,32 +34,33 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from vadpipe.errors import ConfigError, VadpipeError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.heads.data import load_features
-from vadpipe.manifests.atomic import atomic_write_text, ensure_writable_dir, folder_lock
+from vadpipe.manifests.atomic import ensure_writable_dir, folder_lock
 from vadpipe.manifests.datasets import video_key
 from vadpipe.manifests.features import MANIFEST_NAME, FeatureRow, read_manifest
-from vadpipe.manifests.tables import FLOAT32_FORMAT
 from vadpipe.pipeline.extract.config import PRECISIONS, ExtractConfig
 from vadpipe.pipeline.extract.runner import extract
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.writer import ExtractSummary
 from vadpipe.pipeline.score import events as ev
+from vadpipe.pipeline.score.outputs import (  # noqa: F401  (CLIP_SCORE_COLUMNS: imported from here too)
+    CLIP_SCORE_COLUMNS,
+    EVENTS_NAME,
+    MANIFEST_COLUMNS,
+    SCORES_MANIFEST_NAME,
+    write_clip_scores,
+    write_manifest,
+)
 from vadpipe.pipeline.train.apply import LoadedHead, build_gt, evaluate_scores, load_head, score_features
 
 log = logging.getLogger(__name__)
 
 #: Threshold used when neither the user nor the checkpoint gives one.
 DEFAULT_THRESHOLD = 0.5
-SCORES_MANIFEST_NAME = "scores_manifest.csv"
-EVENTS_NAME = "events.json"
-CLIP_SCORE_COLUMNS = ("clip", "start_frame", "end_frame", "start_time", "end_time", "score")
-MANIFEST_COLUMNS = ("video", "status", "error", "scores_csv", "plot", "feature_path", "n_clips", "fps",
-                    "duration_s", "max_score", "n_events", "threshold", "checkpoint", "seconds")
 
 
 @dataclass(frozen=True)
@@ -421,16 +422,6 @@ def _score_one(job: VideoJob, row: FeatureRow, scores: np.ndarray, out: Path, co
     return v
 
 
-def write_clip_scores(path: Path, scores: np.ndarray, times: np.ndarray, clip_len: int, stride: int) -> None:
-    """Per-video ``scores.csv``: clip, start/end frame (0-based, end exclusive), start/end
-    time in seconds, score. Written atomically."""
-    i = np.arange(scores.size)
-    df = pd.DataFrame({"clip": i, "start_frame": i * stride, "end_frame": i * stride + clip_len,
-                       "start_time": times[:, 0], "end_time": times[:, 1], "score": scores})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT32_FORMAT))
-
-
 def _write_manifest(path: Path, results: list[ScoredVideo], threshold: float, checkpoint: str, seconds: float) -> None:
     records = []
     for v in results:
@@ -441,7 +432,7 @@ def _write_manifest(path: Path, results: list[ScoredVideo], threshold: float, ch
             "max_score": float(v.scores.max()) if v.scores.size else "", "n_events": len(v.events),
             "threshold": threshold, "checkpoint": checkpoint, "seconds": round(seconds, 3),
         })
-    atomic_write_text(path, pd.DataFrame(records, columns=MANIFEST_COLUMNS).to_csv(index=False, float_format="%.6g"))
+    write_manifest(path, records)
 
 
 def _ground_truth(ok: list[ScoredVideo], options: ScoreOptions, config: ExtractConfig

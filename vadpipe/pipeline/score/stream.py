@@ -40,6 +40,7 @@ from vadpipe.extractors.registry import get_backbone
 from vadpipe.manifests.atomic import ensure_writable_dir, folder_lock
 from vadpipe.pipeline.device import resolve_device
 from vadpipe.pipeline.extract.clips import iter_clips
+from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.decode import open_video
 from vadpipe.pipeline.extract.model import FeatureBuffer, FeatureModel
 from vadpipe.pipeline.extract.transforms import resize_clips
@@ -139,6 +140,24 @@ def _stream_chunks(fileobj: BinaryIO, what: str) -> tuple[Iterator[np.ndarray], 
     return gen(), fps
 
 
+def recipe_model(loaded: LoadedHead, device: torch.device, *, backbone: str | None = None,
+                 speed: dict[str, Any] | None = None) -> tuple[ExtractConfig, FeatureModel]:
+    """The extraction settings and the backbone on ``device`` that make, one clip at a time,
+    the features ``loaded`` was trained on (its recorded recipe, with the backbone's preset;
+    ``speed``: :func:`~vadpipe.pipeline.score.batch.checkpoint_recipe`'s speed-only settings).
+    Shared by ``score --stream``, :class:`vadpipe.Detector` and ``vadpipe export``."""
+    config = checkpoint_recipe(loaded, backbone=backbone, speed={**(speed or {}), "workers": 0, "batch_clips": 1})
+    config = config.with_preset(get_backbone(config.backbone).preset)
+    return config, FeatureModel(get_backbone(config.backbone), config, device)
+
+
+def clip_features(model: FeatureModel, clip: np.ndarray) -> np.ndarray:
+    """Features ``[crops, D]`` (float32, on the host) of one uint8 clip ``[L, H, W, 3]``,
+    resized and cropped as stage one does."""
+    feats = model([resize_clips(torch.from_numpy(np.array(clip))[None], model.config.preset)])  # copy: clips may be read-only views
+    return feats[0].cpu().numpy().copy()  # not a view pinning the model's output
+
+
 def stream_score(
     source: str,
     checkpoint: str | os.PathLike | LoadedHead,
@@ -174,9 +193,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     speed = dict(speed or {})
     device = resolve_device(speed.get("device", "auto"))
     loaded = head_for_run(checkpoint, device)
-    config = checkpoint_recipe(loaded, backbone=backbone, speed=speed)
-    config = config.with_preset(get_backbone(config.backbone).preset)
-    model = FeatureModel(get_backbone(config.backbone), config, device)
+    config, model = recipe_model(loaded, device, backbone=backbone, speed=speed)
     head = loaded.head
     context = head.causal_context
     causal = context is not None
@@ -214,8 +231,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
         try:
             for i, clip in enumerate(iter_clips(chunks, config.clip)):
                 ready = time.perf_counter()
-                feats = model([resize_clips(torch.from_numpy(np.array(clip))[None], config.preset)])  # copy: clips are read-only views
-                f = feats[0].cpu().numpy().copy()  # [crops, D], not a view pinning the model's output
+                f = clip_features(model, clip)  # [crops, D]
                 recent.append(f)
                 all_feats.add(i, f[None])
                 score = float(head_scores(recent)[-1])
