@@ -10,7 +10,9 @@ tests): the first process to reach its N-th forward creates ``<path>`` (holding 
 SIGKILLs itself, as an out-of-memory kill would; processes that find ``<path>`` run on.
 ``VADPIPE_TINY_DISK_FULL_AFTER=N`` (multi-device tests): in a spawned worker process (never
 in the process that runs the tests), ``np.save`` fails with ENOSPC from its ``N + 1``-th call
-on, after writing a few bytes, as a disk that fills up would.
+on, after writing a few bytes, as a disk that fills up would. ``VADPIPE_TINY_KILL_WRITING=1``
+(multi-device tests): in a spawned worker process, the first ``np.save`` writes a few bytes and
+SIGKILLs its own process, as a worker killed mid-write would (its temporary file stays).
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def _fill_disk_if_asked() -> None:
 
 
 _fill_disk_if_asked()
+
+
+def _kill_writing_if_asked() -> None:
+    """The ``VADPIPE_TINY_KILL_WRITING`` hook (see the module docstring)."""
+    if os.environ.get("VADPIPE_TINY_KILL_WRITING") != "1" or multiprocessing.parent_process() is None:
+        return
+
+    def save(fh, array, *args, **kwargs):
+        fh.write(b"\x93NUMPY partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    np.save = save
+
+
+_kill_writing_if_asked()
 
 
 def _sigkill_once_if_asked() -> None:

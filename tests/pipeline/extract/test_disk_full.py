@@ -99,6 +99,26 @@ def test_a_full_disk_in_a_device_worker_stops_the_run_and_a_rerun_finishes_it(tm
     assert f"{4 - done} extracted, {done} already done" in again.output
 
 
+def test_a_device_worker_killed_mid_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    """A worker SIGKILLed while writing a feature file cannot remove its temporary file; the
+    driver, once every worker has exited, does (it is the folder's only writer), and the
+    videos the workers held are failed rows that a re-run redoes."""
+    out = tmp_path / "out"
+    args = _extract_args(tmp_path, out, 2, 70, "--devices", "cpu,cpu")
+    monkeypatch.setenv("VADPIPE_PLUGINS", "tests.helpers.tiny_backbone")
+    with monkeypatch.context() as m:
+        m.setenv("VADPIPE_TINY_KILL_WRITING", "1")  # every worker dies in its first np.save
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert not list(out.rglob(f"*{TMP_MARKER}*"))
+    assert not list(out.glob("*.npy"))
+    rows = {Path(r.video).name: r.status for r in read_manifest(out / "features.csv")}
+    assert rows == {"v0.mp4": "failed", "v1.mp4": "failed"}
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert all(r.status == "ok" for r in read_manifest(out / "features.csv"))
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):
     """A 1 MiB tmpfs mounted under ``tmp_path`` (skipped where mounting is not allowed: not

@@ -67,7 +67,7 @@ from vadpipe.pipeline.extract.model import FeatureModel, finished_videos
 from vadpipe.pipeline.extract.shm import PREFETCH, plan_transfer
 from vadpipe.pipeline.extract.sources import VideoJob
 from vadpipe.pipeline.extract.stream import ClipStream, worker_init
-from vadpipe.pipeline.extract.writer import RunContext, WriteContext, finish_video
+from vadpipe.pipeline.extract.writer import RunContext, WriteContext, finish_video, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +473,11 @@ def run_multi(ctx: RunContext, todo: list[VideoJob], *, progress: bool) -> None:
         bar.close()
         summary.per_device = {w.label: w.stats() for w in workers}
         _stop(workers)
+        # Every worker has exited: a temporary file left under the output folder is one a worker
+        # could not remove (killed mid-write, or stopped while cleaning up after a full disk).
+        # The folder lock makes this run its only writer, so such files are removed now rather
+        # than at the next run's start.
+        remove_leftovers(ctx.root)
 
 
 def _stop(workers: list[_Worker]) -> None:
