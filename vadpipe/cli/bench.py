@@ -94,9 +94,14 @@ def bench_train(head, steps, crops, dim, segments, device, overrides) -> None:
 @click.option("--stages", default="cold-start,throughput", show_default=True,
               help="Comma-separated subset of cold-start, throughput.")
 @click.option("--random-weights", is_flag=True, help="Benchmark without installed weights (same speed).")
-def bench_score(video, checkpoint, seconds, device, precision, runs, stages, random_weights) -> None:
+@click.option("--stream", is_flag=True,
+              help="Instead: latency of `score --stream` on the video served live (MPEG-TS over loopback HTTP at "
+                   "real-time pace): p50/p99/max from a clip's last frame arriving to its score, frames dropped.")
+@click.option("--buffer", default=64, show_default=True, type=click.IntRange(1),
+              help="With --stream: frames of the live frame buffer (score --stream --buffer).")
+def bench_score(video, checkpoint, seconds, device, precision, runs, stages, random_weights, stream, buffer) -> None:
     """Cold start (process start to first streamed clip score) and seconds of `vadpipe score`
-    per minute of 240p video."""
+    per minute of 240p video; with --stream, the live latency."""
     from vadpipe.pipeline.score.bench import run_score_bench
 
     wanted = {s.strip() for s in stages.split(",") if s.strip()}
@@ -105,7 +110,7 @@ def bench_score(video, checkpoint, seconds, device, precision, runs, stages, ran
         raise click.BadParameter(f"unknown stage(s) {sorted(unknown)}", param_hint="--stages")
     run_score_bench(video, head=checkpoint, seconds=seconds, device=device, precision=precision, runs=runs,
                     cold_start="cold-start" in wanted, throughput="throughput" in wanted,
-                    random_weights=random_weights, echo=click.echo)
+                    random_weights=random_weights, stream=stream, buffer=buffer, echo=click.echo)
 
 
 @bench.command("train-backbone")

@@ -44,12 +44,29 @@ if TYPE_CHECKING:  # torch is imported where a command runs
                    "torchcodec-cuda.")
 @click.option("--random-weights", is_flag=True, help="Backbone with random weights (tests/benchmarks only).")
 @click.option("--force", is_flag=True, help="Recompute features even when the features folder has them.")
-@click.option("--stream", is_flag=True, help="Score one video (file, growing file or - for stdin) clip by clip, "
-                                              "printing each score as it is produced.")
+@click.option("--stream", is_flag=True, help="Score one video (file, growing file, - for stdin, or a live URL/camera) "
+                                              "clip by clip, printing each score and each event as it is produced.")
 @click.option("--follow", default=0.0, show_default=True, type=click.FloatRange(0),
               help="With --stream: keep reading a growing file until it stops growing for this many seconds.")
 @click.option("--window", "stream_window", default=64, show_default=True, type=click.IntRange(1),
               help="With --stream and a non-causal head: clips of context the provisional scores see.")
+@click.option("--buffer", "live_buffer", default=64, show_default=True, type=click.IntRange(1),
+              help="With --stream and a live source (rtsp/http(s)/rtmp/udp/tcp/srt URL, /dev/video*): decoded "
+                   "frames held for the scorer; when it falls behind the oldest are dropped (counted).")
+@click.option("--reconnect", default=3, show_default=True, type=click.IntRange(0),
+              help="Live source: re-open attempts in a row when the connection fails or ends (0: its end is the "
+                   "end of the run, e.g. a finite file on a web server).")
+@click.option("--reconnect-delay", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Live source: seconds before the first re-open attempt, doubled for each further one.")
+@click.option("--io-timeout", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Live source: seconds to wait for it to open, and for data once open.")
+@click.option("--input-format", default=None, metavar="FMT",
+              help="Open the --stream source with this FFmpeg input format (v4l2, mpegts, ...; makes it live).")
+@click.option("--input-option", "input_options", multiple=True, metavar="KEY=VALUE",
+              help="FFmpeg option for opening a live source, e.g. rtsp_transport=tcp (repeatable).")
+@click.option("--webhook", default=None, metavar="URL",
+              help="With --stream: POST each event as JSON to this http(s) URL when it closes (background, "
+                   "retried, never blocks scoring).")
 @click.option("--recipe-precision", default=None, hidden=True,
               type=choices_of("vadpipe.pipeline.extract.config", "PRECISIONS"),
               help="Benchmarks only (`vadpipe bench score --precision`): extract with this precision instead of "
@@ -57,6 +74,7 @@ if TYPE_CHECKING:  # torch is imported where a command runs
 @click.option("-q", "--quiet", is_flag=True)
 def score(inputs, checkpoint, model, out, threshold, min_gap, min_duration, gt, gt_convention, report, no_plots, backbone,
           features_dir, device, batch_clips, workers, decoder, random_weights, force, stream, follow, stream_window,
+          live_buffer, reconnect, reconnect_delay, io_timeout, input_format, input_options, webhook,
           recipe_precision, quiet) -> None:
     """Score raw videos with a trained head: per-video scores.csv, events, plots, a report.
 
@@ -73,7 +91,18 @@ def score(inputs, checkpoint, model, out, threshold, min_gap, min_duration, gt, 
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
 
     if stream and len(inputs) != 1:
-        raise VadpipeError("--stream scores one video (a file, a growing file, or - for stdin)")
+        raise VadpipeError("--stream scores one video (a file, a growing file, - for stdin, or a live source)")
+    if not stream and (webhook or input_format or input_options):
+        raise VadpipeError("--webhook, --input-format and --input-option go with --stream")
+    if stream:
+        from vadpipe.pipeline.score.live import LiveOptions, parse_input_options
+        from vadpipe.pipeline.score.sinks import check_webhook_url
+
+        live = LiveOptions(buffer=live_buffer, reconnect=reconnect, reconnect_delay=reconnect_delay,
+                           io_timeout=io_timeout, input_format=input_format,
+                           input_options=parse_input_options(input_options))
+        if webhook:
+            check_webhook_url(webhook)  # before the head is loaded
     dev = resolve_device(device)
     loaded = _load_head(checkpoint, dev, recipe_precision)
     speed = {"device": device, "decoder": decoder, "random_weights": random_weights,
@@ -87,7 +116,7 @@ def score(inputs, checkpoint, model, out, threshold, min_gap, min_duration, gt, 
                                gt_convention=gt_convention, plots=not no_plots, report=report)
         result = stream_score(inputs[0], loaded, out, options=options, backbone=backbone,
                               speed={**speed, "workers": 0, "batch_clips": 1}, follow=follow,
-                              window=stream_window, echo=click.echo)
+                              window=stream_window, live=live, webhook=webhook, echo=click.echo)
         sys.exit(result.exit_code)
     from vadpipe.api import score as score_api
 

@@ -126,6 +126,7 @@ def test_real_i3d_exports_and_matches_pytorch_on_real_frames(tmp_path: Path) -> 
     assert np.abs(pillow - torch_detector.score(frames)).max() < 2e-3
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_torchscript_export_matches_pytorch(tmp_path: Path) -> None:
     """The traced file takes other frame sizes and context lengths than the trace's example."""
     loaded = _loaded("rtfm", "tiny", crops=10, dim=tests.helpers.tiny_backbone.TINY_DIM)

@@ -109,6 +109,20 @@ def test_bench_score_cli(tiny_head: Path, monkeypatch) -> None:
     assert res.exit_code == 2 and "unknown stage" in res.output
 
 
+def test_bench_score_stream_prints_the_live_latency(tiny_head: Path) -> None:
+    """`bench score --stream`: the output's lines (no timing is checked)."""
+    res = _cli(["bench", "score", "--stream", "--head", tiny_head, "--seconds", 1, "--device", "cpu",
+                "--random-weights", "--buffer", 32])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "served as MPEG-TS over loopback HTTP at real-time pace" in out and "buffer 32 frames" in out
+    assert "stream latency (clip's last frame in the buffer -> its score) over 1 clips scored while the source was live: p50 " in out
+    assert " ms, p99 " in out and " ms, max " in out and "first clip, with start-up" in out
+    assert "frames: 30 received, " in out and " dropped (" in out
+    assert "on a GPU: vadpipe bench score --stream --device cuda --seconds 1" in out
+    assert "cold start" not in out and "run 1:" not in out
+
+
 @pytest.mark.slow
 def test_bench_score_with_the_bundled_demo_head(tmp_path: Path) -> None:
     """The default head: the real Kinetics-400 I3D, 1 crop (skipped without its weights)."""

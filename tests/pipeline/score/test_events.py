@@ -10,6 +10,7 @@ import pytest
 from vadpipe.errors import ConfigError
 from vadpipe.pipeline.score.events import (
     Event,
+    EventTracker,
     find_events,
     format_events_table,
     format_time,
@@ -182,3 +183,68 @@ def test_format_time_and_table():
     assert format_events_table("x", []) == "x: 0 events"
     secs = format_events_table("x", find_events(s, times(5), 0.5), style="s").splitlines()
     assert secs[2].split()[:3] == ["1", "0.53", "1.60"]
+
+
+# ----------------------------------------------------------------------------- incremental tracker
+
+
+def random_clips(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` scores and strictly increasing clip starts with random lengths: overlaps, touching
+    clips and gaps (as a live stream with drops and reconnects gives)."""
+    starts = np.cumsum(rng.choice([0.1, 0.25, 0.5, 0.53, 1.0, 3.0], size=n)) - 0.1
+    lengths = rng.choice([0.25, 0.5, 0.53, 1.0], size=n)
+    scores = rng.random(n).round(rng.integers(1, 4))  # rounding: ties with the threshold happen
+    return scores, np.stack([starts, starts + lengths], axis=1)
+
+
+def run_tracker(tracker: EventTracker, scores: np.ndarray, t: np.ndarray) -> list[tuple[int, Event]]:
+    """``(clip index that closed it, event)``; ``len(scores)`` for the events closed at the end."""
+    closed = [(i, e) for i in range(scores.size) for e in tracker.push(scores[i], t[i, 0], t[i, 1])]
+    return closed + [(scores.size, e) for e in tracker.finish()]
+
+
+def test_tracker_gives_the_events_of_find_events_on_random_sequences():
+    rng = np.random.default_rng(0)
+    n_events = 0
+    for trial in range(400):
+        n = int(rng.integers(0, 60))
+        scores, t = random_clips(rng, n)
+        thr = float(rng.choice([0.3, 0.5, 0.7]))
+        gap = float(rng.choice([0.0, 0.0, 0.3, 0.53, 1.0, 2.5]))
+        min_dur = float(rng.choice([0.0, 0.0, 0.5, 1.2]))
+        want = find_events(scores, t, thr, gap, min_dur) if n else []
+        got = run_tracker(EventTracker(thr, gap, min_dur), scores, t)
+        assert [e for _, e in got] == want, (trial, thr, gap, min_dur)
+        n_events += len(want)
+        for at, e in got:  # closed at the first clip after which it cannot change, not later
+            b_end = t[e.end_clip, 1]
+            first = next((k for k in range(e.end_clip + 1, n)
+                          if (scores[k] < thr and t[k, 0] - b_end >= gap)
+                          or (scores[k] >= thr and k > e.end_clip + 1 and t[k, 0] - b_end > gap)), n)
+            assert at == first, (trial, e)
+    assert n_events > 300  # the sequences do have events
+
+
+def test_tracker_closes_an_event_at_the_first_clip_below_the_threshold():
+    tracker = EventTracker(0.5)
+    t = times(6)
+    assert tracker.push(0.9, *t[0]) == [] and tracker.push(0.8, *t[1]) == []
+    (e,) = tracker.push(0.1, *t[2])  # min_gap 0: closed here, two clips before the stream ends
+    assert (e.start_clip, e.end_clip) == (0, 1)
+    gap = EventTracker(0.5, min_gap=0.6)  # clips of 0.533 s: one below-threshold clip between runs merges them
+    assert [gap.push(s, *t[i]) for i, s in enumerate([0.9, 0.1, 0.9, 0.1, 0.1])] == [[]] * 5
+    (e,) = gap.push(0.1, *t[5])  # clip 5 starts 1.07 s after the event's end (>= 0.6): nothing can merge now
+    assert (e.start_clip, e.end_clip) == (0, 2) and gap.finish() == []
+
+
+def test_tracker_refuses_clips_out_of_order():
+    tracker = EventTracker(0.5)
+    tracker.push(0.9, 1.0, 1.5)
+    with pytest.raises(ValueError, match="not after the previous clip"):
+        tracker.push(0.9, 1.0, 1.6)
+    with pytest.raises(ValueError, match="ends"):
+        tracker.push(0.9, 2.0, 1.6)
+    with pytest.raises(ValueError, match="non-finite"):
+        tracker.push(float("nan"), 3.0, 3.5)
+    with pytest.raises(ConfigError, match="min_gap"):
+        EventTracker(0.5, min_gap=-1)

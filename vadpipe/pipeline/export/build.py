@@ -26,6 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -129,18 +130,24 @@ def _export_torchscript(graph: DetectorGraph, example: tuple[torch.Tensor, torch
         torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: info.to_json()})
 
 
-def _run_file(path: Path, fmt: str, clips: torch.Tensor, context: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _file_runner(path: Path, fmt: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]]:
+    """``(clips, context) -> (features, scores)`` of the written file, loaded once."""
     if fmt == "onnx":
         from vadpipe.pipeline.export.runtime import onnx_session
 
-        feats, scores = onnx_session(path).run(list(OUTPUTS), {"clips": clips.numpy(), "context": context.numpy()})
-        return feats, scores
+        session = onnx_session(path)
+        return lambda clips, context: tuple(session.run(list(OUTPUTS), {"clips": clips.numpy(),
+                                                                        "context": context.numpy()}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
         module = torch.jit.load(str(path))
-    with torch.no_grad():
-        feats, scores = module(clips, context)
-    return feats.numpy(), scores.numpy()
+
+    def run(clips: torch.Tensor, context: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            feats, scores = module(clips, context)
+        return feats.numpy(), scores.numpy()
+
+    return run
 
 
 def check_file(path: Path, fmt: str, graph: DetectorGraph, config: ExtractConfig, channels: int, dim: int
@@ -149,13 +156,14 @@ def check_file(path: Path, fmt: str, graph: DetectorGraph, config: ExtractConfig
     of two frame shapes (4:3 landscape and portrait; one for fixed-size presets) and two
     context lengths (0 and 3)."""
     frames = [EXAMPLE_FRAME] if isinstance(config.preset.resize, tuple) else [EXAMPLE_FRAME, (360, 270)]
+    run = _file_runner(path, fmt)
     worst_s = worst_f = 0.0
     for i, frame in enumerate(frames):
         for n, k in ((2, 0), (1, 3)):
             clips, context = _example(config, channels, dim, frame, n, k, seed=100 + 10 * i + k)
             with torch.no_grad():
                 ref_f, ref_s = graph(clips, context)
-            got_f, got_s = _run_file(path, fmt, clips, context)
+            got_f, got_s = run(clips, context)
             if got_s.shape != tuple(ref_s.shape) or got_f.shape != tuple(ref_f.shape):
                 raise ExportError(f"the exported file gives shapes {got_f.shape}/{got_s.shape} for clips "
                                   f"{list(clips.shape)} and context {list(context.shape)}, PyTorch "

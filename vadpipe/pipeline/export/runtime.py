@@ -11,9 +11,9 @@ What runs where::
 The resize runs on the host: with torchvision installed it is stage one's own function
 (:func:`~vadpipe.pipeline.extract.transforms.resize_chunk`), so the exported detector sees
 the pixels ``vadpipe score`` sees; without it, Pillow's resampling of the same filter, which
-differs from torchvision's uint8 kernels by at most 2 grey levels on about 0.1-0.4 % of the
-pixels (measured on the fixture videos) and therefore moves scores slightly
-(:data:`RESIZERS`, reported in ``scores_manifest.csv``'s sibling ``model.json``).
+differs from torchvision's uint8 kernels by at most 2 grey levels on 0.05-6 % of the pixels
+(measured on the fixture videos) and so moves scores slightly (4e-5 with the real I3D;
+:data:`RESIZERS`; ``OUT/model.json`` says which ran).
 
 A whole video is scored in batches of clips: each batch's features are kept, and the last
 batch is run with all earlier features as ``context``, so its scores are the head's over the

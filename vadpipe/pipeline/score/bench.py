@@ -15,6 +15,13 @@ Two numbers, both on a generated 320×240, 30 fps H.264 video (the same generato
   recomputes the features (``force``); the first run in a process also pays CUDA (and the
   head's first call) initialisation, so more than one run is made by default.
 
+With ``stream`` (``vadpipe bench score --stream``) it measures instead the **live latency**
+of ``score --stream``: the video is served as MPEG-TS over a loopback HTTP server at its
+real-time pace (:mod:`~vadpipe.pipeline.score.paced`) and scored as a live source; the
+latency of a clip is the time from its last frame being put in the frame buffer by the
+reader thread to its score being produced (p50, p99 and max; the first clip, which pays the
+model's one-time start-up, is reported apart), with the frames received and dropped.
+
 The head is the bundled demo head (``vadpipe demo``; I3D, 1 crop) unless ``--head`` is given.
 Its checkpoint is read once; every throughput run gets the loaded head. ``--precision``
 changes the precision of the head's recorded extraction recipe in memory
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
 import torch
 
 from vadpipe.errors import ConfigError, VadpipeError
@@ -75,6 +83,33 @@ class ThroughputRun:
 
 
 @dataclass
+class StreamLatency:
+    """One live ``score --stream`` run on the paced video: per-clip latencies (seconds, in
+    order), how many of those clips were scored while the source was still sending (the
+    rest came from the frames left in the buffer at its end), and the frame counts."""
+
+    latencies: list[float]
+    live_clips: int
+    frames: int
+    dropped: int
+    restarts: int
+    buffer: int
+    wall_s: float
+
+    @property
+    def steady(self) -> list[float]:
+        """Latencies of the clips scored while the source was live, less the first clip (which
+        pays the model's start-up) when there are others."""
+        live = self.latencies[:self.live_clips] or self.latencies
+        return live[1:] or live
+
+    def percentiles(self) -> dict[str, float]:
+        """``{"p50", "p99", "max"}`` of :attr:`steady`, seconds."""
+        lat = np.asarray(self.steady, dtype=np.float64)
+        return {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+
+
+@dataclass
 class ScoreBench:
     """Everything :func:`run_score_bench` measured."""
 
@@ -83,6 +118,7 @@ class ScoreBench:
     video_seconds: float
     cold_start: ColdStart | None = None
     runs: list[ThroughputRun] = field(default_factory=list)
+    stream: StreamLatency | None = None
 
     def per_minute(self, seconds: float) -> float:
         """``seconds`` of processing scaled to one minute of video."""
@@ -193,10 +229,32 @@ def measure_throughput(video: str, loaded: LoadedHead, out: Path, *, speed: dict
                          head_s=summary.head_seconds, clips=int(scored.scores.size))
 
 
+def measure_stream_latency(video: str, loaded: LoadedHead, out: Path, *, speed: dict, buffer: int) -> StreamLatency:
+    """Serve ``video`` at real-time pace over loopback HTTP and score it live with the loaded
+    head (module docstring)."""
+    from vadpipe.pipeline.score.live import LiveOptions
+    from vadpipe.pipeline.score.paced import PacedServer, ts_timeline
+    from vadpipe.pipeline.score.stream import stream_score
+
+    pieces, _ = ts_timeline(video)
+    with PacedServer(pieces) as server:
+        t = time.perf_counter()
+        result = stream_score(server.url, loaded, out, speed={**speed, "workers": 0, "batch_clips": 1},
+                              live=LiveOptions(buffer=buffer, reconnect=0), echo=None)
+        wall = time.perf_counter() - t
+    if result.error or not result.latencies:
+        raise VadpipeError(f"the live stream of the benchmark video failed: {result.error or 'no clip scored'}")
+    st = result.stats
+    end = result.source_ended_at
+    live_clips = sum(1 for at in result.scored_at if end is None or at <= end)
+    return StreamLatency(latencies=list(result.latencies), live_clips=live_clips, frames=st.frames,
+                         dropped=st.dropped, restarts=st.restarts, buffer=buffer, wall_s=wall)
+
+
 def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None = None, seconds: float = 60.0,
                     device: str = "auto", precision: str | None = None, runs: int = 2, cold_start: bool = True,
-                    throughput: bool = True, random_weights: bool = False,
-                    echo: Callable[[str], None] = print) -> ScoreBench:
+                    throughput: bool = True, random_weights: bool = False, stream: bool = False,
+                    buffer: int = 64, echo: Callable[[str], None] = print) -> ScoreBench:
     """Measure the cold start and the throughput of ``vadpipe score`` (module docstring) and
     print them; returns the numbers.
 
@@ -209,6 +267,9 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
         runs: throughput runs (the first one in a process pays one-time costs).
         cold_start, throughput: which measurements to make.
         random_weights: backbone with random weights (same speed; no weights needed).
+        stream: measure the live latency instead (module docstring); ``cold_start`` and
+            ``throughput`` are then not measured. Takes the video's length in real time.
+        buffer: frames of the live frame buffer (``score --stream --buffer``).
     """
     from vadpipe.pipeline.benchmark import make_synthetic_video
     from vadpipe.pipeline.device import default_batch_clips, default_workers, resolve_device
@@ -239,6 +300,25 @@ def run_score_bench(video: str | None = None, *, head: str | os.PathLike | None 
             echo(f"video: {label} ({video_seconds:.1f} s)")
             echo(f"head: {head or 'bundled demo head'} ({backbone}, {recipe.crops} crop(s), precision "
                  f"{recipe.precision}); device: {result.device}")
+            if stream:
+                cold_start = throughput = False
+                echo(f"live: served as MPEG-TS over loopback HTTP at real-time pace ({video_seconds:.1f} s); "
+                     f"buffer {buffer} frames")
+                lat = result.stream = measure_stream_latency(video, loaded, tmp / "stream", speed=speed,
+                                                             buffer=buffer)
+                pct = {k: v * 1e3 for k, v in lat.percentiles().items()}
+                echo(f"stream latency (clip's last frame in the buffer -> its score) over {len(lat.steady)} clips "
+                     f"scored while the source was live: p50 {pct['p50']:.0f} ms, p99 {pct['p99']:.0f} ms, max "
+                     f"{pct['max']:.0f} ms (first clip, with start-up: {lat.latencies[0] * 1e3:.0f} ms)")
+                rest = lat.latencies[lat.live_clips:]
+                if rest:
+                    echo(f"after the source ended: {len(rest)} more clip(s) scored from the frames left in the buffer "
+                         f"(latency up to {max(rest) * 1e3:.0f} ms)")
+                behind = "; the scorer fell behind" if lat.dropped else ""
+                echo(f"frames: {lat.frames} received, {lat.dropped} dropped ({100 * lat.dropped / max(1, lat.frames):.1f}"
+                     f"%{behind}), {lat.restarts} gap(s) in the frames; run {lat.wall_s:.1f} s")
+                echo(f"on a GPU: vadpipe bench score --stream --device cuda --seconds {seconds:g}"
+                     + (f" {video}" if label == str(video) else "") + (f" --head {head}" if head else ""))
             if cold_start:
                 result.cold_start = measure_cold_start(video, checkpoint, tmp / "cold", device=device,
                                                        random_weights=random_weights, precision=precision)

@@ -15,6 +15,10 @@ included, so it describes the interval the event reports. ``peak_score`` is the 
 over the same clips (always in an above-threshold clip); on ties the earliest clip is the
 peak. ``peak_time`` is the centre of the peak clip.
 
+:func:`find_events` finds the events of a whole score sequence; :class:`EventTracker` finds
+the same ones clip by clip, reporting each as soon as no later clip can change it
+(``score --stream``).
+
 :func:`~vadpipe.pipeline.train.metrics.validation_threshold` picks the threshold a checkpoint
 carries from labelled validation videos (Youden's J).
 """
@@ -172,24 +176,107 @@ def find_events(
             merged[-1][1] = b
         else:
             merged.append([a, b])
+    return [_event(s, t, a, b) for a, b in merged if t[b, 1] - t[a, 0] >= min_dur]
 
-    events = []
-    for a, b in merged:
-        if t[b, 1] - t[a, 0] < min_dur:
-            continue
-        seg = s[a:b + 1]
-        peak = a + int(np.argmax(seg))
-        events.append(Event(
-            start_clip=a,
-            end_clip=b,
-            start_time=float(t[a, 0]),
-            end_time=float(t[b, 1]),
-            peak_score=float(s[peak]),
-            peak_clip=peak,
-            peak_time=float((t[peak, 0] + t[peak, 1]) / 2.0),
-            mean_score=float(seg.mean()),
-        ))
-    return events
+
+def _event(s: np.ndarray, t: np.ndarray, a: int, b: int, first_clip: int = 0) -> Event:
+    """The event of clips ``a..b`` (inclusive) of ``scores [T]`` and ``clip_times [T, 2]``;
+    ``first_clip`` is the index of ``s[0]`` in the whole video."""
+    seg = s[a:b + 1]
+    peak = a + int(np.argmax(seg))
+    return Event(
+        start_clip=first_clip + a,
+        end_clip=first_clip + b,
+        start_time=float(t[a, 0]),
+        end_time=float(t[b, 1]),
+        peak_score=float(s[peak]),
+        peak_clip=first_clip + peak,
+        peak_time=float((t[peak, 0] + t[peak, 1]) / 2.0),
+        mean_score=float(seg.mean()),
+    )
+
+
+class EventTracker:
+    """The events of a growing score sequence, each reported once it is **closed**.
+
+    Feed clips in order with :meth:`push` and call :meth:`finish` at the end of the stream;
+    together they return exactly the events :func:`find_events` gives on the whole sequence
+    (same rules, same floats), in the same order.
+
+    An event is closed when no later clip can change it: a clip below the threshold starts
+    ``>= min_gap`` seconds after the event's last above-threshold clip ends (a later run
+    would start even later, since clip starts strictly increase, so it cannot merge), or an
+    above-threshold clip that does not continue the event's last run starts more than
+    ``min_gap`` after it, or the stream ends. (As in :func:`find_events`, consecutive
+    above-threshold clips are one run whatever the time between them.) A closed
+    event shorter than ``min_duration`` is dropped, as in :func:`find_events`. Memory: the
+    scores and times of the open event (from its first clip) only.
+
+    Raises:
+        ConfigError: as :func:`find_events` for the options.
+        ValueError: from :meth:`push`: a non-finite score or time, a clip ending before it
+            starts, or a clip start that is not after the previous clip's start.
+    """
+
+    def __init__(self, threshold: float, min_gap: float = 0.0, min_duration: float = 0.0) -> None:
+        self.threshold = _check_option("threshold", threshold, allow_negative=True)
+        self.min_gap = _check_option("min_gap", min_gap)
+        self.min_duration = _check_option("min_duration", min_duration)
+        self.n_clips = 0
+        self._prev_start = -math.inf
+        self._first = -1  # clip index of the open event's first clip; -1: no open event
+        self._last_above = -1  # index (from _first) of the open event's last above-threshold clip
+        self._scores: list[float] = []  # of clips _first, _first + 1, ...
+        self._times: list[tuple[float, float]] = []
+
+    def push(self, score: float, start: float, end: float) -> list[Event]:
+        """Add the next clip (its score and start/end second); returns the events it closes
+        (zero or one)."""
+        s, t0, t1 = float(score), float(start), float(end)
+        if not (math.isfinite(s) and math.isfinite(t0) and math.isfinite(t1)):
+            raise ValueError(f"clip {self.n_clips}: non-finite score or time ({s}, {t0}, {t1})")
+        if t1 < t0:
+            raise ValueError(f"clip {self.n_clips} ends ({t1}) before it starts ({t0})")
+        if t0 <= self._prev_start:
+            raise ValueError(f"clip {self.n_clips} starts at {t0} s, not after the previous clip ({self._prev_start} s)")
+        self._prev_start = t0
+        index, self.n_clips = self.n_clips, self.n_clips + 1
+        closed: list[Event] = []
+        is_open = self._first >= 0
+        gap = t0 - self._times[self._last_above][1] if is_open else math.inf
+        if s >= self.threshold:
+            # the run of the previous clip goes on (whatever the time between them), or runs merge
+            if is_open and (self._first + self._last_above == index - 1 or gap <= self.min_gap):
+                self._scores.append(s)
+                self._times.append((t0, t1))
+                self._last_above = len(self._scores) - 1
+                return closed
+            closed += self._close()
+            self._first, self._last_above = index, 0
+            self._scores, self._times = [s], [(t0, t1)]
+        elif is_open:
+            if gap >= self.min_gap:
+                closed += self._close()
+            else:
+                self._scores.append(s)
+                self._times.append((t0, t1))
+        return closed
+
+    def finish(self) -> list[Event]:
+        """The end of the stream: the open event, if any, closes."""
+        return self._close()
+
+    def _close(self) -> list[Event]:
+        if self._first < 0:
+            return []
+        b = self._last_above
+        s = np.asarray(self._scores[:b + 1], dtype=np.float64)
+        t = np.asarray(self._times[:b + 1], dtype=np.float64)
+        first = self._first
+        self._first, self._last_above, self._scores, self._times = -1, -1, [], []
+        if t[b, 1] - t[0, 0] < self.min_duration:
+            return []
+        return [_event(s, t, 0, b, first_clip=first)]
 
 
 # ----------------------------------------------------------------------------- output

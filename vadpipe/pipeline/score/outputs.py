@@ -18,12 +18,18 @@ MANIFEST_COLUMNS = ("video", "status", "error", "scores_csv", "plot", "feature_p
                     "duration_s", "max_score", "n_events", "threshold", "checkpoint", "seconds")
 
 
-def write_clip_scores(path: Path, scores: np.ndarray, times: np.ndarray, clip_len: int, stride: int) -> None:
-    """Per-video ``scores.csv``: clip, start/end frame (0-based, end exclusive), start/end
+def write_clip_scores(path: Path, scores: np.ndarray, times: np.ndarray, clip_len: int = 0, stride: int = 0, *,
+                      frame_ranges: np.ndarray | None = None) -> None:
+    """Per-video ``scores.csv`` (:data:`CLIP_SCORE_COLUMNS`): clip, start/end frame (0-based,
+    end exclusive: clip ``i`` of a file is ``i * stride .. i * stride + clip_len``, or the
+    given ``frame_ranges [n, 2]`` of a live stream, indices of received frames), start/end
     time in seconds, score. Written atomically."""
     i = np.arange(scores.size)
-    df = pd.DataFrame({"clip": i, "start_frame": i * stride, "end_frame": i * stride + clip_len,
-                       "start_time": times[:, 0], "end_time": times[:, 1], "score": scores})
+    if frame_ranges is None:
+        frame_ranges = np.stack([i * stride, i * stride + clip_len], axis=1)
+    df = pd.DataFrame({"clip": i, "start_frame": frame_ranges[:, 0], "end_frame": frame_ranges[:, 1],
+                       "start_time": times[:, 0], "end_time": times[:, 1], "score": scores},
+                      columns=list(CLIP_SCORE_COLUMNS))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT32_FORMAT))
 

@@ -14,37 +14,56 @@ kept.
   scores are computed once on all clip features, so ``scores.csv`` equals the batch path's.
 
 Sources: a video file; ``-`` (standard input, e.g. ``ffmpeg ... -f mpegts - | vadpipe score
---stream -``); or, with ``follow``, a file that is still being written (reading waits at its
-end until it stops growing for ``follow`` seconds). Pipes and growing files are read with
-PyAV from a stream (no seeking), so they must be in a streamable container (MPEG-TS,
-Matroska, fragmented MP4); regular files use the same decoder as the batch path.
+--stream -``); with ``follow``, a file that is still being written (reading waits at its
+end until it stops growing for ``follow`` seconds); or a **live source** (an ``rtsp://``,
+``http://``, ``udp://``, ... URL, a ``/dev/video*`` camera, or any source with an input
+format), read by a thread into a bounded frame buffer with drops, clip restarts after gaps,
+reconnects and timestamp-based clip times (:mod:`vadpipe.pipeline.score.live`). Pipes and
+growing files are read with PyAV from a stream (no seeking), so they must be in a
+streamable container (MPEG-TS, Matroska, fragmented MP4); regular files use the same decoder
+as the batch path.
+
+Events are tracked as the scores arrive (:class:`~vadpipe.pipeline.score.events.EventTracker`):
+each one is printed and appended to ``OUT/events.jsonl`` when it closes, and POSTed to a
+webhook when one is given (:mod:`vadpipe.pipeline.score.sinks`). With a non-causal head
+those events come from the provisional scores (``"provisional": true``); ``OUT/events.json``
+is written at the end from the final scores, as the batch path does.
+
+Latency: seconds from a clip's last frame arriving (decoded from a file, or put in the
+frame buffer by the live reader) to its score being produced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
-from vadpipe.errors import VadpipeError, VideoDecodeError
+from vadpipe.errors import ConfigError, VadpipeError, VideoDecodeError
 from vadpipe.extractors.registry import get_backbone
 from vadpipe.manifests.atomic import ensure_writable_dir, folder_lock
 from vadpipe.pipeline.device import resolve_device
-from vadpipe.pipeline.extract.clips import iter_clips
+from vadpipe.pipeline.extract.clips import ClipSpec, iter_clips
 from vadpipe.pipeline.extract.config import ExtractConfig
 from vadpipe.pipeline.extract.decode import open_video
 from vadpipe.pipeline.extract.model import FeatureBuffer, FeatureModel
 from vadpipe.pipeline.extract.transforms import resize_clips
 from vadpipe.pipeline.score import events as ev
+from vadpipe.pipeline.score import live as lv
+from vadpipe.pipeline.score import sinks as sk
 from vadpipe.pipeline.score.batch import (
     EVENTS_NAME,
     ScoreOptions,
@@ -52,18 +71,49 @@ from vadpipe.pipeline.score.batch import (
     head_for_run,
     resolve_threshold,
     score_clip_features,
-    write_clip_scores,
 )
+from vadpipe.pipeline.score.outputs import write_clip_scores
 from vadpipe.pipeline.train.apply import LoadedHead
 
 #: Frames decoded per chunk when streaming (small: a clip is scored as soon as it is complete).
 STREAM_CHUNK = 8
 
 
+#: Percentiles of the per-clip latency in the summary line.
+LATENCY_PERCENTILES = (50, 99)
+
+
+@dataclass
+class StreamStats:
+    """Counts of one streamed run (all zero but ``frames`` for file sources).
+
+    Attributes:
+        frames: frames received (decoded).
+        dropped: frames dropped because the scorer fell behind (live sources).
+        restarts: gaps (drops, reconnects) at which clip assembly restarted.
+        discarded: frames of partial clips thrown away at those gaps.
+        reconnects: successful re-opens of a live source.
+        buffer_peak: most frames the live buffer held at once (``<= buffer``).
+        events_sent: events written to ``events.jsonl``.
+    """
+
+    frames: int = 0
+    dropped: int = 0
+    restarts: int = 0
+    discarded: int = 0
+    reconnects: int = 0
+    buffer_peak: int = 0
+    events_sent: int = 0
+
+
 @dataclass
 class StreamResult:
-    """What a streamed run produced. ``latencies``: seconds from a clip's last frame being
-    decoded to its score being printed."""
+    """What a streamed run produced. ``latencies``: seconds from a clip's last frame arriving
+    to its score being produced; ``frame_ranges``: ``[n_clips, 2]`` received-frame index of each
+    clip's first frame and one past its last; ``live_events``: the events as they closed
+    (provisional for a non-causal head); ``stopped``: ended by Ctrl-C / SIGTERM; ``scored_at``:
+    ``perf_counter()`` when each score was produced; ``source_ended_at``: when a live source
+    ended (the clips scored later came from the frames left in the buffer)."""
 
     name: str
     scores: np.ndarray
@@ -73,6 +123,14 @@ class StreamResult:
     causal: bool = False
     error: str = ""
     out_dir: Path | None = None
+    live: bool = False
+    frame_ranges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    live_events: list[ev.Event] = field(default_factory=list)
+    stats: StreamStats = field(default_factory=StreamStats)
+    sink_summaries: list[str] = field(default_factory=list)
+    stopped: bool = False
+    scored_at: list[float] = field(default_factory=list)
+    source_ended_at: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -158,6 +216,74 @@ def clip_features(model: FeatureModel, clip: np.ndarray) -> np.ndarray:
     return feats[0].cpu().numpy().copy()  # not a view pinning the model's output
 
 
+def _file_clips(chunks: Iterator[np.ndarray], spec: ClipSpec, fps: float,
+                stats: StreamStats) -> Iterator[lv.TimedClip]:
+    """The clips of a file/pipe as :class:`~vadpipe.pipeline.score.live.TimedClip`: uniform
+    times (clip ``i`` spans ``[i·stride, i·stride + length)`` frames at ``fps``), ``ready`` when
+    the clip's last frame was decoded; counts frames in ``stats.frames``."""
+
+    def counted() -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            stats.frames += len(chunk)
+            yield chunk
+
+    stride, length = spec.stride, spec.length
+    for i, clip in enumerate(iter_clips(counted(), spec)):
+        yield lv.TimedClip(frames=clip, start_time=i * stride / fps, end_time=(i * stride + length) / fps,
+                           start_frame=i * stride, end_frame=i * stride + length, ready=time.perf_counter())
+
+
+def _live_clips(buffer: lv.FrameBuffer, spec: ClipSpec) -> tuple[Iterator[lv.TimedClip], lv.ClipAssembler]:
+    """The clips of the frames a :class:`~vadpipe.pipeline.score.live.LiveReader` puts in
+    ``buffer`` (restarted after gaps), and the assembler that counts the restarts."""
+    assembler = lv.ClipAssembler(spec)
+
+    def gen() -> Iterator[lv.TimedClip]:
+        while True:
+            frame = buffer.get()
+            if frame is None:
+                break
+            yield from assembler.push(frame)
+        yield from assembler.finish()
+
+    return gen(), assembler
+
+
+class _StopRequested(KeyboardInterrupt):
+    """SIGTERM during a streamed run: end it as Ctrl-C does (outputs written)."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """In the main thread, turn SIGTERM into :class:`_StopRequested` for the duration."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _StopRequested()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def latency_summary(latencies: Sequence[float]) -> str:
+    """``p50 12 ms, p99 40 ms, max 41 ms`` of latencies in seconds (``-`` when there are none)."""
+    if not latencies:
+        return "-"
+    lat = np.asarray(latencies, dtype=np.float64) * 1e3
+    parts = [f"p{q} {np.percentile(lat, q):.0f} ms" for q in LATENCY_PERCENTILES]
+    return ", ".join(parts + [f"max {lat.max():.0f} ms"])
+
+
+def _event_line(event: ev.Event, number: int, provisional: bool) -> str:
+    return (f"event {number:3d}  {event.start_time:8.2f}-{event.end_time:8.2f} s  peak {event.peak_score:.4f} "
+            f"(clip {event.peak_clip})  mean {event.mean_score:.4f}" + ("  provisional" if provisional else ""))
+
+
 def stream_score(
     source: str,
     checkpoint: str | os.PathLike | LoadedHead,
@@ -168,104 +294,207 @@ def stream_score(
     speed: dict[str, Any] | None = None,
     follow: float = 0.0,
     window: int = 64,
+    live: lv.LiveOptions | None = None,
+    webhook: str | sk.WebhookSink | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> StreamResult:
-    """Score ``source`` clip by clip (module docstring), printing one line per clip.
+    """Score ``source`` clip by clip (module docstring), printing one line per clip and one
+    per event as it closes.
 
-    Writes ``OUT/<name>/scores.csv`` and ``OUT/events.json`` at the end, like the batch path.
-    A decoding failure stops the stream with ``error`` set; the clips scored before it are
-    kept and written. ``checkpoint`` is a head checkpoint file or the head already loaded
+    Writes ``OUT/<name>/scores.csv``, ``OUT/events.json`` at the end (like the batch path)
+    and ``OUT/events.jsonl`` as events close. A decoding failure (or a live source that
+    cannot be re-opened) stops the stream with ``error`` set; the clips scored before it are
+    kept and written. Ctrl-C (or SIGTERM in the main thread) ends the stream the same way,
+    without an error. ``checkpoint`` is a head checkpoint file or the head already loaded
     from one (not read again).
+
+    Args:
+        source: a file, ``-`` (standard input) or a live source
+            (:func:`~vadpipe.pipeline.score.live.is_live_source`).
+        live: how live sources are read (buffer, reconnects, input format and options);
+            default :class:`~vadpipe.pipeline.score.live.LiveOptions`. An input format in it
+            makes any source live.
+        webhook: POST each closed event there (a URL, or a configured
+            :class:`~vadpipe.pipeline.score.sinks.WebhookSink`, which this run closes).
 
     Raises:
         ConfigError: another run is writing to ``out_dir``
-            (:func:`~vadpipe.manifests.atomic.folder_lock`), or a checkpoint/backbone mismatch.
+            (:func:`~vadpipe.manifests.atomic.folder_lock`), a checkpoint/backbone
+            mismatch, an invalid option, a live source with a recipe that resamples frames.
+
+    A live source that cannot be opened at all ends the run at once with ``error`` set (the
+    first open is not retried; reconnects are for connections that were up).
     """
+    live = live or lv.LiveOptions()
+    if isinstance(webhook, str):
+        sk.check_webhook_url(webhook)  # before anything is loaded
     out = ensure_writable_dir(out_dir)  # before the video is opened: a clear error, not a traceback
     with folder_lock(out, "vadpipe score --stream"):  # one run per output folder at a time
         return _stream_score(source, checkpoint, out, options=options, backbone=backbone, speed=speed,
-                             follow=follow, window=window, echo=echo)
+                             follow=follow, window=window, live=live, webhook=webhook, echo=echo)
 
 
 def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: Path, *, options: ScoreOptions,
                   backbone: str | None, speed: dict[str, Any] | None, follow: float, window: int,
+                  live: lv.LiveOptions, webhook: str | sk.WebhookSink | None,
                   echo: Callable[[str], None] | None) -> StreamResult:
     speed = dict(speed or {})
     device = resolve_device(speed.get("device", "auto"))
     loaded = head_for_run(checkpoint, device)
     config, model = recipe_model(loaded, device, backbone=backbone, speed=speed)
+    is_live = source != "-" and lv.is_live_source(source, live.input_format)
+    if is_live and config.fps is not None:
+        raise ConfigError(f"the head's recipe resamples videos to {config.fps:g} fps; live sources are scored at "
+                          "their own rate: re-encode the source at that rate and pipe it in (--stream -)")
     head = loaded.head
     context = head.causal_context
     causal = context is not None
     keep = context if causal else window
     threshold, threshold_source = resolve_threshold(options, loaded)
+    tracker = ev.EventTracker(threshold, options.min_gap, options.min_duration)
 
-    name = "stdin" if source == "-" else Path(source).stem
+    name = "stdin" if source == "-" else (_live_name(source) if is_live else Path(source).stem)
     recent: deque[np.ndarray] = deque(maxlen=keep)  # [crops, D] per clip
     all_feats = FeatureBuffer()  # [n_clips, crops, D] in one growing array, for the final pass
     streamed: list[float] = []
+    clip_times: list[tuple[float, float]] = []
+    frame_ranges: list[tuple[int, int]] = []
     latencies: list[float] = []
+    scored_at: list[float] = []
+    live_events: list[ev.Event] = []
+    stats = StreamStats()
     error = ""
+    stopped = False
     stride, length = config.clip.stride, config.clip.length
 
     def head_scores(feats: list[np.ndarray] | deque) -> np.ndarray:
         """Scores ``[T]`` of ``T`` clips' features ``[crops, D]``, as the batch path computes them."""
         return score_clip_features(loaded, np.stack(list(feats)), device)
 
+    sinks: list[sk.EventSink] = [sk.JsonlSink(out / sk.EVENTS_JSONL_NAME)]
+    if webhook is not None:
+        sinks.append(webhook if isinstance(webhook, sk.WebhookSink) else sk.WebhookSink(webhook))
+
+    def publish(closed: list[ev.Event]) -> None:
+        for event in closed:
+            live_events.append(event)
+            record = sk.event_record(name, event, provisional=not causal, threshold=threshold, source=source)
+            for sink in sinks:
+                sink.emit(record)
+            stats.events_sent += 1
+            if echo:
+                echo(_event_line(event, len(live_events), provisional=not causal))
+
     fps = 0.0
+    source_ended_at: float | None = None
+    reader: lv.LiveReader | None = None
+    buffer: lv.FrameBuffer | None = None
+    assembler: lv.ClipAssembler | None = None
+    reader_ctx = None
     try:
-        if source == "-":
-            chunks, fps = _stream_chunks(sys.stdin.buffer, "standard input")
-            reader_ctx = None
-        elif follow > 0:
-            chunks, fps = _stream_chunks(FollowFile(source, follow), source)
-            reader_ctx = None
-        else:
-            reader_ctx = open_video(source, backend=config.decoder, fps=config.fps, chunk_size=STREAM_CHUNK)
-            fps = float(reader_ctx.info.fps)
-            chunks = reader_ctx.iter_chunks()
-        if echo:
-            mode = (f"causal head ({loaded.name}): final scores" if causal else
-                    f"non-causal head ({loaded.name}): provisional scores over the last {window} clips")
-            echo(f"streaming {source} at {fps:.3f} fps; {mode}")
-        try:
-            for i, clip in enumerate(iter_clips(chunks, config.clip)):
-                ready = time.perf_counter()
-                f = clip_features(model, clip)  # [crops, D]
-                recent.append(f)
-                all_feats.add(i, f[None])
-                score = float(head_scores(recent)[-1])
-                streamed.append(score)
-                latencies.append(time.perf_counter() - ready)
+        with _stop_on_sigterm():
+            try:
+                if is_live:
+                    buffer = lv.FrameBuffer(live.buffer)
+                    reader = lv.LiveReader(source, live, buffer, echo=echo)
+                    reader.open()
+                    fps = reader.fps
+                    clips, assembler = _live_clips(buffer, config.clip)
+                else:
+                    if source == "-":
+                        chunks, fps = _stream_chunks(sys.stdin.buffer, "standard input")
+                    elif follow > 0:
+                        chunks, fps = _stream_chunks(FollowFile(source, follow), source)
+                    else:
+                        reader_ctx = open_video(source, backend=config.decoder, fps=config.fps, chunk_size=STREAM_CHUNK)
+                        fps = float(reader_ctx.info.fps)
+                        chunks = reader_ctx.iter_chunks()
+                    clips = _file_clips(chunks, config.clip, fps, stats)
                 if echo:
-                    t0, t1 = i * stride / fps, (i * stride + length) / fps
-                    echo(f"clip {i:5d}  {t0:8.2f}-{t1:8.2f} s  score {score:.4f}  latency {latencies[-1] * 1e3:6.0f} ms"
-                         + ("" if causal else "  provisional"))
-        finally:
-            if reader_ctx is not None:
-                reader_ctx.close()
+                    mode = (f"causal head ({loaded.name}): final scores" if causal else
+                            f"non-causal head ({loaded.name}): provisional scores over the last {window} clips")
+                    kind = f"live, buffer {live.buffer} frames, reconnect {live.reconnect}; " if is_live else ""
+                    echo(f"streaming {source} at {fps:.3f} fps; {kind}{mode}")
+                if reader is not None:
+                    reader.start()
+                for i, clip in enumerate(clips):
+                    f = clip_features(model, clip.frames)  # [crops, D]
+                    recent.append(f)
+                    all_feats.add(i, f[None])
+                    score = float(head_scores(recent)[-1])
+                    streamed.append(score)
+                    scored_at.append(time.perf_counter())
+                    latencies.append(scored_at[-1] - clip.ready)
+                    clip_times.append((clip.start_time, clip.end_time))
+                    frame_ranges.append((clip.start_frame, clip.end_frame))
+                    if echo:
+                        echo(f"clip {i:5d}  {clip.start_time:8.2f}-{clip.end_time:8.2f} s  score {score:.4f}  "
+                             f"latency {latencies[-1] * 1e3:6.0f} ms" + ("" if causal else "  provisional"))
+                    publish(tracker.push(score, clip.start_time, clip.end_time))
+            except KeyboardInterrupt:
+                stopped = True
+            finally:
+                if reader_ctx is not None:
+                    reader_ctx.close()
+                if reader is not None:
+                    reader.stop()
     except VadpipeError as e:
         error = f"{type(e).__name__}: {e}"
+    if reader is not None:
+        if reader.error is not None and not error and not stopped:
+            error = f"{type(reader.error).__name__}: {reader.error}"
+        stats.frames, stats.reconnects = reader.frames, reader.reconnects
+        source_ended_at = reader.ended_at
+    if buffer is not None:
+        stats.dropped, stats.buffer_peak = buffer.dropped, buffer.peak
+    if assembler is not None:
+        stats.restarts, stats.discarded = assembler.restarts, assembler.discarded
+    publish(tracker.finish())
 
     scores = np.asarray(streamed, dtype=np.float64)
     if all_feats.end and not causal:
         scores = score_clip_features(loaded, all_feats.array(), device).astype(np.float64)
-    times = ev.uniform_clip_times(scores.size, fps, length, stride) if fps > 0 else np.zeros((0, 2))
+    if is_live:
+        times = np.asarray(clip_times, dtype=np.float64).reshape(-1, 2)
+    else:
+        times = ev.uniform_clip_times(scores.size, fps, length, stride) if fps > 0 else np.zeros((0, 2))
+    ranges = np.asarray(frame_ranges, dtype=np.int64).reshape(-1, 2)
     events = ev.find_events(scores, times, threshold, options.min_gap, options.min_duration) if scores.size else []
     if scores.size:
-        write_clip_scores(out / name / "scores.csv", scores, times, length, stride)
+        write_clip_scores(out / name / "scores.csv", scores, times, frame_ranges=ranges)
         ev.write_events_json(out / EVENTS_NAME, {name: events}, threshold=threshold, threshold_source=threshold_source,
                              min_gap=options.min_gap, min_duration=options.min_duration,
                              extra={"checkpoint": loaded.source or str(checkpoint), "head": loaded.name,
                                     "causal": causal})
-    if not error and not scores.size:
+    summaries = [line for line in (sink.close() for sink in sinks) if line]
+    if not error and not scores.size and not stopped:
         error = f"{source}: no complete {length}-frame clip was decoded"
     if echo:
-        if latencies:
-            lat = np.asarray(latencies) * 1e3
-            echo(f"{scores.size} clips; latency per clip: median {np.median(lat):.0f} ms, max {lat.max():.0f} ms")
+        if stopped:
+            echo("stopped: the stream was interrupted; writing what was scored")
+        line = f"{scores.size} clips scored; frames: {stats.frames} received"
+        if is_live:
+            behind = "the scorer fell behind; " if stats.dropped else ""
+            line += (f", {stats.dropped} dropped ({behind}buffer {live.buffer} frames), {stats.restarts} gap(s) "
+                     f"({stats.discarded} frames of partial clips discarded); reconnects: {stats.reconnects}")
+        echo(f"{line}; latency {latency_summary(latencies)}")
+        echo(f"events: {len(live_events)} closed live{' (provisional)' if not causal and live_events else ''}, "
+             f"written to {out / sk.EVENTS_JSONL_NAME}")
+        for summary in summaries:
+            echo(summary)
         echo(ev.format_events_table(name, events))
         if error:
             echo(f"failed: {error}")
     return StreamResult(name=name, scores=scores, times=times, events=events, latencies=latencies, causal=causal,
-                        error=error, out_dir=out)
+                        error=error, out_dir=out, live=is_live, frame_ranges=ranges, live_events=live_events,
+                        stats=stats, sink_summaries=summaries, stopped=stopped, scored_at=scored_at,
+                        source_ended_at=source_ended_at)
+
+
+def _live_name(source: str) -> str:
+    """The output name of a live source: the URL path's or device's last part without its
+    suffix (``rtsp://cam/live/main`` → ``main``), else the host, else ``live``."""
+    parts = urlsplit(source)
+    stem = Path(parts.path).stem if parts.path not in ("", "/") else ""
+    name = stem or parts.hostname or "live"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
