@@ -31,6 +31,7 @@ from vadpipe.pipeline.score.live import (
     FrameBuffer,
     LiveOptions,
     TimedFrame,
+    Timeline,
     is_live_source,
     parse_input_options,
     source_format,
@@ -188,6 +189,19 @@ def test_assembler_restarts_after_a_gap() -> None:
         assert list(c.frames[:, 0, 0, 0]) == list(range(c.start_frame, c.end_frame))
 
 
+def test_timeline_counts_from_the_first_frame_and_rebases_a_clock_that_restarts() -> None:
+    tl, period = Timeline(), Fraction(1, 25)
+    # a source clock starting at 10 s: times count from the first frame, exactly
+    assert [tl.map(Fraction(250 + i, 25), 0.04 * i, period) for i in range(3)] == [0, period, 2 * period]
+    # the clock restarts (a reconnect) 0.5 s of wall time later: placed after the last frame by
+    # the wall-clock time between the arrivals, then counted on from there
+    assert tl.map(Fraction(0), 0.08 + 0.5, period) == 2 * period + Fraction(1, 2)
+    assert tl.map(Fraction(1, 25), 0.62, period) == 2 * period + Fraction(1, 2) + period
+    # a repeated timestamp arriving at once: at least one frame period later
+    assert tl.map(Fraction(1, 25), 0.62, period) == 2 * period + Fraction(1, 2) + 2 * period
+    assert tl.rebased == 2
+
+
 # ----------------------------------------------------------------------------- over HTTP
 
 
@@ -274,6 +288,33 @@ def test_reconnect_after_a_cut_connection(ckpt: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(live.scores, by_path.scores, rtol=1e-5)
     assert any("reconnected (reconnect 1)" in ln for ln in lines)
     assert (tmp_path / "live" / "x" / "scores.csv").exists()
+
+
+def test_a_reconnected_stream_whose_clock_restarts_keeps_times_increasing(ckpt: Path, tmp_path: Path) -> None:
+    """The second connection serves frames 0-47 again, its timestamps starting over: the clips
+    after the reconnect come after the first ones in time (re-based, not overlapping), and score
+    as the first ones did (same frames)."""
+    first = encode_ts(tmp_path / "a.ts", 0, 48).read_bytes()
+
+    def respond(n: int, h) -> None:
+        if n < 2:
+            send(h, first, length=2 * len(first) if n == 0 else None)
+        else:
+            h.send_error(404)
+
+    server = Loopback(respond)
+    try:
+        live = stream_score(server.url(), ckpt, tmp_path / "live", speed=SPEED, echo=None,
+                            live=LiveOptions(reconnect=1, buffer=256, **QUICK))
+    finally:
+        server.close()
+    assert live.stats.reconnects == 1 and live.scores.size == 6
+    starts = live.times[:, 0]
+    np.testing.assert_allclose(starts[:3], np.arange(3) * 16 / FPS)
+    assert starts[3] >= 48 / FPS - 1e-9  # after the first connection's last frame, not back at 0
+    np.testing.assert_allclose(np.diff(starts[3:]), 16 / FPS)  # counted on the restarted clock
+    np.testing.assert_allclose(live.scores[3:], live.scores[:3], rtol=1e-5)
+    assert "gave up after 1 reconnect attempt(s)" in live.error  # the 404s after it, not a time error
 
 
 def test_the_attempts_start_again_once_frames_flowed(ckpt: Path, tmp_path: Path) -> None:
