@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -555,6 +559,50 @@ def test_a_dead_webhook_leaves_the_scores_alone(ckpt: Path, tmp_path: Path) -> N
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+def test_sigterm_ends_a_live_run_and_keeps_what_was_scored(ckpt: Path, long_ts: Path, tmp_path: Path) -> None:
+    """A source that never ends: SIGTERM after the first clips ends the run with exit 0, the
+    clips scored so far written to scores.csv (one row per printed clip line)."""
+    data = long_ts.read_bytes()
+    release = threading.Event()
+
+    def respond(n: int, h) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "video/mp2t")
+        h.end_headers()
+        h.wfile.write(data[: len(data) // 2])  # about 10 clips, then nothing more until the test ends
+        h.wfile.flush()
+        release.wait(60)
+
+    server = Loopback(respond)
+    out = tmp_path / "o"
+    env = {**os.environ, "VADPIPE_PLUGINS": "tests.helpers.tiny_backbone", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "vadpipe.cli", "score", "--stream", server.url("/cam.ts"), "--head", str(ckpt),
+           "-o", str(out), "--device", "cpu", "--random-weights", "--threshold", "0", "--io-timeout", "30"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(clip_lines(lines)) < 2:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+        assert len(clip_lines(lines)) >= 2, "\n".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        release.set()
+        server.close()
+    lines += rest.splitlines()
+    assert proc.returncode == 0, "\n".join(lines)
+    assert "stopped: the stream was interrupted; writing what was scored" in lines
+    scored = pd.read_csv(out / "cam" / "scores.csv")
+    assert 2 <= len(scored) == len(clip_lines(lines)) < 20
+    assert (out / EVENTS_JSONL_NAME).exists() and (out / "events.json").exists()
 
 
 def test_cli_streams_a_url(ckpt: Path, tmp_path: Path) -> None:
