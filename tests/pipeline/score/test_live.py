@@ -26,8 +26,9 @@ from tests.helpers import media
 from tests.helpers.paths import REPO
 from tests.helpers.tiny_heads import FPS, train_tiny_sultani
 from tests.helpers.tiny_heads import cli as _cli
-from vadpipe.errors import ConfigError
+from vadpipe.errors import ConfigError, VadpipeError
 from vadpipe.pipeline.extract.clips import ClipSpec, clip_frame_ranges
+from vadpipe.pipeline.score import live as lv
 from vadpipe.pipeline.score import stream
 from vadpipe.pipeline.score.batch import ScoreOptions
 from vadpipe.pipeline.score.live import (
@@ -162,6 +163,7 @@ def test_buffer_drops_the_oldest_frame_and_marks_the_gap() -> None:
     got = [buf.get(), buf.get(), buf.get(), buf.get()]
     assert [f.index for f in got[:3]] == [2, 3, 4] and got[3] is None
     assert [f.gap for f in got[:3]] == [True, False, False]
+    assert buf.put(frames[0]) is False and buf.received == 5  # closed: refused, not counted
 
 
 @pytest.mark.parametrize("spec", [ClipSpec(16, 16), ClipSpec(16, 8), ClipSpec(4, 8), ClipSpec(16, 16, "pad"),
@@ -204,6 +206,72 @@ def test_timeline_counts_from_the_first_frame_and_rebases_a_clock_that_restarts(
     # a repeated timestamp arriving at once: at least one frame period later
     assert tl.map(Fraction(1, 25), 0.62, period) == 2 * period + Fraction(1, 2) + 2 * period
     assert tl.rebased == 2
+
+
+def test_timeline_places_frames_without_a_timestamp_by_their_arrival() -> None:
+    tl, period = Timeline(), Fraction(1, 30)
+    times = [tl.map(Fraction(i, 30), i / 30, period) for i in range(5)]
+    times.append(tl.map(None, 5 / 30, period))  # no pts: one period after the last frame
+    times += [tl.map(Fraction(i, 30), i / 30, period) for i in range(6, 9)]  # the source clock goes on
+    assert times == [Fraction(i, 30) for i in range(9)]
+    first = Timeline()  # a first frame without a timestamp, then timestamps on any clock
+    assert [first.map(None, 1.0, period), first.map(Fraction(100), 1.0, period),
+            first.map(Fraction(100) + period, 1.0, period)] == [0, period, 2 * period]
+
+
+def test_a_change_of_frame_size_is_a_gap() -> None:
+    asm = ClipAssembler(ClipSpec(4, 4))
+    clips = []
+    for i in range(14):  # frames 0-5 at 2x2, then 6-13 at 3x3 (the source changed its size)
+        side = 2 if i < 6 else 3
+        clips += asm.push(TimedFrame(np.full((side, side, 3), i, np.uint8), Fraction(i, 25), Fraction(1, 25), i))
+    clips += asm.finish()
+    assert [(c.start_frame, c.end_frame) for c in clips] == [(0, 4), (6, 10), (10, 14)]
+    assert (asm.restarts, asm.discarded) == (1, 2)
+    assert [c.frames.shape[1] for c in clips] == [2, 3, 3]
+
+
+class _FakePacket:
+    def __init__(self, frames: list | None) -> None:
+        self.frames = frames
+
+    def decode(self) -> list:
+        if self.frames is None:
+            raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return self.frames
+
+
+class _FakeFrame:
+    def __init__(self, i: int) -> None:
+        self.pts, self.time_base, self.i = i, Fraction(1, 25), i
+
+    def to_ndarray(self, format: str) -> np.ndarray:
+        return np.full((2, 2, 3), self.i, np.uint8)
+
+
+def test_an_undecodable_packet_is_skipped_with_a_gap_not_a_reconnect() -> None:
+    """A packet the decoder rejects as invalid data: counted, skipped, the next frame follows a
+    gap, and the connection is kept (the rest of the packets are decoded)."""
+    buf = FrameBuffer(64)
+    reader = lv.LiveReader("http://127.0.0.1:9/x.ts", LiveOptions(reconnect=0), buf)
+    packets = [_FakePacket([_FakeFrame(0), _FakeFrame(1)]), _FakePacket(None), _FakePacket([_FakeFrame(3)])]
+
+    class Container:
+        closed = False
+
+        def demux(self, stream) -> list:
+            return packets
+
+        def close(self) -> None:
+            self.closed = True
+
+    container = Container()
+    reader._container, reader._stream = container, type("S", (), {"time_base": Fraction(1, 25)})()
+    n, error = reader._decode()
+    assert (n, error, reader.undecodable, container.closed) == (3, None, 1, True)
+    buf.close()
+    got = [buf.get() for _ in range(3)]
+    assert [f.image[0, 0, 0] for f in got] == [0, 1, 3] and [f.gap for f in got] == [False, False, True]
 
 
 # ----------------------------------------------------------------------------- over HTTP
@@ -496,6 +564,88 @@ def test_live_events_of_a_non_causal_head_are_provisional(ckpt: Path, long_ts: P
     assert [e["start_clip"] for e in final] == [e.start_clip for e in result.events]
 
 
+def test_an_interrupt_while_a_non_causal_head_scores_keeps_the_outputs_whole(ckpt: Path, long_ts: Path,
+                                                                                tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C inside the head's forward pass of clip 3: the clips scored before it are written
+    (scores.csv, events.json), the final pass runs on exactly those clips."""
+    loaded = load_head(ckpt, "cpu")
+    monkeypatch.setattr(type(loaded.head), "causal_context", property(lambda self: None))
+    real, calls = stream.score_clip_features, [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "score_clip_features", interrupted)
+    result = stream_score(str(long_ts), loaded, tmp_path / "out", speed=SPEED, echo=None, window=4)
+    assert result.stopped and result.exit_code == 0
+    assert result.scores.size == 3 and result.times.shape == (3, 2) and result.frame_ranges.shape == (3, 2)
+    assert len(pd.read_csv(tmp_path / "out" / "v" / "scores.csv")) == 3
+    assert (tmp_path / "out" / "events.json").exists()
+
+
+def test_a_webhook_sink_given_to_a_run_that_fails_is_closed(tmp_path: Path) -> None:
+    """A run that fails loading its head, or before (its output folder is a file), still closes
+    the webhook sink it was given (no thread left polling)."""
+    (tmp_path / "a_file").write_text("")
+    for ckpt_path, out in ((tmp_path / "missing.pt", tmp_path / "out"), (tmp_path / "missing.pt", tmp_path / "a_file")):
+        sink = WebhookSink("http://127.0.0.1:9/hook", drain=0.1)
+        with pytest.raises(VadpipeError):
+            stream_score("x.mp4", ckpt_path, out, speed=SPEED, echo=None, webhook=sink)
+        assert not sink._thread.is_alive(), out
+        assert sink.close().startswith("webhook http://127.0.0.1:9/hook: 0 sent")
+    with pytest.raises(VadpipeError):  # the sink the run made from a URL
+        stream_score("x.mp4", tmp_path / "missing.pt", tmp_path / "out", speed=SPEED, echo=None,
+                     webhook="http://127.0.0.1:9/hook")
+    deadline = time.monotonic() + 15  # close() waits up to the default drain time for the thread
+    while any(t.name == "vadpipe-webhook" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "vadpipe-webhook" for t in threading.enumerate())
+
+
+def test_a_redirecting_webhook_is_not_counted_as_sent(tmp_path: Path) -> None:
+    """urllib would follow a 302 with a body-less GET: the sink counts it as a failed POST."""
+
+    def respond(n: int, h) -> None:
+        h.send_response(302)
+        h.send_header("Location", "/elsewhere")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    server = Loopback(respond)
+    try:
+        sink = WebhookSink(server.url("/hook"), attempts=2, backoff=0.01, drain=5)
+        sink.emit({"event": 1})
+        line = sink.close()
+    finally:
+        server.close()
+    assert (sink.sent, sink.failed, sink.posts, server.count) == (0, 1, 2, 2), line
+    assert "302" in sink.last_error
+
+
+def test_webhook_counts_add_up_with_a_post_in_flight_at_close() -> None:
+    """A server slower than the drain time: every record emitted is sent, failed or dropped."""
+    release = threading.Event()
+
+    def respond(n: int, h) -> None:
+        release.wait(5)
+        send(h, b"{}")
+
+    server = Loopback(respond)
+    try:
+        sink = WebhookSink(server.url("/hook"), drain=0.3, timeout=10)
+        for i in range(3):
+            sink.emit({"event": i})
+        time.sleep(0.2)  # the first record is being POSTed
+        sink.close()
+    finally:
+        release.set()
+        server.close()
+    assert (sink.sent, sink.failed, sink.dropped) == (0, 0, 3)
+
+
 def test_webhook_retries_and_sends_each_event_once(ckpt: Path, long_ts: Path, tmp_path: Path) -> None:
     """(e) The webhook answers 500 to the first POST and 200 afterwards: every event arrives
     exactly once, after one retry."""
@@ -591,7 +741,13 @@ def test_sigterm_ends_a_live_run_and_keeps_what_was_scored(ckpt: Path, long_ts: 
             lines.append(line.rstrip("\n"))
         assert len(clip_lines(lines)) >= 2, "\n".join(lines)
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=60)
+        watchdog = threading.Timer(60, proc.kill)  # bounded: a run that ignores SIGTERM is killed
+        watchdog.start()
+        try:  # read() (not communicate(), which bypasses what readline() buffered ahead)
+            rest = proc.stdout.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -599,7 +755,9 @@ def test_sigterm_ends_a_live_run_and_keeps_what_was_scored(ckpt: Path, long_ts: 
         server.close()
     lines += rest.splitlines()
     assert proc.returncode == 0, "\n".join(lines)
-    assert "stopped: the stream was interrupted; writing what was scored" in lines
+    (stopped,) = [ln for ln in lines if ln.startswith("stopped: the stream was interrupted; writing what was scored")]
+    if "still in the buffer" in stopped:  # frames that had arrived and were not scored yet: counted
+        assert int(stopped.split("(")[1].split(" ")[0]) >= 1
     scored = pd.read_csv(out / "cam" / "scores.csv")
     assert 2 <= len(scored) == len(clip_lines(lines)) < 20
     assert (out / EVENTS_JSONL_NAME).exists() and (out / "events.json").exists()

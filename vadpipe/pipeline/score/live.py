@@ -22,14 +22,16 @@ Rules
   ``[k·stride, k·stride + length)``). Clips that were complete but held back only by
   ``ClipSpec.drop_last`` are emitted first; ``drop_last`` and the ``pad`` tail policy apply
   to the end of the stream only. Without gaps the clips are exactly those of
-  :func:`~vadpipe.pipeline.extract.clips.clip_frame_ranges`.
+  :func:`~vadpipe.pipeline.extract.clips.clip_frame_ranges`. A change of frame size within
+  a connection, and a packet the decoder rejects as invalid data (skipped and counted, the
+  connection kept), are gaps too.
 * **Times** come from the frames' timestamps (``pts × time_base``), in seconds from the
   first frame, as exact fractions; a clip spans its first frame's time to its last frame's
   time plus one nominal frame period (``1 / average_rate``). With drops and reconnects they
-  are not uniform. Frames without a timestamp take their arrival time. When the timestamps
-  go backwards or repeat (a restarted stream after a reconnect, a wrapped clock), the
-  time line is re-based: the frame is placed after the previous one by the wall-clock time
-  between their arrivals (at least one frame period), so times always increase.
+  are not uniform. When the timestamps go backwards or repeat (a restarted stream after a
+  reconnect, a wrapped clock), the time line is re-based: the frame is placed after the
+  previous one by the wall-clock time between their arrivals (at least one frame period), so
+  times always increase; a frame without a timestamp is placed the same way.
 * **Reconnect.** When the connection fails or ends, the source is opened again, up to
   ``reconnect`` consecutive attempts, waiting ``reconnect_delay · 2^(k-1)`` seconds before
   attempt ``k`` (at most :data:`MAX_RECONNECT_DELAY`). The attempts start again from zero
@@ -224,12 +226,13 @@ class FrameBuffer:
         with self._cond:
             return len(self._frames)
 
-    def put(self, frame: TimedFrame) -> None:
+    def put(self, frame: TimedFrame) -> bool:
         """Append ``frame``; when the buffer is full, first drop the oldest frame and mark
-        the frame that becomes the oldest (or ``frame``) as following a gap."""
+        the frame that becomes the oldest (or ``frame``) as following a gap. ``False``: the
+        buffer is closed and did not take it."""
         with self._cond:
             if self._closed:
-                return
+                return False
             if len(self._frames) >= self.capacity:
                 self._frames.popleft()
                 self.dropped += 1
@@ -238,6 +241,7 @@ class FrameBuffer:
             self.received += 1
             self.peak = max(self.peak, len(self._frames))
             self._cond.notify()
+            return True
 
     def get(self, timeout: float | None = None) -> TimedFrame | None:
         """The oldest frame; ``None`` once the buffer is closed and empty (or after
@@ -264,26 +268,42 @@ class Timeline:
     """Frame timestamps → strictly increasing seconds from the first frame (module docstring)."""
 
     def __init__(self) -> None:
-        self._offset: Fraction | None = None
+        self._started = False
+        self._offset: Fraction | None = None  # run time minus source time; None: no timestamp seen yet
         self._last = Fraction(0)
         self._last_wall = 0.0
         self.rebased = 0
 
-    def map(self, source_time: Fraction, wall: float, period: Fraction) -> Fraction:
-        """The time of a frame whose timestamp is ``source_time`` (seconds, any origin) and
-        that arrived at ``wall`` (``perf_counter``) seconds."""
-        if self._offset is None:
-            self._offset = -source_time
+    def map(self, source_time: Fraction | None, wall: float, period: Fraction) -> Fraction:
+        """The time of a frame whose timestamp is ``source_time`` (seconds, any origin; ``None``:
+        it has none) and that arrived at ``wall`` (``perf_counter``) seconds.
+
+        A frame without a timestamp, and one whose timestamp is not after the previous frame's
+        (a clock that restarted or repeats), is placed after the previous frame by the
+        wall-clock time between their arrivals, at least one ``period``; frames after it count
+        on from there by their timestamps.
+        """
+        if not self._started:
+            self._started = True
             t = Fraction(0)
+            if source_time is not None:
+                self._offset = -source_time
+        elif source_time is None or self._offset is None:
+            t = self._after(wall, period)
+            if source_time is not None:
+                self._offset = t - source_time
         else:
             t = source_time + self._offset
             if t <= self._last:  # backwards or repeated: re-base after the previous frame
-                step = max(period, Fraction(max(0.0, wall - self._last_wall)).limit_denominator(1_000_000))
-                t = self._last + step
+                t = self._after(wall, period)
                 self._offset = t - source_time
                 self.rebased += 1
         self._last, self._last_wall = t, wall
         return t
+
+    def _after(self, wall: float, period: Fraction) -> Fraction:
+        """The previous frame's time plus the wall-clock time since it arrived (>= ``period``)."""
+        return self._last + max(period, Fraction(max(0.0, wall - self._last_wall)).limit_denominator(1_000_000))
 
 
 # ----------------------------------------------------------------------------- clips
@@ -322,6 +342,7 @@ class ClipAssembler:
         self.spec = spec
         self.restarts = 0
         self.discarded = 0
+        self._shape: tuple[int, ...] = ()
         self._reset()
 
     def _reset(self) -> None:
@@ -334,6 +355,9 @@ class ClipAssembler:
     def push(self, frame: TimedFrame) -> list[TimedClip]:
         """Add the next frame; returns the clips it completes."""
         out: list[TimedClip] = []
+        if self._n and frame.image.shape != self._shape:  # the source changed its frame size
+            frame.gap = True
+        self._shape = frame.image.shape
         if frame.gap and self._n:
             out += self._emit(hold=0)  # complete clips held back only by drop_last
             self.restarts += 1
@@ -402,6 +426,7 @@ class LiveReader:
         fps: the stream's nominal frame rate (after :meth:`open`).
         frames: frames decoded and put in the buffer.
         reconnects: successful re-opens.
+        undecodable: packets the decoder rejected as invalid data (skipped, each followed by a gap).
         error: why the reader stopped early (gave up reconnecting, or a failure with
             ``reconnect=0``), else ``None``.
         ended_at: ``clock()`` when the source ended (or the reader gave up); ``None`` while
@@ -419,6 +444,7 @@ class LiveReader:
         self.fps = 0.0
         self.frames = 0
         self.reconnects = 0
+        self.undecodable = 0
         self.ended_at: float | None = None
         self.error: VideoDecodeError | None = None
         self._container: Any = None
@@ -482,17 +508,14 @@ class LiveReader:
     def _put(self, frame: Any) -> None:
         wall = self.clock()
         tb = frame.time_base or self._stream.time_base
-        if frame.pts is not None and tb is not None:
-            src = frame.pts * Fraction(tb)
-        else:  # no timestamp: the arrival time
-            src = Fraction(wall).limit_denominator(1_000_000)
+        src = frame.pts * Fraction(tb) if frame.pts is not None and tb is not None else None  # None: by arrival
         t = self._timeline.map(src, wall, self._period)
         item = TimedFrame(image=frame.to_ndarray(format="rgb24"), time=t, duration=self._period, index=self.frames,
                           gap=self._new_segment)
-        self._new_segment = False
-        self.frames += 1
         item.arrived = self.clock()
-        self.buffer.put(item)
+        if self.buffer.put(item):  # refused only once the run is stopping
+            self._new_segment = False
+            self.frames += 1
 
     def _decode(self) -> tuple[int, BaseException | None]:
         """Decode the open connection until it ends, fails or :meth:`stop`; ``(frames, error)``."""
@@ -505,7 +528,13 @@ class LiveReader:
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     break
-                for frame in packet.decode():
+                try:
+                    decoded = packet.decode()
+                except av.InvalidDataError:  # damaged data, the connection is fine: skip the packet
+                    self.undecodable += 1
+                    self._new_segment = True  # its frames are missing: the next frame follows a gap
+                    continue
+                for frame in decoded:
                     self._put(frame)
         except (av.FFmpegError, OSError, ValueError) as e:
             error = e

@@ -13,9 +13,12 @@ scorer for long, and report what they did with :meth:`EventSink.close`.
   queue; when it is full a new record is **dropped** and counted (scoring never waits for
   the network). A POST is tried up to ``attempts`` times, ``backoff · 2^(k-1)`` seconds
   before retry ``k``; any 2xx answer is success, anything else (an HTTP error status, a
-  refused connection, a timeout) is retried; after the last attempt the record is
-  **failed**. At :meth:`WebhookSink.close` the queue is drained for at most ``drain``
-  seconds; records still waiting then are counted as dropped.
+  redirect — which would turn the POST into a GET without the record — a refused
+  connection, a timeout) is retried; after the last attempt the record is **failed**. At
+  :meth:`WebhookSink.close` the queue is drained for at most ``drain`` seconds; every
+  record accepted then that was neither sent nor failed (still queued, or being POSTed) is
+  counted as dropped, so ``sent + failed + dropped`` is the number of records emitted (a
+  POST already under way then may still reach the server: dropped means not confirmed).
 """
 
 from __future__ import annotations
@@ -88,6 +91,16 @@ class JsonlSink:
         return None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are answers, not deliveries: urllib would re-send a POST as a body-less GET."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def check_webhook_url(url: str) -> str:
     """``url`` when it is an ``http://`` or ``https://`` URL with a host.
 
@@ -122,8 +135,9 @@ class WebhookSink:
         self.attempts, self.backoff, self.timeout, self.drain = attempts, backoff, timeout, drain
         self.sent = self.failed = self.dropped = self.posts = 0
         self.last_error = ""
-        self._in_flight = False  # a record is being POSTed
+        self._accepted = 0  # records the queue took
         self._final = False  # close() has taken the counts
+        self._summary: str | None = None
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._closing = threading.Event()  # no more records: drain, then stop
@@ -134,16 +148,19 @@ class WebhookSink:
     def emit(self, record: Mapping[str, Any]) -> None:
         """Queue one record; never blocks (a full queue drops it)."""
         body = json.dumps(record, allow_nan=False).encode("utf-8")
+        with self._lock:  # counted before the thread can take it
+            self._accepted += 1
         try:
             self._queue.put_nowait(body)
         except queue.Full:
             with self._lock:
+                self._accepted -= 1
                 self.dropped += 1
 
     def _post(self, body: bytes) -> None:
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # HTTPError for 4xx/5xx
+        with _OPENER.open(request, timeout=self.timeout) as response:  # HTTPError for 3xx/4xx/5xx
             response.read()
             if not 200 <= response.status < 300:
                 raise urllib.error.HTTPError(self.url, response.status, response.reason, response.headers, None)
@@ -174,11 +191,8 @@ class WebhookSink:
                 if self._closing.is_set():
                     return
                 continue
-            with self._lock:
-                self._in_flight = True
             outcome = self._deliver(body)
             with self._lock:  # after close() the record was counted as dropped already
-                self._in_flight = False
                 if not self._final:
                     if outcome == "sent":
                         self.sent += 1
@@ -187,15 +201,19 @@ class WebhookSink:
 
     def close(self) -> str:
         """Wait up to ``drain`` seconds for the queued records, then stop; returns the
-        summary line (counts taken now; a POST still in flight is counted as dropped)."""
+        summary line (counts taken now: a record still queued or being POSTed is dropped).
+        Calling it again returns the same line."""
+        if self._summary is not None:
+            return self._summary
         self._closing.set()
         self._thread.join(self.drain)
         self._abandon.set()
         with self._lock:
             self._final = True
-            self.dropped += self._queue.qsize() + int(self._in_flight)
+            self.dropped += self._accepted - self.sent - self.failed
             line = (f"webhook {self.url}: {self.sent} sent, {self.failed} failed after {self.attempts} attempt(s), "
                     f"{self.dropped} dropped (queue full or not sent in {self.drain:g} s at the end)")
             if self.failed and self.last_error:
                 line += f"; last error: {self.last_error}"
+        self._summary = line
         return line

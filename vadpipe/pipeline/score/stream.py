@@ -94,6 +94,8 @@ class StreamStats:
         discarded: frames of partial clips thrown away at those gaps.
         reconnects: successful re-opens of a live source.
         buffer_peak: most frames the live buffer held at once (``<= buffer``).
+        unscored: frames left in the live buffer when the run was stopped (Ctrl-C, SIGTERM).
+        undecodable: packets of a live source the decoder rejected (skipped; a gap follows).
         events_sent: events written to ``events.jsonl``.
     """
 
@@ -103,6 +105,8 @@ class StreamStats:
     discarded: int = 0
     reconnects: int = 0
     buffer_peak: int = 0
+    unscored: int = 0
+    undecodable: int = 0
     events_sent: int = 0
 
 
@@ -328,15 +332,27 @@ def stream_score(
     live = live or lv.LiveOptions()
     if isinstance(webhook, str):
         sk.check_webhook_url(webhook)  # before anything is loaded
-    out = ensure_writable_dir(out_dir)  # before the video is opened: a clear error, not a traceback
-    with folder_lock(out, "vadpipe score --stream"):  # one run per output folder at a time
-        return _stream_score(source, checkpoint, out, options=options, backbone=backbone, speed=speed,
-                             follow=follow, window=window, live=live, webhook=webhook, echo=echo)
+    given = webhook if isinstance(webhook, sk.WebhookSink) else None
+    try:
+        out = ensure_writable_dir(out_dir)  # before the video is opened: a clear error, not a traceback
+        with folder_lock(out, "vadpipe score --stream"):  # one run per output folder at a time
+            sinks: list[sk.EventSink] = [sk.JsonlSink(out / sk.EVENTS_JSONL_NAME)]
+            try:
+                if webhook is not None:
+                    sinks.append(given or sk.WebhookSink(str(webhook)))
+                return _stream_score(source, checkpoint, out, options=options, backbone=backbone, speed=speed,
+                                     follow=follow, window=window, live=live, sinks=sinks, echo=echo)
+            finally:  # on an unexpected error too: no open file, no webhook thread left running
+                for sink in sinks:
+                    sink.close()  # idempotent: the run closed them already when it ended normally
+    finally:
+        if given is not None:
+            given.close()
 
 
 def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: Path, *, options: ScoreOptions,
                   backbone: str | None, speed: dict[str, Any] | None, follow: float, window: int,
-                  live: lv.LiveOptions, webhook: str | sk.WebhookSink | None,
+                  live: lv.LiveOptions, sinks: list[sk.EventSink],
                   echo: Callable[[str], None] | None) -> StreamResult:
     speed = dict(speed or {})
     device = resolve_device(speed.get("device", "auto"))
@@ -356,11 +372,9 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     name = "stdin" if source == "-" else (_live_name(source) if is_live else Path(source).stem)
     recent: deque[np.ndarray] = deque(maxlen=keep)  # [crops, D] per clip
     all_feats = FeatureBuffer()  # [n_clips, crops, D] in one growing array, for the final pass
-    streamed: list[float] = []
-    clip_times: list[tuple[float, float]] = []
-    frame_ranges: list[tuple[int, int]] = []
-    latencies: list[float] = []
-    scored_at: list[float] = []
+    # one entry per scored clip, appended in one step (a Ctrl-C never leaves the lists uneven):
+    # (score, scored_at, latency, (start_time, end_time), (start_frame, end_frame))
+    done: list[tuple[float, float, float, tuple[float, float], tuple[int, int]]] = []
     live_events: list[ev.Event] = []
     stats = StreamStats()
     error = ""
@@ -370,10 +384,6 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     def head_scores(feats: list[np.ndarray] | deque) -> np.ndarray:
         """Scores ``[T]`` of ``T`` clips' features ``[crops, D]``, as the batch path computes them."""
         return score_clip_features(loaded, np.stack(list(feats)), device)
-
-    sinks: list[sk.EventSink] = [sk.JsonlSink(out / sk.EVENTS_JSONL_NAME)]
-    if webhook is not None:
-        sinks.append(webhook if isinstance(webhook, sk.WebhookSink) else sk.WebhookSink(webhook))
 
     def publish(closed: list[ev.Event]) -> None:
         for event in closed:
@@ -420,40 +430,47 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
                 for i, clip in enumerate(clips):
                     f = clip_features(model, clip.frames)  # [crops, D]
                     recent.append(f)
-                    all_feats.add(i, f[None])
                     score = float(head_scores(recent)[-1])
-                    streamed.append(score)
-                    scored_at.append(time.perf_counter())
-                    latencies.append(scored_at[-1] - clip.ready)
-                    clip_times.append((clip.start_time, clip.end_time))
-                    frame_ranges.append((clip.start_frame, clip.end_frame))
+                    at = time.perf_counter()
+                    all_feats.add(i, f[None])  # row i; only the first len(done) rows count
+                    done.append((score, at, at - clip.ready, (clip.start_time, clip.end_time),
+                                 (clip.start_frame, clip.end_frame)))
                     if echo:
                         echo(f"clip {i:5d}  {clip.start_time:8.2f}-{clip.end_time:8.2f} s  score {score:.4f}  "
-                             f"latency {latencies[-1] * 1e3:6.0f} ms" + ("" if causal else "  provisional"))
+                             f"latency {(at - clip.ready) * 1e3:6.0f} ms" + ("" if causal else "  provisional"))
                     publish(tracker.push(score, clip.start_time, clip.end_time))
             except KeyboardInterrupt:
                 stopped = True
             finally:
-                if reader_ctx is not None:
-                    reader_ctx.close()
-                if reader is not None:
-                    reader.stop()
+                for close in (reader_ctx.close if reader_ctx is not None else None,
+                              reader.stop if reader is not None else None):
+                    if close is None:
+                        continue
+                    try:
+                        close()
+                    except KeyboardInterrupt:  # a second Ctrl-C while stopping: the reader is a daemon thread
+                        stopped = True
     except VadpipeError as e:
         error = f"{type(e).__name__}: {e}"
+    streamed = [d[0] for d in done]
+    scored_at = [d[1] for d in done]
+    latencies = [d[2] for d in done]
+    clip_times = [d[3] for d in done]
+    frame_ranges = [d[4] for d in done]
     if reader is not None:
         if reader.error is not None and not error and not stopped:
             error = f"{type(reader.error).__name__}: {reader.error}"
-        stats.frames, stats.reconnects = reader.frames, reader.reconnects
+        stats.frames, stats.reconnects, stats.undecodable = reader.frames, reader.reconnects, reader.undecodable
         source_ended_at = reader.ended_at
     if buffer is not None:
-        stats.dropped, stats.buffer_peak = buffer.dropped, buffer.peak
+        stats.dropped, stats.buffer_peak, stats.unscored = buffer.dropped, buffer.peak, len(buffer)
     if assembler is not None:
         stats.restarts, stats.discarded = assembler.restarts, assembler.discarded
     publish(tracker.finish())
 
     scores = np.asarray(streamed, dtype=np.float64)
     if all_feats.end and not causal:
-        scores = score_clip_features(loaded, all_feats.array(), device).astype(np.float64)
+        scores = score_clip_features(loaded, all_feats.array()[:len(done)], device).astype(np.float64)
     if is_live:
         times = np.asarray(clip_times, dtype=np.float64).reshape(-1, 2)
     else:
@@ -471,12 +488,15 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
         error = f"{source}: no complete {length}-frame clip was decoded"
     if echo:
         if stopped:
-            echo("stopped: the stream was interrupted; writing what was scored")
+            left = f" ({stats.unscored} frame(s) still in the buffer not scored)" if stats.unscored else ""
+            echo(f"stopped: the stream was interrupted; writing what was scored{left}")
         line = f"{scores.size} clips scored; frames: {stats.frames} received"
         if is_live:
             behind = "the scorer fell behind; " if stats.dropped else ""
             line += (f", {stats.dropped} dropped ({behind}buffer {live.buffer} frames), {stats.restarts} gap(s) "
                      f"({stats.discarded} frames of partial clips discarded); reconnects: {stats.reconnects}")
+            if stats.undecodable:
+                line += f"; {stats.undecodable} undecodable packet(s) skipped"
         echo(f"{line}; latency {latency_summary(latencies)}")
         echo(f"events: {len(live_events)} closed live{' (provisional)' if not causal and live_events else ''}, "
              f"written to {out / sk.EVENTS_JSONL_NAME}")
