@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -322,6 +323,42 @@ def test_a_real_video_streamed_over_http_gives_the_files_scores(ckpt: Path, tmp_
                             live=LiveOptions(reconnect=0, buffer=256, **QUICK))  # all 120 frames fit: no drop
     finally:
         server.close()
+    assert live.exit_code == 0, live.error
+    assert by_path.scores.size == 7 and live.stats.frames == 120 and live.stats.dropped == 0
+    np.testing.assert_allclose(live.scores, by_path.scores, rtol=1e-5)
+    np.testing.assert_allclose(live.times, by_path.times, rtol=1e-9)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None,
+                    reason="needs the ffmpeg command to push RTSP (README install: apt-get install ffmpeg)")
+def test_a_real_video_pushed_over_rtsp_gives_the_files_scores(ckpt: Path, tmp_path: Path) -> None:
+    """RTSP on the loopback: vadpipe listens (``rtsp_flags=listen``), FFmpeg pushes the carphone
+    clip to it in real time (``ffmpeg -re … -c copy -f rtsp``, RTP over TCP): the same 7 clips,
+    scores and times as the file."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"rtsp://127.0.0.1:{port}/live"
+    got: dict = {}
+
+    def listen() -> None:
+        got["live"] = stream_score(url, ckpt, tmp_path / "live", speed=SPEED, echo=None, live=LiveOptions(
+            reconnect=0, buffer=256, io_timeout=30, input_options={"rtsp_flags": "listen"}))
+
+    scorer = threading.Thread(target=listen, daemon=True)
+    scorer.start()
+    push = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-i", str(REAL_VIDEO), "-c", "copy", "-f", "rtsp",
+            "-rtsp_transport", "tcp", url]
+    deadline = time.monotonic() + 60
+    while True:  # until vadpipe listens (it loads the head first)
+        pushed = subprocess.run(push, capture_output=True, text=True, timeout=60)
+        if pushed.returncode == 0:
+            break
+        assert "Connection refused" in pushed.stderr and time.monotonic() < deadline, pushed.stderr
+        time.sleep(0.2)
+    scorer.join(60)
+    live = got["live"]
+    by_path = stream_score(str(REAL_VIDEO), ckpt, tmp_path / "file", speed=SPEED, echo=None)
     assert live.exit_code == 0, live.error
     assert by_path.scores.size == 7 and live.stats.frames == 120 and live.stats.dropped == 0
     np.testing.assert_allclose(live.scores, by_path.scores, rtol=1e-5)

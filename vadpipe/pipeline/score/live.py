@@ -94,7 +94,8 @@ class LiveOptions:
         input_format: PyAV/FFmpeg input format (``v4l2``, ``mpegts``, ...); ``None``: guessed
             (``v4l2`` for ``/dev/video*``).
         input_options: FFmpeg options for :func:`av.open` (e.g. ``rtsp_transport=tcp``,
-            ``video_size=640x480``).
+            ``video_size=640x480``; ``rtsp_flags=listen`` waits for a sender to push RTSP,
+            up to ``io_timeout`` unless ``listen_timeout`` is given).
         io_timeout: seconds to wait for the source to open, and for data once open.
 
     Raises:
@@ -461,8 +462,12 @@ class LiveReader:
     def _open(self) -> None:
         import av
 
+        options = dict(self.options.input_options)
+        if "listen" in options.get("rtsp_flags", "").split("+") and "listen_timeout" not in options:
+            # FFmpeg's RTSP listener fails at once ("Numerical result out of range") without it
+            options["listen_timeout"] = str(max(1, math.ceil(self.options.io_timeout)))
         try:
-            container = av.open(self.source, format=self.format, options=dict(self.options.input_options),
+            container = av.open(self.source, format=self.format, options=options,
                                 timeout=(self.options.io_timeout, self.options.io_timeout))
         except (av.FFmpegError, OSError, ValueError) as e:
             raise VideoDecodeError(f"{self.source}: cannot open the live source ({describe_error(e)}); check the "
