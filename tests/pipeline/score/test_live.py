@@ -623,6 +623,32 @@ def test_an_interrupt_while_a_non_causal_head_scores_keeps_the_outputs_whole(ckp
     assert (tmp_path / "out" / "events.json").exists()
 
 
+def test_a_non_causal_final_pass_is_bounded(ckpt: Path, long_ts: Path, tmp_path: Path, monkeypatch) -> None:
+    """Past ``final_clips`` clips the features are let go: scores.csv holds the provisional
+    scores and events.json says so; within it the final pass runs. A causal head keeps no
+    features at all."""
+    loaded = load_head(ckpt, "cpu")
+    monkeypatch.setattr(type(loaded.head), "causal_context", property(lambda self: None))
+    kept = []
+    real_add = stream.FeatureBuffer.add
+    monkeypatch.setattr(stream.FeatureBuffer, "add", lambda self, i, f: (kept.append(i), real_add(self, i, f)))
+    lines: list[str] = []
+    capped = stream_score(str(long_ts), loaded, tmp_path / "capped", speed=SPEED, echo=lines.append, window=4,
+                          final_clips=5)
+    assert capped.scores.size == 20 and not capped.final_pass and kept == list(range(6))
+    assert any(ln.startswith("more than 5 clips: the final pass over the whole stream is off") for ln in lines)
+    provisional = np.asarray([float(ln.split("score ")[1].split()[0]) for ln in clip_lines(lines)])
+    np.testing.assert_allclose(capped.scores, provisional, atol=5e-5)  # printed with 4 decimals
+    assert json.loads((tmp_path / "capped" / "events.json").read_text())["provisional"] is True
+    whole = stream_score(str(long_ts), loaded, tmp_path / "whole", speed=SPEED, echo=None, window=4)
+    assert whole.final_pass and json.loads((tmp_path / "whole" / "events.json").read_text())["provisional"] is False
+    monkeypatch.undo()
+    kept.clear()
+    monkeypatch.setattr(stream.FeatureBuffer, "add", lambda self, i, f: (kept.append(i), real_add(self, i, f)))
+    causal = stream_score(str(long_ts), ckpt, tmp_path / "causal", speed=SPEED, echo=None)
+    assert causal.scores.size == 20 and not causal.final_pass and kept == []
+
+
 def test_a_webhook_sink_given_to_a_run_that_fails_is_closed(tmp_path: Path) -> None:
     """A run that fails loading its head, or before (its output folder is a file), still closes
     the webhook sink it was given (no thread left polling)."""

@@ -79,6 +79,11 @@ from vadpipe.pipeline.train.apply import LoadedHead
 STREAM_CHUNK = 8
 
 
+#: Clips of features a live run keeps for a non-causal head's final pass over the whole stream
+#: (about 36 min at 16-frame clips and 30 fps; 10 crops × 2048 floats each: 80 KiB a clip).
+#: Past it the features are let go and ``scores.csv`` holds the provisional scores.
+LIVE_FINAL_CLIPS = 4096
+
 #: Percentiles of the per-clip latency in the summary line.
 LATENCY_PERCENTILES = (50, 99)
 
@@ -117,7 +122,9 @@ class StreamResult:
     clip's first frame and one past its last; ``live_events``: the events as they closed
     (provisional for a non-causal head); ``stopped``: ended by Ctrl-C / SIGTERM; ``scored_at``:
     ``perf_counter()`` when each score was produced; ``source_ended_at``: when a live source
-    ended (the clips scored later came from the frames left in the buffer)."""
+    ended (the clips scored later came from the frames left in the buffer); ``final_pass``:
+    ``scores`` come from a non-causal head's pass over all clips (false for a causal head, and
+    when ``final_clips`` was exceeded: then they are the provisional scores)."""
 
     name: str
     scores: np.ndarray
@@ -135,6 +142,7 @@ class StreamResult:
     stopped: bool = False
     scored_at: list[float] = field(default_factory=list)
     source_ended_at: float | None = None
+    final_pass: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -300,6 +308,7 @@ def stream_score(
     window: int = 64,
     live: lv.LiveOptions | None = None,
     webhook: str | sk.WebhookSink | None = None,
+    final_clips: int | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> StreamResult:
     """Score ``source`` clip by clip (module docstring), printing one line per clip and one
@@ -320,6 +329,11 @@ def stream_score(
             makes any source live.
         webhook: POST each closed event there (a URL, or a configured
             :class:`~vadpipe.pipeline.score.sinks.WebhookSink`, which this run closes).
+        final_clips: most clips whose features are kept for a non-causal head's final pass
+            (memory: the features of that many clips); past it the final pass is off and
+            ``scores.csv`` holds the provisional scores (``final_pass`` false). Default: no
+            limit for files and pipes, :data:`LIVE_FINAL_CLIPS` for live sources, which may
+            never end. A causal head keeps no features.
 
     Raises:
         ConfigError: another run is writing to ``out_dir``
@@ -341,7 +355,8 @@ def stream_score(
                 if webhook is not None:
                     sinks.append(given or sk.WebhookSink(str(webhook)))
                 return _stream_score(source, checkpoint, out, options=options, backbone=backbone, speed=speed,
-                                     follow=follow, window=window, live=live, sinks=sinks, echo=echo)
+                                     follow=follow, window=window, live=live, sinks=sinks,
+                                     final_clips=final_clips, echo=echo)
             finally:  # on an unexpected error too: no open file, no webhook thread left running
                 for sink in sinks:
                     sink.close()  # idempotent: the run closed them already when it ended normally
@@ -352,7 +367,7 @@ def stream_score(
 
 def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: Path, *, options: ScoreOptions,
                   backbone: str | None, speed: dict[str, Any] | None, follow: float, window: int,
-                  live: lv.LiveOptions, sinks: list[sk.EventSink],
+                  live: lv.LiveOptions, sinks: list[sk.EventSink], final_clips: int | None,
                   echo: Callable[[str], None] | None) -> StreamResult:
     speed = dict(speed or {})
     device = resolve_device(speed.get("device", "auto"))
@@ -372,6 +387,10 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     name = "stdin" if source == "-" else (_live_name(source) if is_live else Path(source).stem)
     recent: deque[np.ndarray] = deque(maxlen=keep)  # [crops, D] per clip
     all_feats = FeatureBuffer()  # [n_clips, crops, D] in one growing array, for the final pass
+    final_pass = not causal  # features are kept for a final pass over the whole stream
+    limit = final_clips if final_clips is not None else (LIVE_FINAL_CLIPS if is_live else None)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"final_clips must be >= 1, got {limit}")
     # one entry per scored clip, appended in one step (a Ctrl-C never leaves the lists uneven):
     # (score, scored_at, latency, (start_time, end_time), (start_frame, end_frame))
     done: list[tuple[float, float, float, tuple[float, float], tuple[int, int]]] = []
@@ -432,9 +451,15 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
                     recent.append(f)
                     score = float(head_scores(recent)[-1])
                     at = time.perf_counter()
-                    all_feats.add(i, f[None])  # row i; only the first len(done) rows count
+                    if final_pass:
+                        all_feats.add(i, f[None])  # row i; only the first len(done) rows count
                     done.append((score, at, at - clip.ready, (clip.start_time, clip.end_time),
                                  (clip.start_frame, clip.end_frame)))
+                    if final_pass and limit is not None and len(done) > limit:
+                        final_pass, all_feats = False, FeatureBuffer()  # let the features go
+                        if echo:
+                            echo(f"more than {limit} clips: the final pass over the whole stream is off (bounded "
+                                 "memory); scores.csv will hold the provisional scores")
                     if echo:
                         echo(f"clip {i:5d}  {clip.start_time:8.2f}-{clip.end_time:8.2f} s  score {score:.4f}  "
                              f"latency {(at - clip.ready) * 1e3:6.0f} ms" + ("" if causal else "  provisional"))
@@ -469,7 +494,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     publish(tracker.finish())
 
     scores = np.asarray(streamed, dtype=np.float64)
-    if all_feats.end and not causal:
+    if final_pass and done:
         scores = score_clip_features(loaded, all_feats.array()[:len(done)], device).astype(np.float64)
     if is_live:
         times = np.asarray(clip_times, dtype=np.float64).reshape(-1, 2)
@@ -482,7 +507,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
         ev.write_events_json(out / EVENTS_NAME, {name: events}, threshold=threshold, threshold_source=threshold_source,
                              min_gap=options.min_gap, min_duration=options.min_duration,
                              extra={"checkpoint": loaded.source or str(checkpoint), "head": loaded.name,
-                                    "causal": causal})
+                                    "causal": causal, "provisional": not causal and not final_pass})
     summaries = [line for line in (sink.close() for sink in sinks) if line]
     if not error and not scores.size and not stopped:
         error = f"{source}: no complete {length}-frame clip was decoded"
@@ -508,7 +533,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     return StreamResult(name=name, scores=scores, times=times, events=events, latencies=latencies, causal=causal,
                         error=error, out_dir=out, live=is_live, frame_ranges=ranges, live_events=live_events,
                         stats=stats, sink_summaries=summaries, stopped=stopped, scored_at=scored_at,
-                        source_ended_at=source_ended_at)
+                        source_ended_at=source_ended_at, final_pass=final_pass and bool(done))
 
 
 def _live_name(source: str) -> str:
