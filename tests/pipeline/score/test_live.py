@@ -499,7 +499,7 @@ def test_a_slow_scorer_drops_frames_within_the_buffer_bound(ckpt: Path, tmp_path
     than 6, and no clip joins frames across a gap (the frame numbers drawn in the pictures of
     every clip the model sees are consecutive)."""
     ts = encode_ts(tmp_path / "v.ts", 0, 96)
-    pieces, _ = ts_timeline(ts)
+    pieces = ts_timeline(ts)
     seen = _record_clips(monkeypatch)
     monkeypatch.setenv("VADPIPE_TINY_SLEEP", "0.3")  # per clip: 19 frames arrive meanwhile
     with PacedServer([(due / 2.5, data) for due, data in pieces]) as server:
@@ -519,7 +519,7 @@ def test_drops_in_the_middle_of_a_clip_restart_its_assembly(ckpt: Path, tmp_path
     while a clip is half assembled: those partial clips are thrown away (counted) and every
     clip the model sees still holds consecutive frames."""
     ts = encode_ts(tmp_path / "v.ts", 0, 96)
-    pieces, _ = ts_timeline(ts)
+    pieces = ts_timeline(ts)
     seen = _record_clips(monkeypatch)
     class Stalling(ClipAssembler):
         stalls = 2

@@ -124,6 +124,9 @@ def test_stream_gives_the_batch_scores_for_a_causal_head(trained, tmp_path: Path
     assert len(clip_lines) == streamed.scores.size and "provisional" not in clip_lines[0]
     assert len(streamed.latencies) == streamed.scores.size and all(t >= 0 for t in streamed.latencies)
     assert pd.read_csv(tmp_path / "stream" / "v6" / "scores.csv").score.size == streamed.scores.size
+    # the same file: clips, frames and times to the byte (the stream's clip times are its own)
+    assert (tmp_path / "stream" / "v6" / "scores.csv").read_bytes() == (tmp_path / "batch" / "v6" /
+                                                                         "scores.csv").read_bytes()
 
 
 def test_stream_from_a_pipe(trained, tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def measure_stream_latency(video: str, loaded: LoadedHead, out: Path, *, speed: 
     from vadpipe.pipeline.score.paced import PacedServer, ts_timeline
     from vadpipe.pipeline.score.stream import stream_score
 
-    pieces, _ = ts_timeline(video)
+    pieces = ts_timeline(video)
     with PacedServer(pieces) as server:
         t = time.perf_counter()
         result = stream_score(server.url, loaded, out, speed={**speed, "workers": 0, "batch_clips": 1},

@@ -23,8 +23,8 @@ from vadpipe.errors import VideoDecodeError
 TS_WRITE_SIZE = 7 * 188
 
 
-def ts_timeline(video: str | os.PathLike) -> tuple[list[tuple[float, bytes]], float]:
-    """``([(due seconds, bytes), ...], fps)``: the video track of ``video`` remuxed into MPEG-TS.
+def ts_timeline(video: str | os.PathLike) -> list[tuple[float, bytes]]:
+    """``[(due seconds, bytes), ...]``: the video track of ``video`` remuxed into MPEG-TS.
 
     Raises:
         VideoDecodeError: the file cannot be read or has no video track.
@@ -38,7 +38,6 @@ def ts_timeline(video: str | os.PathLike) -> tuple[list[tuple[float, bytes]], fl
             if not src.streams.video:
                 raise VideoDecodeError(f"{video}: no video track to serve")
             ist = src.streams.video[0]
-            fps = float(ist.average_rate or ist.guessed_rate or 30)
             with av.open(buf, "w", format="mpegts", buffer_size=TS_WRITE_SIZE,
                          container_options={"flush_packets": "1"}) as out:
                 ost = out.add_stream_from_template(ist)
@@ -60,7 +59,7 @@ def ts_timeline(video: str | os.PathLike) -> tuple[list[tuple[float, bytes]], fl
                 pieces.append((pieces[-1][0] if pieces else 0.0, data[sent:]))
     except av.FFmpegError as e:
         raise VideoDecodeError(f"{video}: cannot remux it into MPEG-TS ({e})") from e
-    return pieces, fps
+    return pieces
 
 
 class PacedServer:

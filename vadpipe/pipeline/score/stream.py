@@ -231,7 +231,8 @@ def clip_features(model: FeatureModel, clip: np.ndarray) -> np.ndarray:
 def _file_clips(chunks: Iterator[np.ndarray], spec: ClipSpec, fps: float,
                 stats: StreamStats) -> Iterator[lv.TimedClip]:
     """The clips of a file/pipe as :class:`~vadpipe.pipeline.score.live.TimedClip`: uniform
-    times (clip ``i`` spans ``[i·stride, i·stride + length)`` frames at ``fps``), ``ready`` when
+    times (clip ``i`` spans ``[i·stride, i·stride + length)`` frames at ``fps``, the times
+    :func:`~vadpipe.pipeline.score.events.uniform_clip_times` gives the batch path), ``ready`` when
     the clip's last frame was decoded; counts frames in ``stats.frames``."""
 
     def counted() -> Iterator[np.ndarray]:
@@ -398,7 +399,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     stats = StreamStats()
     error = ""
     stopped = False
-    stride, length = config.clip.stride, config.clip.length
+    length = config.clip.length
 
     def head_scores(feats: list[np.ndarray] | deque) -> np.ndarray:
         """Scores ``[T]`` of ``T`` clips' features ``[crops, D]``, as the batch path computes them."""
@@ -496,10 +497,7 @@ def _stream_score(source: str, checkpoint: str | os.PathLike | LoadedHead, out: 
     scores = np.asarray(streamed, dtype=np.float64)
     if final_pass and done:
         scores = score_clip_features(loaded, all_feats.array()[:len(done)], device).astype(np.float64)
-    if is_live:
-        times = np.asarray(clip_times, dtype=np.float64).reshape(-1, 2)
-    else:
-        times = ev.uniform_clip_times(scores.size, fps, length, stride) if fps > 0 else np.zeros((0, 2))
+    times = np.asarray(clip_times, dtype=np.float64).reshape(-1, 2)
     ranges = np.asarray(frame_ranges, dtype=np.int64).reshape(-1, 2)
     events = ev.find_events(scores, times, threshold, options.min_gap, options.min_duration) if scores.size else []
     if scores.size:
